@@ -1,0 +1,211 @@
+"""The command line (typer). Thin: parse argv, call the library, map errors to exit codes.
+
+Exit codes: 0 success, 1 a failed check (gradcheck) or a diverged run, 2 bad input
+(config, data, checkpoint), 130 interrupted. User errors print one message and no
+traceback; ``--debug`` shows it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from cnncli import __version__
+
+app = typer.Typer(
+    name="cnncli",
+    help="Train, evaluate and gradient-check small convolutional networks defined in YAML (pure NumPy).\n\n"
+         "Example: cnncli train configs/mnist.yaml --epochs 2",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+@dataclass
+class State:
+    debug: bool = False
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cnncli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    ctx.obj = State(debug=debug)
+
+
+@contextlib.contextmanager
+def user_errors(ctx: typer.Context):
+    """Turn library errors into one message and an exit code (traceback only with --debug)."""
+    from cnncli.errors import CnncliError
+
+    try:
+        yield
+    except CnncliError as e:
+        if ctx.obj and ctx.obj.debug:
+            raise
+        from cnncli.report import print_error
+
+        print_error(str(e))
+        raise typer.Exit(code=e.exit_code) from None
+    except KeyboardInterrupt:
+        if ctx.obj and ctx.obj.debug:
+            raise
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(code=130) from None
+
+
+def _overrides(sets: list[str] | None, **shortcuts) -> list[str]:
+    """``--set`` items plus shortcut flags, shortcuts last (they win)."""
+    out = list(sets or [])
+    keys = {"epochs": "train.epochs", "seed": "train.seed", "batch_size": "train.batch_size",
+            "lr": "train.optimizer.lr", "out": "output.dir"}
+    for name, value in shortcuts.items():
+        if value is not None:
+            out.append(f"{keys[name]}={value}")
+    return out
+
+
+SET_HELP = "Override a config value, e.g. --set train.epochs=3 (repeatable)."
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    config: Path = typer.Argument(..., help="YAML config, e.g. configs/mnist.yaml."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override train.epochs."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override train.seed."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override train.batch_size."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Override train.optimizer.lr."),
+    out: Optional[str] = typer.Option(None, "--out", help="Run folder (override output.dir)."),
+    sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Reuse the run folder even if it holds a run."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final test accuracy."),
+) -> None:
+    """Train the network of CONFIG; write checkpoints and metrics to a run folder.
+
+    Example: cnncli train configs/mnist.yaml --epochs 2 --out runs/first
+    """
+    with user_errors(ctx):
+        from cnncli import config as C
+        from cnncli import report, training
+
+        cfg = C.load(config, _overrides(sets, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, out=out))
+        if cfg.model.input_shape is not None:
+            training.build_model(cfg)             # bad geometry fails before any data is read
+        data = training.prepare_data(cfg)
+        num_classes = max(data.train.num_classes, data.test.num_classes if data.test else 0)
+        model = training.build_model(cfg, data.train.image_shape, num_classes=num_classes)
+        run_dir = training.new_run_dir(cfg.output.dir, overwrite=overwrite)
+        reporter = report.TrainReporter("quiet" if quiet else None)
+        try:
+            training.fit(cfg, model, data, run_dir, reporter)
+        finally:
+            reporter.close()
+
+
+@app.command("eval")
+def eval_(
+    ctx: typer.Context,
+    checkpoint: Path = typer.Argument(..., help="A checkpoint, e.g. runs/mnist/best.npz."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset folder (default: the one it was trained on)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Evaluation batch size."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+) -> None:
+    """Measure a checkpoint on the test split: loss, accuracy, per-class figures, confusion matrix.
+
+    Example: cnncli eval runs/mnist/best.npz
+    """
+    with user_errors(ctx):
+        import json
+
+        from cnncli.evaluation import evaluate_checkpoint
+        from cnncli.metrics import per_class
+
+        result, cfg, ck = evaluate_checkpoint(checkpoint, data, batch_size)
+        if json_out:
+            pc = per_class(result.confusion)
+            typer.echo(json.dumps({"checkpoint": str(checkpoint), "epoch": ck.meta.get("epoch"),
+                                   **result.to_dict(),
+                                   "per_class": {k: v.tolist() for k, v in pc.items()}}))
+            return
+        from cnncli.report import render_eval
+
+        render_eval(result, str(checkpoint))
+
+
+@app.command()
+def gradcheck(
+    ctx: typer.Context,
+    config: Path = typer.Argument(..., help="YAML config, e.g. configs/tiny.yaml."),
+    tol: float = typer.Option(1e-6, "--tol", help="Largest relative error that passes."),
+    batch_size: int = typer.Option(4, "--batch-size", min=2, help="Samples in the check batch."),
+    max_checks: int = typer.Option(256, "--max-checks", min=1,
+                                   help="Entries checked per tensor (sampled when larger)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random inputs."),
+    sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Compare every backward pass with central differences in float64; exit 1 if any fails.
+
+    Checks each layer's input and parameter gradients, then the whole model's loss.
+    Example: cnncli gradcheck configs/tiny.yaml
+    """
+    with user_errors(ctx):
+        import numpy as np
+
+        from cnncli import config as C
+        from cnncli import gradcheck as G
+        from cnncli import training
+        from cnncli.report import render_gradcheck
+
+        cfg = C.load(config, _overrides(sets))
+        shape = cfg.model.input_shape
+        if shape is None:
+            from cnncli.datasets import load_split
+
+            shape = load_split(training.resolve_data_path(cfg.data.path), "train", 1).image_shape
+        model = training.build_model(cfg, shape, dtype=np.float64)
+        results = G.check_layers(model, batch_size, max_checks=max_checks, seed=seed)
+        results += G.check_model(model, batch_size, max_checks=max_checks, seed=seed)
+        render_gradcheck(results, tol)
+        if not all(r.passed(tol) for r in results):
+            raise typer.Exit(code=1)
+
+
+@app.command()
+def layers(name: Optional[str] = typer.Argument(None, help="Show one layer in full.")) -> None:
+    """List the registered layers with their options and defaults.
+
+    Example: cnncli layers conv2d
+    """
+    from cnncli.layers import LAYERS, describe, resolve
+    from cnncli.report import print_error, render_layers
+
+    if name is None:
+        render_layers([describe(LAYERS[n]) for n in sorted(LAYERS)])
+        return
+    try:
+        cls = resolve(name)
+    except KeyError as e:
+        print_error(e.args[0])
+        raise typer.Exit(code=2) from None
+    render_layers([describe(cls)], full=True)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,475 @@
+"""YAML config -> frozen dataclasses, with every problem located.
+
+A config has four sections::
+
+    data:   {path, val_split, mean, std, train_limit, test_limit}
+    model:  {input_shape (optional), layers: [...]}
+    train:  {epochs, batch_size, eval_batch_size, seed, optimizer, label_smoothing}
+    output: {dir}
+
+Loading uses ``yaml.safe_load`` semantics (plus YAML 1.2 floats such as ``1e-3``,
+which YAML 1.1 reads as strings) and records the line of every key, so each
+problem is reported as ``file:line key.path: what is wrong. How to fix it.``
+All problems of a file are collected and raised together as one
+:class:`~cnncli.errors.ConfigError` (confection's key-path errors, catalogue's
+"did you mean").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from cnncli.errors import ConfigError, Problem, did_you_mean
+from cnncli.layers.base import check_float, check_int
+from cnncli.model import LayerSpec, check_specs
+
+
+# ------------------------------------------------------------------ YAML with lines
+
+class LineDict(dict):
+    """A mapping that remembers the 1-based line of each key (``lines``) and of itself (``line``)."""
+
+    line: int | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lines: dict[Any, int] = {}
+
+
+class LineList(list):
+    """A sequence that remembers the 1-based line of each item (``lines``)."""
+
+    line: int | None = None
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.lines: list[int] = []
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that builds LineDict/LineList and refuses duplicate keys."""
+
+
+def _construct_map(loader: _Loader, node: yaml.MappingNode) -> LineDict:
+    loader.flatten_mapping(node)
+    d = LineDict()
+    d.line = node.start_mark.line + 1
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, (str, int, float, bool)) and key is not None:
+            raise yaml.constructor.ConstructorError(None, None, "a key must be a plain value",
+                                                    key_node.start_mark)
+        if key in d:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key '{key}' (first on line {d.lines[key]})", key_node.start_mark)
+        d[key] = loader.construct_object(value_node, deep=True)
+        d.lines[key] = key_node.start_mark.line + 1
+    return d
+
+
+def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> LineList:
+    out = LineList(loader.construct_object(n, deep=True) for n in node.value)
+    out.lines = [n.start_mark.line + 1 for n in node.value]
+    out.line = node.start_mark.line + 1
+    return out
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)
+# YAML 1.2 floats: 1e-3, 5E+4 (PyYAML's 1.1 resolver needs a dot and reads these as strings)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def parse_yaml(text: str, source: str | None = None) -> Any:
+    """Parse YAML text with line tracking.
+
+    Raises:
+        ConfigError: On a syntax error, with line and column.
+    """
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else None
+        col = f", column {mark.column + 1}" if mark else ""
+        what = e.problem or str(e)
+        if e.context:
+            what = f"{e.context}: {what}" if e.problem else e.context
+        raise ConfigError([Problem("", f"YAML syntax error{col}: {what}", line)], source) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([Problem("", f"YAML error: {e}")], source) from None
+
+
+# ------------------------------------------------------------------ the dataclasses
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how each batch is normalized: x = (pixel/255 - mean) / std."""
+
+    path: str
+    val_split: float | int = 0.1
+    mean: float = 0.0
+    std: float = 1.0
+    train_limit: int | None = None
+    test_limit: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    layers: tuple[LayerSpec, ...]
+    input_shape: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    type: str = "adam"
+    options: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    seed: int = 0
+    optimizer: OptimizerConfig = OptimizerConfig()
+    label_smoothing: float = 0.0
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    output: OutputConfig
+    source: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data (JSON/YAML-safe); ``from_dict`` reads it back."""
+        return {
+            "data": dataclasses.asdict(self.data),
+            "model": {
+                **({"input_shape": list(self.model.input_shape)} if self.model.input_shape else {}),
+                "layers": [{s.type: dict(s.options)} if s.options else s.type for s in self.model.layers],
+            },
+            "train": {
+                **{f.name: getattr(self.train, f.name) for f in dataclasses.fields(self.train)
+                   if f.name != "optimizer"},
+                "optimizer": {"type": self.train.optimizer.type, **self.train.optimizer.options},
+            },
+            "output": dataclasses.asdict(self.output),
+        }
+
+
+# ------------------------------------------------------------------ checks
+
+REQUIRED = object()
+
+
+def _positive_int(name):
+    return lambda v: check_int(name, v, 1)
+
+
+def _optional_positive_int(name):
+    return lambda v: None if v is None else check_int(name, v, 1)
+
+
+def _non_negative_int(name):
+    return lambda v: check_int(name, v, 0)
+
+
+def _path(v):
+    if not isinstance(v, str) or not v.strip():
+        raise ValueError(f"must be a path (text), got {v!r}")
+    return v
+
+
+def _val_split(v):
+    if isinstance(v, bool):
+        raise ValueError(f"val_split must be a fraction in [0, 1) or a count of images, got {v!r}")
+    if isinstance(v, int):
+        return check_int("val_split", v, 0)
+    return check_float("val_split", v, 0.0, 1.0, high_open=True)
+
+
+def _input_shape(v):
+    if not isinstance(v, list) or len(v) not in (1, 3):
+        raise ValueError(f"input_shape must be [C, H, W] or [F], got {v!r}")
+    return tuple(check_int("input_shape", s, 1) for s in v)
+
+
+def _output_dir(v):
+    return None if v is None else _path(v)
+
+
+SECTIONS: dict[str, dict[str, tuple[Any, Callable]]] = {
+    "data": {
+        "path": (REQUIRED, _path),
+        "val_split": (0.1, _val_split),
+        "mean": (0.0, lambda v: check_float("mean", v)),
+        "std": (1.0, lambda v: check_float("std", v, 0.0, low_open=True)),
+        "train_limit": (None, _optional_positive_int("train_limit")),
+        "test_limit": (None, _optional_positive_int("test_limit")),
+    },
+    "model": {
+        "input_shape": (None, lambda v: None if v is None else _input_shape(v)),
+        "layers": (REQUIRED, None),       # checked by _layers
+    },
+    "train": {
+        "epochs": (10, _positive_int("epochs")),
+        "batch_size": (128, _positive_int("batch_size")),
+        "eval_batch_size": (1000, _positive_int("eval_batch_size")),
+        "seed": (0, _non_negative_int("seed")),
+        "optimizer": ({"type": "adam"}, None),  # checked by _optimizer
+        "label_smoothing": (0.0, lambda v: check_float("label_smoothing", v, 0.0, 1.0)),
+    },
+    "output": {
+        "dir": (None, _output_dir),
+    },
+}
+REQUIRED_SECTIONS = ("data", "model")
+
+
+def _line(container, key) -> int | None:
+    lines = getattr(container, "lines", None)
+    if isinstance(lines, dict):
+        return lines.get(key, getattr(container, "line", None))
+    if isinstance(lines, list) and isinstance(key, int) and key < len(lines):
+        return lines[key]
+    return getattr(container, "line", None)
+
+
+def _layers(raw, problems: list[Problem]) -> tuple[LayerSpec, ...]:
+    if not isinstance(raw, list) or not raw:
+        problems.append(Problem("model.layers", "must be a non-empty list of layers, e.g. "
+                                "'- conv2d: {out_channels: 8, kernel_size: 3}'", getattr(raw, "line", None)))
+        return ()
+    specs = []
+    for i, item in enumerate(raw):
+        path, line = f"model.layers[{i}]", _line(raw, i)
+        if isinstance(item, str):
+            specs.append(LayerSpec(item, {}, path, line))
+            continue
+        if isinstance(item, dict) and "type" in item:          # {type: conv2d, out_channels: 8}
+            opts = {k: v for k, v in item.items() if k != "type"}
+            lines = {k: _line(item, k) for k in opts}
+            specs.append(LayerSpec(str(item["type"]), opts, path, line, lines))
+            continue
+        if isinstance(item, dict) and len(item) == 1:           # {conv2d: {out_channels: 8}}
+            (name, opts), = item.items()
+            if opts is None:
+                opts = {}
+            if not isinstance(opts, dict):
+                problems.append(Problem(path, f"options of '{name}' must be a mapping like "
+                                        f"{{kernel_size: 3}}, got {opts!r}", line))
+                continue
+            specs.append(LayerSpec(str(name), dict(opts), path, line, {k: _line(opts, k) for k in opts}))
+            continue
+        problems.append(Problem(path, f"a layer is a name ('relu') or one name with its options "
+                                f"('conv2d: {{out_channels: 8, kernel_size: 3}}'), got {item!r}", line))
+    problems.extend(check_specs(specs))
+    return tuple(specs)
+
+
+def _optimizer(raw, container, problems: list[Problem]) -> OptimizerConfig:
+    from cnncli.optim import OPTIMIZERS
+
+    path, line = "train.optimizer", _line(container, "optimizer")
+    if isinstance(raw, str):
+        raw = {"type": raw}
+    if not isinstance(raw, dict) or "type" not in raw:
+        problems.append(Problem(path, f"must be a name ({', '.join(OPTIMIZERS)}) or a mapping "
+                                f"with 'type', e.g. {{type: adam, lr: 0.001}}", line))
+        return OptimizerConfig()
+    name = raw["type"]
+    if name not in OPTIMIZERS:
+        problems.append(Problem(f"{path}.type", f"unknown optimizer '{name}'.{did_you_mean(name, OPTIMIZERS)} "
+                                f"Choose one of {', '.join(OPTIMIZERS)}.", _line(raw, "type")))
+        return OptimizerConfig()
+    cls = OPTIMIZERS[name]
+    opts = {k: v for k, v in raw.items() if k != "type"}
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "params")]
+    ok = True
+    for k in opts:
+        if k not in allowed:
+            ok = False
+            problems.append(Problem(f"{path}.{k}", f"unknown option '{k}' for {name}.{did_you_mean(k, allowed)} "
+                                    f"Options: {', '.join(allowed)}.", _line(raw, k)))
+    if ok:
+        try:
+            cls({}, **opts)
+        except (ValueError, TypeError) as e:
+            bad = next((k for k in opts if str(e).startswith(k)), None)
+            problems.append(Problem(f"{path}.{bad}" if bad else path, str(e), _line(raw, bad) if bad else line))
+    return OptimizerConfig(name, opts)
+
+
+def _section(name: str, raw: Any, problems: list[Problem]) -> dict[str, Any]:
+    """Check one section's keys and values; return {key: value} with defaults filled."""
+    schema = SECTIONS[name]
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(Problem(name, f"must be a mapping of keys ({', '.join(schema)}), got {raw!r}",
+                                getattr(raw, "line", None)))
+        raw = {}
+    for key in raw:
+        if key not in schema:
+            problems.append(Problem(f"{name}.{key}", f"unknown key '{key}'.{did_you_mean(str(key), schema)} "
+                                    f"Keys of '{name}': {', '.join(schema)}.", _line(raw, key)))
+    out = {}
+    for key, (default, check) in schema.items():
+        if key not in raw:
+            if default is REQUIRED:
+                problems.append(Problem(name, f"missing required key '{key}'", getattr(raw, "line", None)))
+            else:
+                out[key] = default
+            continue
+        value = raw[key]
+        if check is None:
+            out[key] = value
+            continue
+        try:
+            out[key] = check(value)
+        except ValueError as e:
+            msg = str(e)
+            if msg.startswith(f"{key} "):
+                msg = msg[len(key) + 1:]
+            problems.append(Problem(f"{name}.{key}", msg, _line(raw, key)))
+    return out
+
+
+def validate(raw: Any, source: str | None = None, stem: str = "run") -> Config:
+    """Check a parsed config completely and return the frozen :class:`Config`.
+
+    Raises:
+        ConfigError: With every problem found, in file order.
+    """
+    problems: list[Problem] = []
+    if not isinstance(raw, dict):
+        raise ConfigError([Problem("", "a config is a mapping with the sections "
+                                   f"{', '.join(SECTIONS)}; this file has {type(raw).__name__ if raw is not None else 'nothing'}. "
+                                   "See configs/mnist.yaml.")], source)
+    for key in raw:
+        if key not in SECTIONS:
+            problems.append(Problem(str(key), f"unknown section '{key}'.{did_you_mean(str(key), SECTIONS)} "
+                                    f"Sections: {', '.join(SECTIONS)}.", _line(raw, key)))
+    for name in REQUIRED_SECTIONS:
+        if name not in raw:
+            problems.append(Problem(name, f"missing section '{name}'", 1 if source else None))
+    values = {name: _section(name, raw.get(name), problems) for name in SECTIONS}
+    model_raw = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    layers = _layers(model_raw["layers"], problems) if "layers" in model_raw else ()
+    train_raw = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    optimizer = _optimizer(values["train"]["optimizer"], train_raw, problems)
+    if problems:
+        problems.sort(key=lambda p: (p.line or 0))
+        raise ConfigError(problems, source)
+    out = values["output"]
+    if out["dir"] is None:
+        out["dir"] = f"runs/{stem}"
+    return Config(
+        data=DataConfig(**values["data"]),
+        model=ModelConfig(layers=layers, input_shape=values["model"]["input_shape"]),
+        train=TrainConfig(**{**values["train"], "optimizer": optimizer}),
+        output=OutputConfig(**out),
+        source=source,
+    )
+
+
+# ------------------------------------------------------------------ overrides
+
+_KEY = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def apply_overrides(raw: Any, overrides: list[str]) -> Any:
+    """Apply ``key.path=value`` overrides (value parsed as YAML) to a parsed config.
+
+    ``model.layers[0].conv2d.out_channels=16`` reaches into lists. Missing mappings
+    are created.
+
+    Raises:
+        ConfigError: For a malformed override or a path through a non-mapping.
+    """
+    if raw is None:
+        raw = LineDict()
+    problems = []
+    for item in overrides:
+        where = f"--set {item}"
+        if "=" not in item:
+            problems.append(Problem(where, "expected key.path=value, e.g. --set train.epochs=3"))
+            continue
+        path, _, text = item.partition("=")
+        keys = [m.group(1) if m.group(1) is not None else int(m.group(2)) for m in _KEY.finditer(path.strip())]
+        if not keys:
+            problems.append(Problem(where, "empty key path"))
+            continue
+        try:
+            value = parse_yaml(text) if text.strip() else None
+        except ConfigError as e:
+            problems.append(Problem(where, e.problems[0].message))
+            continue
+        node = raw
+        try:
+            for k in keys[:-1]:
+                if isinstance(k, int):
+                    node = node[k]
+                else:
+                    if not isinstance(node, dict):
+                        raise TypeError
+                    node = node.setdefault(k, LineDict())
+            last = keys[-1]
+            if isinstance(last, int) and isinstance(node, list):
+                node[last] = value
+            elif isinstance(node, dict) and isinstance(last, str):
+                node[last] = value
+            else:
+                raise TypeError
+        except (TypeError, IndexError, KeyError):
+            problems.append(Problem(where, f"'{path}' does not lead to a key of the config"))
+    if problems:
+        raise ConfigError(problems)
+    return raw
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read, override and validate a config file.
+
+    Raises:
+        ConfigError: Missing or unreadable file, YAML syntax, or any invalid value.
+    """
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([Problem("", "config file not found. Ready-made ones are in configs/, "
+                                   "e.g. configs/mnist.yaml.")], source) from None
+    except IsADirectoryError:
+        raise ConfigError([Problem("", "is a folder, not a YAML file")], source) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([Problem("", f"cannot read: {e}")], source) from None
+    raw = parse_yaml(text, source)
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    return validate(raw, source, stem=path.stem)
+
+
+def from_dict(raw: dict[str, Any], source: str = "checkpoint") -> Config:
+    """Rebuild a :class:`Config` from :meth:`Config.to_dict` output (e.g. stored in a checkpoint)."""
+    return validate(raw, source)

@@ -1,0 +1,74 @@
+"""Typed user errors.
+
+Every mistake a user can make (a bad YAML file, a corrupt dataset, a foreign
+checkpoint) raises a subclass of :class:`CnncliError`. The library never
+prints; ``cli.py`` turns these into one message and exit code 2. Anything else
+that escapes is a bug in cnncli.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Iterable
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return `` Did you mean 'x'?`` for the closest of ``choices``, or ``""``.
+
+    Uses :func:`difflib.get_close_matches` (cutoff 0.6), as huggingface_hub's CLI does.
+    """
+    match = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" Did you mean '{match[0]}'?" if match else ""
+
+
+class CnncliError(Exception):
+    """Base of all user-facing errors. ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One located problem in a config: key path (``model.layers[3].kernel_size``),
+    YAML line (1-based, or None when not from a file) and the message with its hint."""
+
+    path: str
+    message: str
+    line: int | None = None
+
+    def format(self, source: str | None) -> str:
+        where = ""
+        if source:
+            where = f"{source}:{self.line}" if self.line else source
+        if self.path:
+            where = f"{where} {self.path}" if where else self.path
+        return f"{where}: {self.message}" if where else self.message
+
+
+class ConfigError(CnncliError):
+    """A config file or override is invalid. Carries every problem found, not just the first.
+
+    Args:
+        problems: The located problems, in file order.
+        source: The config file name shown before each line number.
+    """
+
+    def __init__(self, problems: list[Problem], source: str | None = None):
+        self.problems = list(problems)
+        self.source = source
+        super().__init__("\n".join(p.format(source) for p in self.problems))
+
+
+class DataError(CnncliError):
+    """A dataset file is missing, truncated, of the wrong kind, or inconsistent."""
+
+
+class CheckpointError(CnncliError):
+    """A checkpoint cannot be read, is not ours, or does not fit the model."""
+
+
+class TrainingError(CnncliError):
+    """Training cannot go on (for example the loss became NaN or infinite)."""
+
+    exit_code = 1

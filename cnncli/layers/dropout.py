@@ -1,0 +1,73 @@
+"""Inverted dropout, element-wise and channel-wise."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnncli.layers.base import Layer, check_float, check_ndim
+from cnncli.layers.registry import register
+
+
+@register("dropout")
+class Dropout(Layer):
+    """Zero each element with probability ``p`` in training and scale survivors by 1/(1-p)
+    (inverted dropout, as ``torch.nn.Dropout``); identity in evaluation.
+
+    Masks come from the model's seeded generator, so a run is reproducible.
+
+    Args:
+        p: Drop probability in [0, 1) (CS231n's ``p`` is the keep probability; this is not). Default: 0.5.
+
+    Shape:
+        Any input; output same shape and dtype.
+
+    References:
+        Srivastava et al. 2014, JMLR 15; https://pytorch.org/docs/stable/generated/torch.nn.Dropout.html
+    """
+
+    def __init__(self, p: float = 0.5, *, rng: np.random.Generator | None = None):
+        super().__init__()
+        self.p = check_float("p", p, 0.0, 1.0, high_open=True)
+        self.rng = rng if rng is not None else np.random.default_rng(0)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+    def _mask_shape(self, shape):
+        return shape
+
+    def forward(self, x, training=False):
+        if not training or self.p == 0.0:
+            self._cache = False
+            return x
+        keep = self.rng.random(self._mask_shape(x.shape), dtype=np.float32) >= self.p
+        mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        self._cache = mask
+        return x * mask
+
+    def backward(self, dy):
+        mask = self._cached()
+        return dy if mask is False else dy * mask
+
+
+@register("dropout2d", "spatial_dropout2d")
+class Dropout2d(Dropout):
+    """Zero whole channels with probability ``p`` in training, scaling survivors by 1/(1-p)
+    (``torch.nn.Dropout2d``); identity in evaluation.
+
+    Args:
+        p: Drop probability per channel, in [0, 1). Default: 0.5.
+
+    Shape:
+        Input (N, C, H, W); output same shape and dtype.
+
+    References:
+        Tompson et al. 2015, https://arxiv.org/abs/1411.4280
+    """
+
+    def output_shape(self, input_shape):
+        check_ndim("dropout2d", input_shape, (3,), "images (C, H, W)")
+        return tuple(input_shape)
+
+    def _mask_shape(self, shape):
+        return (shape[0], shape[1], 1, 1)

@@ -1,0 +1,91 @@
+"""Fully connected layer and flatten."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from cnncli.layers.base import Layer, check_bool, check_choice, check_int, check_ndim
+from cnncli.layers.init import INITIALIZERS, initialize
+from cnncli.layers.registry import register
+
+
+@register("linear", "dense", "fc")
+class Linear(Layer):
+    """Affine map y = x @ weight + bias (``torch.nn.Linear`` with its weight transposed).
+
+    Args:
+        in_features: Input features F. Inferred from the previous layer in YAML.
+        out_features: Output features.
+        bias: Learn an additive bias. Default: true.
+        init: Weight initialiser: he_normal, he_uniform, xavier_normal, xavier_uniform,
+            torch_default. Default: he_normal.
+
+    Shape:
+        Input (N, in_features); output (N, out_features), same dtype.
+        ``weight`` (in_features, out_features), ``bias`` (out_features,).
+
+    References:
+        https://pytorch.org/docs/stable/generated/torch.nn.Linear.html
+    """
+
+    inferred = {"in_features": lambda s: s[0] if len(s) == 1 else math.prod(s)}
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 init: str = "he_normal", *, rng: np.random.Generator | None = None, dtype=np.float32):
+        super().__init__()
+        self.in_features = check_int("in_features", in_features, 1)
+        self.out_features = check_int("out_features", out_features, 1)
+        use_bias = check_bool("bias", bias)
+        check_choice("init", init, INITIALIZERS)
+        rng = rng if rng is not None else np.random.default_rng(0)
+        w, b = initialize(init, rng, (self.in_features, self.out_features), self.in_features,
+                          self.out_features, np.dtype(dtype), (self.out_features,) if use_bias else None)
+        self.params["weight"] = w
+        if b is not None:
+            self.params["bias"] = b
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}"
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 1:
+            raise ValueError(f"linear expects flat features (F,), got input shape {tuple(input_shape)}; "
+                             f"add a 'flatten' layer before it")
+        if input_shape[0] != self.in_features:
+            raise ValueError(f"linear expects {self.in_features} input features, got {input_shape[0]}")
+        return (self.out_features,)
+
+    def forward(self, x, training=False):
+        self._cache = x
+        y = x @ self.params["weight"]
+        if "bias" in self.params:
+            y += self.params["bias"]
+        return y
+
+    def backward(self, dy):
+        x = self._cached()
+        self.grads["weight"] = x.T @ dy
+        if "bias" in self.params:
+            self.grads["bias"] = dy.sum(axis=0)
+        return dy @ self.params["weight"].T
+
+
+@register("flatten")
+class Flatten(Layer):
+    """Flatten every axis after the batch axis (``torch.nn.Flatten()``), in C order.
+
+    Shape:
+        Input (N, *); output (N, prod(*)), same dtype.
+    """
+
+    def output_shape(self, input_shape):
+        return (math.prod(input_shape),)
+
+    def forward(self, x, training=False):
+        self._cache = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self._cached())

@@ -1,0 +1,208 @@
+"""Max and average pooling with PyTorch's ``MaxPool2d`` / ``AvgPool2d`` semantics,
+and global average pooling."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnncli.layers.base import Layer, check_bool, check_int, check_ndim, check_pair
+from cnncli.layers.registry import register
+from cnncli.layers.windows import offset_slice, out_size, pad, window_view
+
+
+class _Pool2d(Layer):
+    """Shared geometry of max/avg pooling: windows over a padded view."""
+
+    def _setup(self, kernel_size, stride, padding, dilation, ceil_mode):
+        self.kernel_size = check_pair("kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else check_pair("stride", stride, 1)
+        self.padding = check_pair("padding", padding, 0)
+        self.dilation = check_pair("dilation", dilation, 1)
+        self.ceil_mode = check_bool("ceil_mode", ceil_mode)
+        for p, k in zip(self.padding, self.kernel_size):
+            if p > k // 2:  # torch: "pad should be at most half of effective kernel size"
+                raise ValueError(f"padding {self.padding} must be at most half of kernel_size {self.kernel_size}")
+
+    def extra_repr(self) -> str:
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"ceil_mode={self.ceil_mode}")
+
+    def _out_hw(self, H: int, W: int) -> tuple[int, int]:
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        return (out_size(H, kh, sh, 2 * ph, dh, self.ceil_mode, ph),
+                out_size(W, kw, sw, 2 * pw, dw, self.ceil_mode, pw))
+
+    def output_shape(self, input_shape):
+        check_ndim(self.type_name, input_shape, (3,), "images (C, H, W); put it before flatten")
+        C, H, W = input_shape
+        H_out, W_out = self._out_hw(H, W)
+        if H_out < 1 or W_out < 1:
+            raise ValueError(f"output {H_out}x{W_out} for input {tuple(input_shape)}: the pooling window "
+                             f"{self.kernel_size} is larger than the padded input. Remove this layer "
+                             f"or use a smaller kernel_size.")
+        return (C, H_out, W_out)
+
+    def _windows(self, x, fill):
+        """Padded input and its (N, C, H_out, W_out, kh, kw) window view.
+
+        Padding is ``padding`` on every side, plus whatever extra bottom/right rows
+        the last ceil-mode window needs (filled like the padding, never counted)."""
+        N, C, H, W = x.shape
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        H_out, W_out = self._out_hw(H, W)
+        extra_h = max(0, (H_out - 1) * sh + (kh - 1) * dh + 1 - (H + 2 * ph))
+        extra_w = max(0, (W_out - 1) * sw + (kw - 1) * dw + 1 - (W + 2 * pw))
+        xp = pad(x, ph, ph + extra_h, pw, pw + extra_w, fill)
+        return xp, window_view(xp, kh, kw, sh, sw, dh, dw, H_out, W_out)
+
+    def _col2im(self, x_shape, xp_shape, slabs):
+        """Sum ``slabs(a, b)`` -> (N, C, H_out, W_out) into the input positions of offset (a, b)."""
+        N, C, H, W = x_shape
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        dxp = np.zeros(xp_shape, dtype=slabs(0, 0).dtype)
+        H_out, W_out = slabs(0, 0).shape[2:]
+        for a in range(kh):
+            rows = offset_slice(a, dh, sh, H_out)
+            for b in range(kw):
+                dxp[:, :, rows, offset_slice(b, dw, sw, W_out)] += slabs(a, b)
+        return dxp[:, :, ph:ph + H, pw:pw + W]
+
+
+@register("maxpool2d", "maxpool", "max_pool2d")
+class MaxPool2d(_Pool2d):
+    """Max over each window, as ``torch.nn.MaxPool2d``.
+
+    H_out = floor((H + 2*padding - dilation*(kernel_size-1) - 1) / stride) + 1 (ceil in
+    ``ceil_mode``, where a last window starting in the bottom padding is dropped).
+    Padding counts as -inf. Backward sends each window's gradient to exactly one input,
+    the first maximum in row-major window order on ties, summing where windows overlap.
+
+    Args:
+        kernel_size: int or [kh, kw].
+        stride: int or [sh, sw]. Default: kernel_size.
+        padding: Implicit -inf padding on each side, at most kernel_size/2. Default: 0.
+        dilation: Spacing between window elements. Default: 1.
+        ceil_mode: Use ceil instead of floor for the output size. Default: false.
+
+    Shape:
+        Input (N, C, H, W); output (N, C, H_out, W_out), same dtype.
+
+    References:
+        https://pytorch.org/docs/stable/generated/torch.nn.MaxPool2d.html
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False):
+        super().__init__()
+        self._setup(kernel_size, stride, padding, dilation, ceil_mode)
+
+    def forward(self, x, training=False):
+        N, C = x.shape[:2]
+        kh, kw = self.kernel_size
+        xp, win = self._windows(x, -np.inf)
+        H_out, W_out = win.shape[2:4]
+        flat = win.reshape(N, C, H_out, W_out, kh * kw)        # one copy of the windows
+        idx = flat.argmax(axis=-1)                             # first maximum on ties
+        y = np.take_along_axis(flat, idx[..., None], axis=-1)[..., 0]
+        self._cache = (x.shape, xp.shape, idx.astype(np.int32))
+        return y
+
+    def backward(self, dy):
+        x_shape, xp_shape, idx = self._cached()
+        kw = self.kernel_size[1]
+        zero = dy.dtype.type(0)
+        return self._col2im(x_shape, xp_shape, lambda a, b: np.where(idx == a * kw + b, dy, zero))
+
+
+@register("avgpool2d", "avgpool", "avg_pool2d")
+class AvgPool2d(_Pool2d):
+    """Mean over each window, as ``torch.nn.AvgPool2d``.
+
+    Output size as :class:`MaxPool2d` (no dilation). The divisor of a window follows
+    torch ``avg_pool2d``: with ``count_include_pad`` it is the window's size clipped to
+    the padded input (ceil-mode overhang never counts); otherwise the number of real
+    input elements in it. ``divisor_override`` replaces both.
+
+    Args:
+        kernel_size: int or [kh, kw].
+        stride: int or [sh, sw]. Default: kernel_size.
+        padding: Implicit zero padding on each side, at most kernel_size/2. Default: 0.
+        ceil_mode: Use ceil instead of floor for the output size. Default: false.
+        count_include_pad: Count zero padding in the divisor. Default: true.
+        divisor_override: If set, divide every window sum by this. Default: none.
+
+    Shape:
+        Input (N, C, H, W); output (N, C, H_out, W_out), same dtype.
+
+    References:
+        https://pytorch.org/docs/stable/generated/torch.nn.AvgPool2d.html
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+                 count_include_pad: bool = True, divisor_override=None):
+        super().__init__()
+        self._setup(kernel_size, stride, padding, 1, ceil_mode)
+        self.count_include_pad = check_bool("count_include_pad", count_include_pad)
+        self.divisor_override = None if divisor_override is None else check_int("divisor_override",
+                                                                                  divisor_override, 1)
+
+    def _divisor(self, H, W, H_out, W_out, dtype):
+        """(H_out, W_out) window divisors, per torch ``avg_pool2d_out_frame``."""
+        if self.divisor_override is not None:
+            return np.full((H_out, W_out), self.divisor_override, dtype=dtype)
+
+        def counts(size, n_out, k, s, p):
+            start = np.arange(n_out) * s - p
+            end = np.minimum(start + k, size + p)
+            padded = end - start
+            real = np.minimum(end, size) - np.maximum(start, 0)
+            return padded if self.count_include_pad else real
+
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        rows = counts(H, H_out, kh, sh, ph)
+        cols = counts(W, W_out, kw, sw, pw)
+        return np.outer(rows, cols).astype(dtype)
+
+    def forward(self, x, training=False):
+        H, W = x.shape[2:]
+        xp, win = self._windows(x, 0.0)
+        H_out, W_out = win.shape[2:4]
+        div = self._divisor(H, W, H_out, W_out, x.dtype)
+        y = win.sum(axis=(4, 5)) / div
+        self._cache = (x.shape, xp.shape, div)
+        return y
+
+    def backward(self, dy):
+        x_shape, xp_shape, div = self._cached()
+        share = dy / div
+        return self._col2im(x_shape, xp_shape, lambda a, b: share)
+
+
+@register("global_avgpool", "global_avg_pool", "gap")
+class GlobalAvgPool(Layer):
+    """Mean over all spatial positions of each channel (``torch.nn.AdaptiveAvgPool2d(1)``).
+
+    Args:
+        keepdims: Keep the spatial axes as size 1 (N, C, 1, 1); otherwise output (N, C). Default: false.
+
+    Shape:
+        Input (N, C, H, W); output (N, C) or (N, C, 1, 1), same dtype.
+    """
+
+    def __init__(self, keepdims: bool = False):
+        super().__init__()
+        self.keepdims = check_bool("keepdims", keepdims)
+
+    def output_shape(self, input_shape):
+        check_ndim("global_avgpool", input_shape, (3,), "images (C, H, W)")
+        C = input_shape[0]
+        return (C, 1, 1) if self.keepdims else (C,)
+
+    def forward(self, x, training=False):
+        self._cache = x.shape
+        y = x.mean(axis=(2, 3), keepdims=True)
+        return y if self.keepdims else y[:, :, 0, 0]
+
+    def backward(self, dy):
+        N, C, H, W = self._cached()
+        dy = dy.reshape(N, C, 1, 1)
+        return np.broadcast_to(dy / (H * W), (N, C, H, W)).copy()

@@ -1,0 +1,27 @@
+"""Classification metrics from labels and predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K, K) int64 counts, rows = true class, columns = predicted class (scikit-learn's layout)."""
+    return np.bincount(labels * num_classes + preds, minlength=num_classes * num_classes) \
+        .reshape(num_classes, num_classes).astype(np.int64)
+
+
+def per_class(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and support per class from a confusion matrix.
+
+    precision = TP / predicted, recall = TP / support, F1 = 2PR / (P + R); 0 where undefined
+    (scikit-learn's ``zero_division=0``).
+    """
+    tp = np.diag(cm).astype(np.float64)
+    predicted = cm.sum(axis=0)
+    support = cm.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(support > 0, tp / support, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support}

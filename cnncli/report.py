@@ -1,0 +1,213 @@
+"""Everything that draws: the only module that imports rich.
+
+The trainer emits events (``training.py``); :class:`TrainReporter` turns them into a
+live display on a terminal (epoch and batch bars with running loss, accuracy,
+images/s, lr and ETA) or into plain lines when stdout is not a terminal or
+``NO_COLOR``/``CI`` is set, so logs hold no control codes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+from rich.text import Text
+
+from cnncli import training as T
+
+
+def plain_requested() -> bool:
+    """True when output must be plain lines: not a terminal, or NO_COLOR / CI set."""
+    return (not sys.stdout.isatty()) or bool(os.environ.get("NO_COLOR")) or \
+        os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A console that is plain (no colour, no cursor moves) when :func:`plain_requested`."""
+    plain = plain_requested()
+    return Console(stderr=stderr, no_color=plain, force_terminal=False if plain else None,
+                   highlight=False, emoji=False, soft_wrap=plain)
+
+
+def print_error(message: str, console: Console | None = None) -> None:
+    console = console or make_console(stderr=True)
+    console.print(Text("error: ", style="bold red") + Text(message))
+
+
+class MetricsColumn(ProgressColumn):
+    """Shows ``task.fields`` loss/acc/img/s/lr (like Lightning's ``MetricsTextColumn``)."""
+
+    def render(self, task) -> Text:
+        f = task.fields
+        if "loss" not in f:
+            return Text("")
+        return Text(f"loss {f['loss']:.4f}  acc {f['acc'] * 100:6.2f}%  {f['ips']:,.0f} img/s  lr {f['lr']:.2g}")
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v * 100:.2f}%"
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+class TrainReporter:
+    """Subscribes to training events. ``mode``: ``rich``, ``plain`` or ``quiet``."""
+
+    def __init__(self, mode: str | None = None, console: Console | None = None):
+        self.console = console or make_console()
+        self.mode = mode or ("plain" if plain_requested() else "rich")
+        self.progress: Progress | None = None
+        self.epoch_task = self.batch_task = None
+
+    def __call__(self, event: Any) -> None:
+        getattr(self, f"on_{type(event).__name__}")(event)
+
+    # -- events
+    def on_RunStarted(self, e: T.RunStarted) -> None:
+        if self.mode == "quiet":
+            return
+        self.console.print(f"run folder: {e.run_dir}")
+        self.console.print(f"data: {e.n_train:,} train, {e.n_val:,} validation, {e.n_test:,} test images; "
+                           f"model: {e.num_params:,} parameters; {e.epochs} epochs of {e.batches_per_epoch} batches")
+        if self.mode == "rich":
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(),
+                MetricsColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                console=self.console, transient=True)
+            self.progress.start()
+            self.epoch_task = self.progress.add_task("epochs ", total=e.epochs)
+            self.batch_task = self.progress.add_task("batches", total=e.batches_per_epoch)
+
+    def on_EpochStarted(self, e: T.EpochStarted) -> None:
+        if self.progress:
+            self.progress.reset(self.batch_task, description=f"epoch {e.epoch}")
+
+    def on_BatchEnded(self, e: T.BatchEnded) -> None:
+        if self.progress:
+            self.progress.update(self.batch_task, completed=e.batch, loss=e.loss, acc=e.accuracy,
+                                 ips=e.images_per_s, lr=e.lr)
+
+    def on_EpochEnded(self, e: T.EpochEnded) -> None:
+        m = e.metrics
+        if self.progress:
+            self.progress.update(self.epoch_task, completed=e.epoch)
+        if self.mode == "quiet":
+            return
+        best = "  *best" if e.is_best else ""
+        self.console.print(
+            f"epoch {e.epoch}/{e.epochs}  train loss {_num(m['train_loss'])} acc {_pct(m['train_accuracy'])}  "
+            f"val loss {_num(m.get('val_loss'))} acc {_pct(m.get('val_accuracy'))}  "
+            f"{e.seconds:.1f}s ({m['images_per_s']:,.0f} img/s){best}")
+
+    def on_RunEnded(self, e: T.RunEnded) -> None:
+        self.close()
+        if e.test is not None:
+            self.console.print(f"test accuracy {_pct(e.test.accuracy)} (loss {e.test.loss:.4f}) "
+                               f"on {e.test.labels.size:,} images, best checkpoint (epoch {e.best_epoch})")
+        if self.mode == "quiet":
+            return
+        self.console.print(f"checkpoints: {e.best_path} (best), {e.last_path} (last); "
+                           f"metrics: {e.run_dir / 'metrics.jsonl'}; {e.seconds:.0f}s in all")
+        self.console.print(f"evaluate it:  cnncli eval {e.best_path}")
+
+    def close(self) -> None:
+        if self.progress:
+            self.progress.stop()
+            self.progress = None
+
+
+def render_eval(result: T.EvalResult, checkpoint_path: str, console: Console | None = None) -> None:
+    """Test loss and accuracy, a per-class precision/recall/F1 table and the confusion matrix."""
+    from cnncli.metrics import per_class
+
+    console = console or make_console()
+    console.print(f"checkpoint: {checkpoint_path}")
+    console.print(f"test accuracy {_pct(result.accuracy)}  loss {result.loss:.4f}  "
+                  f"({result.labels.size:,} images)")
+    pc = per_class(result.confusion)
+    k = result.num_classes
+    table = Table(title="per class")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(col, justify="right")
+    for i in range(k):
+        table.add_row(str(i), _pct(pc["precision"][i]), _pct(pc["recall"][i]), _pct(pc["f1"][i]),
+                      f"{int(pc['support'][i]):,}")
+    table.add_row("macro avg", _pct(pc["precision"].mean()), _pct(pc["recall"].mean()),
+                  _pct(pc["f1"].mean()), f"{int(pc['support'].sum()):,}", style="bold")
+    console.print(table)
+    cm = Table(title="confusion matrix (rows: true, columns: predicted)")
+    cm.add_column("", justify="right", style="bold")
+    for j in range(k):
+        cm.add_column(str(j), justify="right")
+    off = result.confusion - np.diag(np.diag(result.confusion))
+    peak = max(int(off.max()), 1)
+    for i in range(k):
+        cells = []
+        for j in range(k):
+            v = int(result.confusion[i, j])
+            if i == j:
+                style = "bold green"
+            elif v == 0:
+                style = "dim"
+            else:  # colour grades with the share of the worst confusion
+                style = "red" if v >= 0.5 * peak else ("yellow" if v >= 0.1 * peak else "")
+            cells.append(Text(str(v), style=style))
+        cm.add_row(str(i), *cells)
+    console.print(cm)
+
+
+def render_gradcheck(results: list, tol: float, console: Console | None = None) -> None:
+    """Table of relative errors per layer and tensor, with PASS/FAIL against ``tol``."""
+    console = console or make_console()
+    from cnncli.gradcheck import ZERO_ATOL
+
+    table = Table(title=f"gradient check (float64, central differences; pass if rel. error <= {tol:g} "
+                        f"or max abs error <= {ZERO_ATOL:g})")
+    for col, just in (("layer", "left"), ("tensor", "left"), ("checked", "right"),
+                      ("rel. error", "right"), ("max abs error", "right"), ("", "left")):
+        table.add_column(col, justify=just)
+    def vanishing(r) -> bool:
+        return r.max_abs_error <= ZERO_ATOL and r.rel_error > tol
+
+    for r in results:
+        ok = r.passed(tol)
+        verdict = "PASS (zero)" if vanishing(r) else ("PASS" if ok else "FAIL")
+        table.add_row(r.layer, r.tensor, f"{r.checked}/{r.size}", f"{r.rel_error:.2e}", f"{r.max_abs_error:.2e}",
+                      Text(verdict, style="green" if ok else "bold red"))
+    console.print(table)
+    worst = max(results, key=lambda r: 0.0 if vanishing(r) else r.rel_error)
+    failed = sum(not r.passed(tol) for r in results)
+    verdict = "all passed" if not failed else f"{failed} FAILED"
+    console.print(f"{len(results)} tensors checked, {verdict}; worst {worst.rel_error:.2e} "
+                  f"({worst.layer} {worst.tensor})")
+
+
+def render_layers(descriptions: list[dict], console: Console | None = None, full: bool = False) -> None:
+    """The registry: one row per layer with options and defaults (``full``: the whole docstring)."""
+    console = console or make_console()
+    if full:
+        for d in descriptions:
+            console.print(Text(d["name"], style="bold"))
+            if d["aliases"]:
+                console.print(f"aliases: {', '.join(d['aliases'])}")
+            if d["inferred"]:
+                console.print(f"inferred from the input: {', '.join(d['inferred'])}")
+            console.print(d["doc"])
+        return
+    table = Table(title="layers (cnncli layers NAME for details)")
+    table.add_column("type", style="bold")
+    table.add_column("options (default)")
+    table.add_column("description")
+    for d in descriptions:
+        opts = ", ".join(n if v == "required" else f"{n}={v!r}" for n, v in d["options"].items())
+        table.add_row(d["name"], opts or "-", d["summary"])
+    console.print(table)
