@@ -466,6 +466,12 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise ConfigError([Problem("", f"cannot read: {e}")], source) from None
     raw = parse_yaml(text, source)
     if overrides:
+        train = raw.get("train") if isinstance(raw, dict) else None
+        if isinstance(train, dict) and isinstance(train.get("optimizer"), str):
+            # 'optimizer: sgd' is short for {type: sgd}; expand it so --set train.optimizer.lr=... reaches it
+            opt = LineDict(type=train["optimizer"])
+            opt.line = opt.lines["type"] = train.lines.get("optimizer")
+            train["optimizer"] = opt
         raw = apply_overrides(raw, overrides)
     return validate(raw, source, stem=path.stem)
 

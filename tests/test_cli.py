@@ -1,0 +1,162 @@
+"""The command line end to end on a slice of the real MNIST (typer's CliRunner and a real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cnncli.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+ANSI = re.compile(r"\x1b\[")
+
+
+def tiny_config(write_config, data: Path, **extra) -> Path:
+    text = (REPO / "configs" / "tiny.yaml").read_text().replace("path: data/mnist", f"path: {data}")
+    return write_config(text)
+
+
+@pytest.fixture(scope="module")
+def trained(mnist_slice, tmp_path_factory):
+    """Train configs/tiny.yaml for one epoch on the slice; return (run dir, output)."""
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = tmp / "tiny.yaml"
+    cfg.write_text((REPO / "configs" / "tiny.yaml").read_text().replace("path: data/mnist", f"path: {mnist_slice}"))
+    out = tmp / "run"
+    result = runner.invoke(app, ["train", str(cfg), "--out", str(out), "--epochs", "2", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_train_writes_the_run_folder(trained):
+    out, output = trained
+    assert sorted(p.name for p in out.iterdir()) == ["best.npz", "config.yaml", "last.npz", "metrics.jsonl"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds", "lr"} <= rows[0].keys()
+    assert not ANSI.search(output)                      # CliRunner is not a terminal: plain lines
+    assert len(re.findall(r"^epoch \d/2 ", output, re.M)) == 2
+    assert f"cnncli eval {out / 'best.npz'}" in output
+    saved = (out / "config.yaml").read_text()
+    assert "epochs: 2" in saved and "seed: 3" in saved   # overrides are recorded
+
+
+def test_eval_prints_the_accuracy_training_printed(trained):
+    out, output = trained
+    acc = re.search(r"test accuracy (\d+\.\d+)%", output).group(1)
+    result = runner.invoke(app, ["eval", str(out / "best.npz")])
+    assert result.exit_code == 0, result.output
+    assert f"test accuracy {acc}%" in result.output
+    assert "confusion matrix" in result.output and "precision" in result.output
+    js = runner.invoke(app, ["eval", str(out / "best.npz"), "--json"])
+    data = json.loads(js.output)
+    assert f"{data['accuracy'] * 100:.2f}" == acc
+    cm = np.array(data["confusion_matrix"])
+    assert cm.sum() == 200 and np.trace(cm) == round(data["accuracy"] * 200)
+
+
+def test_checkpoint_holds_everything_eval_needs(trained, tmp_path):
+    out, _ = trained
+    moved = tmp_path / "elsewhere.npz"
+    moved.write_bytes((out / "best.npz").read_bytes())
+    assert runner.invoke(app, ["eval", str(moved)]).exit_code == 0
+
+
+def test_a_taken_run_folder_is_never_overwritten(trained, write_config, mnist_slice):
+    out, _ = trained
+    before = (out / "best.npz").read_bytes()
+    cfg = tiny_config(write_config, mnist_slice)
+    result = runner.invoke(app, ["train", str(cfg), "--out", str(out), "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert (out / "best.npz").read_bytes() == before
+    assert (out.parent / f"{out.name}-2" / "best.npz").is_file()
+
+
+def test_same_seed_same_metrics(write_config, mnist_slice, tmp_path):
+    cfg = tiny_config(write_config, mnist_slice)
+    for name in ("a", "b"):
+        assert runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / name), "-q"]).exit_code == 0
+
+    def strip(path):
+        return [{k: v for k, v in json.loads(line).items() if "seconds" not in k and k != "images_per_s"}
+                for line in path.read_text().splitlines()]
+
+    assert strip(tmp_path / "a" / "metrics.jsonl") == strip(tmp_path / "b" / "metrics.jsonl")
+
+
+def test_gradcheck_passes_on_tiny():
+    result = runner.invoke(app, ["gradcheck", str(REPO / "configs" / "tiny.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "all passed" in result.output
+
+
+def test_gradcheck_fails_on_a_broken_backward(monkeypatch):
+    from cnncli.layers.activation import ReLU
+
+    monkeypatch.setattr(ReLU, "backward", lambda self, dy: dy)    # forgets the mask
+    result = runner.invoke(app, ["gradcheck", str(REPO / "configs" / "tiny.yaml")])
+    assert result.exit_code == 1
+    assert "FAIL" in result.output
+
+
+def test_layers_lists_the_registry():
+    result = runner.invoke(app, ["layers"])
+    assert result.exit_code == 0
+    for name in ("conv2d", "maxpool2d", "avgpool2d", "batchnorm", "dropout", "linear", "flatten", "relu"):
+        assert name in result.output
+    one = runner.invoke(app, ["layers", "conv2d"])
+    assert "kernel_size" in one.output and "References" in one.output
+    assert runner.invoke(app, ["layers", "convv2d"]).exit_code == 2
+
+
+BROKEN = [
+    ("unknown layer", "    - rleu\n", "model.layers[1]", "Did you mean 'relu'"),
+    ("missing option", "    - conv2d: {kernel_size: 3}\n", "model.layers[1]", "needs the option 'out_channels'"),
+]
+
+
+@pytest.mark.parametrize("what,layer,path,hint", BROKEN, ids=[b[0] for b in BROKEN])
+def test_bad_config_exits_2_with_one_located_line(write_config, what, layer, path, hint):
+    cfg = write_config("data: {path: data/mnist}\nmodel:\n  layers:\n    - flatten\n" + layer +
+                       "    - linear: {out_features: 10}\n")
+    result = subprocess.run([sys.executable, "-m", "cnncli", "train", str(cfg)], capture_output=True,
+                            text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"{cfg}:5 {path}" in lines[0] and hint in lines[0]
+
+
+def test_debug_shows_the_traceback(write_config):
+    cfg = write_config("data: {path: data/mnist}\nmodel:\n  layers: [rleu]\n")
+    result = subprocess.run([sys.executable, "-m", "cnncli", "--debug", "train", str(cfg)],
+                            capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_missing_data_folder_exits_2(write_config, tmp_path):
+    cfg = write_config(f"data: {{path: {tmp_path / 'nowhere'}}}\nmodel:\n  layers: [flatten, {{linear: {{out_features: 10}}}}]\n")
+    result = runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert "nowhere" in result.output
+
+
+def test_eval_of_a_non_checkpoint_exits_2(tmp_path):
+    bad = tmp_path / "x.npz"
+    bad.write_bytes(b"not a zip")
+    result = runner.invoke(app, ["eval", str(bad)])
+    assert result.exit_code == 2 and "x.npz" in result.output
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("cnncli ")

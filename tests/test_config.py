@@ -1,0 +1,171 @@
+"""Config loading and validation: every problem located by key path and YAML line."""
+
+from __future__ import annotations
+
+import pytest
+
+from cnncli import config as C
+from cnncli.errors import ConfigError
+from cnncli.training import build_model
+
+GOOD = """\
+data:
+  path: data/mnist
+model:
+  layers:
+    - conv2d: {out_channels: 4, kernel_size: 3}
+    - relu
+    - flatten
+    - linear: {out_features: 10}
+train:
+  optimizer: {type: adam, lr: 1e-3}
+"""
+
+
+def problems(exc: ConfigError) -> list[tuple[str, int | None]]:
+    return [(p.path, p.line) for p in exc.problems]
+
+
+def test_good_config_resolves_defaults(write_config):
+    cfg = C.load(write_config(GOOD))
+    assert cfg.train.optimizer.type == "adam"
+    assert cfg.train.optimizer.options == {"lr": 0.001}   # YAML 1.2 float, not the string '1e-3'
+    assert cfg.train.epochs == 10 and cfg.train.batch_size == 128
+    assert [s.type for s in cfg.model.layers] == ["conv2d", "relu", "flatten", "linear"]
+    assert cfg.model.layers[0].line == 5
+    assert cfg.output.dir == "runs/config"
+
+
+def test_round_trip_through_dict(write_config):
+    cfg = C.load(write_config(GOOD))
+    again = C.from_dict(cfg.to_dict())
+    assert again.to_dict() == cfg.to_dict()
+
+
+def test_unknown_layer_type_names_path_line_and_hint(write_config):
+    path = write_config(GOOD.replace("- relu", "- rleu"))
+    with pytest.raises(ConfigError) as e:
+        C.load(path)
+    assert problems(e.value) == [("model.layers[1]", 6)]
+    msg = str(e.value)
+    assert f"{path}:6 model.layers[1]" in msg and "Did you mean 'relu'?" in msg
+
+
+def test_missing_required_option(write_config):
+    with pytest.raises(ConfigError) as e:
+        C.load(write_config(GOOD.replace("out_channels: 4, ", "")))
+    assert problems(e.value) == [("model.layers[0]", 5)]
+    assert "needs the option 'out_channels'" in str(e.value)
+
+
+def test_unknown_option_with_hint(write_config):
+    with pytest.raises(ConfigError) as e:
+        C.load(write_config(GOOD.replace("kernel_size: 3", "kernal_size: 3")))
+    assert ("model.layers[0].kernal_size", 5) in problems(e.value)
+    assert "Did you mean 'kernel_size'?" in str(e.value)
+
+
+def test_all_problems_reported_at_once(write_config):
+    text = GOOD.replace("- relu", "- rleu").replace("data:", "data:\n  val_splt: 0.2") \
+               .replace("type: adam", "type: adma") + "trian: {}\n"
+    with pytest.raises(ConfigError) as e:
+        C.load(write_config(text))
+    paths = [p for p, _ in problems(e.value)]
+    assert set(paths) == {"data.val_splt", "model.layers[1]", "train.optimizer.type", "trian"}
+    lines = [line for _, line in problems(e.value)]
+    assert lines == sorted(lines)
+
+
+@pytest.mark.parametrize("key,value,path", [
+    ("epochs", "0", "train.epochs"),
+    ("epochs", "two", "train.epochs"),
+    ("batch_size", "-1", "train.batch_size"),
+    ("seed", "1.5", "train.seed"),
+    ("label_smoothing", "1.5", "train.label_smoothing"),
+])
+def test_bad_train_values(write_config, key, value, path):
+    with pytest.raises(ConfigError) as e:
+        C.load(write_config(GOOD + f"  {key}: {value}\n"))
+    assert problems(e.value) == [(path, 11)]
+
+
+def test_bad_val_split_and_optimizer_value(write_config):
+    text = GOOD.replace("path: data/mnist", "path: data/mnist\n  val_split: 1.5").replace("lr: 1e-3", "lr: -1")
+    with pytest.raises(ConfigError) as e:
+        C.load(write_config(text))
+    assert problems(e.value) == [("data.val_split", 3), ("train.optimizer.lr", 11)]
+
+
+def test_yaml_syntax_error_has_line_and_column(write_config):
+    path = write_config("data:\n  path: [data\nmodel: {}\n")
+    with pytest.raises(ConfigError) as e:
+        C.load(path)
+    assert "YAML syntax error, column" in str(e.value)
+    assert e.value.problems[0].line == 3
+
+
+def test_duplicate_key_refused(write_config):
+    with pytest.raises(ConfigError) as e:
+        C.load(write_config(GOOD + "train:\n  epochs: 2\n"))
+    assert "duplicate key 'train'" in str(e.value)
+
+
+def test_missing_file_and_empty_file(tmp_path, write_config):
+    with pytest.raises(ConfigError, match="config file not found"):
+        C.load(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="a config is a mapping"):
+        C.load(write_config(""))
+
+
+def test_layer_forms(write_config):
+    text = GOOD.replace("- relu", "- {type: leaky_relu, negative_slope: 0.2}").replace("- flatten", "- flatten:")
+    cfg = C.load(write_config(text))
+    assert cfg.model.layers[1].options == {"negative_slope": 0.2}
+    assert cfg.model.layers[2].options == {}
+
+
+def test_overrides(write_config):
+    cfg = C.load(write_config(GOOD), ["train.epochs=3", "model.layers[0].conv2d.out_channels=8",
+                                      "train.optimizer.lr=0.5"])
+    assert cfg.train.epochs == 3
+    assert cfg.model.layers[0].options["out_channels"] == 8
+    assert cfg.train.optimizer.options["lr"] == 0.5
+    with pytest.raises(ConfigError, match="train.epochs"):
+        C.load(write_config(GOOD), ["train.epochs=0"])
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        C.load(write_config(GOOD), ["train.epochs"])
+
+
+def test_lr_override_on_optimizer_given_by_name(write_config):
+    cfg = C.load(write_config(GOOD.replace("{type: adam, lr: 1e-3}", "sgd")), ["train.optimizer.lr=0.1"])
+    assert cfg.train.optimizer.type == "sgd" and cfg.train.optimizer.options == {"lr": 0.1}
+
+
+def test_geometry_refused_at_build_with_path(write_config):
+    text = GOOD.replace("kernel_size: 3}", "kernel_size: 30}")
+    cfg = C.load(write_config(text))
+    with pytest.raises(ConfigError) as e:
+        build_model(cfg, (1, 28, 28))
+    assert problems(e.value) == [("model.layers[0]", 5)]
+    assert "larger than the padded input" in str(e.value)
+
+
+def test_output_width_must_cover_classes(write_config):
+    cfg = C.load(write_config(GOOD.replace("out_features: 10", "out_features: 5")))
+    with pytest.raises(ConfigError, match="5 outputs but the data has 10 classes"):
+        build_model(cfg, (1, 28, 28), num_classes=10)
+
+
+def test_input_shape_must_match_data(write_config):
+    cfg = C.load(write_config(GOOD.replace("model:", "model:\n  input_shape: [3, 32, 32]")))
+    with pytest.raises(ConfigError, match="model.input_shape"):
+        build_model(cfg, (1, 28, 28))
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
+        cfg = C.load(path)
+        model = build_model(cfg, (1, 28, 28), num_classes=10)
+        assert model.output_shape == (10,), path
