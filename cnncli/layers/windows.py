@@ -8,7 +8,6 @@ strided add over the whole batch.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -21,16 +20,18 @@ def out_size(size: int, kernel: int, stride: int, pad_total: int, dilation: int 
     floor((size + pad_total - dilation*(kernel-1) - 1) / stride) + 1, or with ceil
     instead of floor when ``ceil_mode``; in ceil mode the last window must start
     inside the input or the leading padding (torch ``pooling_output_shape``).
+    The span may be negative: in ceil mode a window that starts in the input but
+    overhangs its end by less than a stride still counts (torch gives 1 output for
+    size 1, kernel 2, stride 2, ceil_mode). Returns 0 when no window fits.
     """
     span = size + pad_total - dilation * (kernel - 1) - 1
-    if span < 0:
-        return 0
-    n = (math.ceil(span / stride) if ceil_mode else span // stride) + 1
+    # integer floor/ceil division, exact for negative spans too (torch div_rtn)
+    n = (-(-span // stride) if ceil_mode else span // stride) + 1
     if ceil_mode:
         begin = pad_total // 2 if pad_begin is None else pad_begin
         if (n - 1) * stride >= size + begin:
             n -= 1
-    return n
+    return max(n, 0)
 
 
 def pad(x: np.ndarray, top: int, bottom: int, left: int, right: int, value: float = 0.0) -> np.ndarray:
