@@ -87,11 +87,21 @@ class Model:
             x = layer.forward(x, training)
         return x
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        """Back-propagate d loss / d output; fills every layer's ``grads``; returns d loss / d input."""
-        for layer in reversed(self.layers):
+    def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """Back-propagate d loss / d output; fills every layer's ``grads``.
+
+        Returns d loss / d input, or None with ``input_grad=False`` (training needs no
+        input gradient, so a first layer with ``backward_params`` skips computing it).
+        """
+        for layer in self.layers[:0:-1]:
             dy = layer.backward(dy)
-        return dy
+        if not self.layers:
+            return dy
+        first = self.layers[0]
+        if not input_grad and hasattr(first, "backward_params"):
+            first.backward_params(dy)
+            return None
+        return first.backward(dy)
 
     def params(self) -> dict[str, np.ndarray]:
         """Trainable arrays keyed ``"{index}.{name}"`` (the arrays themselves, not copies)."""

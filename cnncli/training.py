@@ -232,7 +232,7 @@ def run_batches(model: Model, ds: Dataset, batch_size: int, lut: np.ndarray, *, 
         if not math.isfinite(loss):
             raise TrainingError(f"the loss became {loss} at batch {b + 1}")
         if training:
-            model.backward(dlogits)
+            model.backward(dlogits, input_grad=False)
             optimizer.step(model.grads())
         p = logits.argmax(axis=1)
         if keep_preds:

@@ -46,6 +46,9 @@ class Layer:
     def backward(self, dy: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # Layers with parameters may also define ``backward_params(dy) -> None``: fill ``grads``
+    # without computing the input gradient (used for a model's first layer in training).
+
     def _cached(self) -> Any:
         """Return what ``forward`` cached, or raise ``RuntimeError`` if it never ran."""
         if self._cache is None:

@@ -7,7 +7,7 @@ import numpy as np
 from cnncli.layers.base import Layer, check_bool, check_choice, check_int, check_ndim, check_pair
 from cnncli.layers.init import INITIALIZERS, initialize
 from cnncli.layers.registry import register
-from cnncli.layers.windows import offset_slice, out_size, pad, window_view
+from cnncli.layers.windows import offset_slice, out_size, pad
 
 
 def conv_padding(padding, kernel: tuple[int, int], dilation: tuple[int, int],
@@ -32,7 +32,7 @@ def conv_padding(padding, kernel: tuple[int, int], dilation: tuple[int, int],
 
 @register("conv2d", "conv")
 class Conv2d(Layer):
-    """2-D convolution over NCHW input, one matrix multiply per batch via an im2col view.
+    """2-D convolution over NCHW input: im2col by strided slabs, then one matrix multiply per batch.
 
     y[n, o] = bias[o] + sum_{c in group(o)} sum_{a,b} weight[o, c, a, b] * x_p[n, c, i*s + a*d, j*s + b*d]
     (cross-correlation, as ``torch.nn.Conv2d``).
@@ -123,40 +123,56 @@ class Conv2d(Layer):
         cg, og = C // g, O // g
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
         H_out, W_out = self._out_hw(H, W)
+        M = N * H_out * W_out
         xp = pad(x, *self.pads)
-        win = window_view(xp, kh, kw, sh, sw, dh, dw, H_out, W_out)      # (N, C, H_out, W_out, kh, kw) view
-        win = win.reshape(N, g, cg, H_out, W_out, kh, kw)                 # still a view
-        # the one im2col copy: (g, N*H_out*W_out, cg*kh*kw), rows = output pixels
-        cols = win.transpose(1, 0, 3, 4, 2, 5, 6).reshape(g, N * H_out * W_out, cg * kh * kw)
-        w = self.params["weight"].reshape(g, og, cg * kh * kw)
-        y = np.matmul(cols, w.transpose(0, 2, 1))                         # (g, N*H_out*W_out, og)
-        y = y.reshape(g, N, H_out, W_out, og).transpose(1, 0, 4, 2, 3).reshape(N, O, H_out, W_out)
-        if "bias" in self.params:
-            y += self.params["bias"].reshape(1, O, 1, 1)
-        self._cache = (x.shape, xp.shape, cols)
-        return y
-
-    def backward(self, dy):
-        x_shape, xp_shape, cols = self._cached()
-        N, C, H, W = x_shape
-        g, O = self.groups, self.out_channels
-        cg, og = C // g, O // g
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        H_out, W_out = dy.shape[2:]
-        # (g, N*H_out*W_out, og), rows matching the rows of cols
-        dyg = dy.reshape(N, g, og, H_out, W_out).transpose(1, 0, 3, 4, 2).reshape(g, N * H_out * W_out, og)
-        self.grads["weight"] = np.matmul(dyg.transpose(0, 2, 1), cols).reshape(O, cg, kh, kw)
-        if "bias" in self.params:
-            self.grads["bias"] = dy.sum(axis=(0, 2, 3))
-        w = self.params["weight"].reshape(g, og, cg * kh * kw)
-        dcols = np.matmul(dyg, w).reshape(g, N, H_out, W_out, cg, kh, kw)
-        # col2im: scatter-add each kernel offset's slab back to its strided input positions
-        dxp = np.zeros(xp_shape, dtype=dy.dtype)
-        dxp5 = dxp.reshape(N, g, cg, *xp_shape[2:])
+        xp5 = xp.reshape(N, g, cg, *xp.shape[2:])
+        # im2col, one strided slab per kernel offset: cols[g, c, a, b, n, i, j] = xp[n, g*cg + c, i*sh + a*dh, j*sw + b*dw]
+        cols = np.empty((g, cg, kh, kw, N, H_out, W_out), dtype=x.dtype)
         for a in range(kh):
             rows = offset_slice(a, dh, sh, H_out)
             for b in range(kw):
-                dxp5[:, :, :, rows, offset_slice(b, dw, sw, W_out)] += \
-                    dcols[:, :, :, :, :, a, b].transpose(1, 0, 4, 2, 3)
+                cols[:, :, a, b] = xp5[:, :, :, rows, offset_slice(b, dw, sw, W_out)].transpose(1, 2, 0, 3, 4)
+        cols = cols.reshape(g, cg * kh * kw, M)                           # (g, cg*kh*kw, N*H_out*W_out)
+        w = self.params["weight"].reshape(g, og, cg * kh * kw)
+        y = np.matmul(w, cols)                                            # (g, og, N*H_out*W_out): one GEMM
+        if "bias" in self.params:
+            y += self.params["bias"].reshape(g, og, 1)
+        self._cache = (x.shape, xp.shape, cols)
+        # (O, N, H_out, W_out) -> contiguous NCHW
+        return np.ascontiguousarray(y.reshape(O, N, H_out, W_out).transpose(1, 0, 2, 3))
+
+    def _param_grads(self, dy):
+        """Fill ``grads``; return dy as (g, og, N*H_out*W_out) for the input gradient."""
+        _, _, cols = self._cached()
+        N, O, H_out, W_out = dy.shape
+        g = self.groups
+        og = O // g
+        dyg = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(g, og, N * H_out * W_out)
+        self.grads["weight"] = np.matmul(dyg, cols.transpose(0, 2, 1)).reshape(self.params["weight"].shape)
+        if "bias" in self.params:
+            self.grads["bias"] = dyg.sum(axis=2).reshape(O)
+        return dyg
+
+    def backward_params(self, dy):
+        """Parameter gradients only (the first layer of a model needs no input gradient)."""
+        self._param_grads(dy)
+
+    def backward(self, dy):
+        x_shape, xp_shape, _ = self._cached()
+        dyg = self._param_grads(dy)
+        N, C, H, W = x_shape
+        g = self.groups
+        cg, og = C // g, self.out_channels // g
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        H_out, W_out = dy.shape[2:]
+        w = self.params["weight"].reshape(g, og, cg * kh * kw)
+        dcols = np.matmul(w.transpose(0, 2, 1), dyg).reshape(g, cg, kh, kw, N, H_out, W_out)
+        # col2im: add each kernel offset's slab back at its strided input positions
+        dxp = np.zeros((g, cg, N, *xp_shape[2:]), dtype=dy.dtype)
+        for a in range(kh):
+            rows = offset_slice(a, dh, sh, H_out)
+            for b in range(kw):
+                dxp[:, :, :, rows, offset_slice(b, dw, sw, W_out)] += dcols[:, :, a, b]
         t, _, l, _ = self.pads
-        return dxp[:, :, t:t + H, l:l + W]
+        dx = dxp.reshape(C, N, *xp_shape[2:])[:, :, t:t + H, l:l + W]
+        return np.ascontiguousarray(dx.transpose(1, 0, 2, 3))

@@ -64,11 +64,15 @@ class Linear(Layer):
             y += self.params["bias"]
         return y
 
-    def backward(self, dy):
+    def backward_params(self, dy):
+        """Parameter gradients only (the first layer of a model needs no input gradient)."""
         x = self._cached()
         self.grads["weight"] = x.T @ dy
         if "bias" in self.params:
             self.grads["bias"] = dy.sum(axis=0)
+
+    def backward(self, dy):
+        self.backward_params(dy)
         return dy @ self.params["weight"].T
 
 

@@ -69,55 +69,80 @@ class BatchNorm(Layer):
 
     @staticmethod
     def _shape(x):
-        """Axes to reduce and the broadcast shape of a per-channel vector."""
-        if x.ndim == 4:
-            return (0, 2, 3), (1, -1, 1, 1)
-        return (0,), (1, -1)
+        """Broadcast shape of a per-channel vector for input ``x``."""
+        return (1, -1, 1, 1) if x.ndim == 4 else (1, -1)
+
+    @staticmethod
+    def _sum(a, b=None):
+        """Per-channel sum of ``a`` (or of ``a * b`` without a temporary), over (N, H, W) or (N,)."""
+        if a.ndim == 4:
+            N, C = a.shape[:2]
+            a = a.reshape(N, C, -1)
+            b = None if b is None else b.reshape(N, C, -1)
+            return a.sum(axis=2).sum(axis=0) if b is None else np.einsum("nci,nci->c", a, b)
+        return a.sum(axis=0) if b is None else np.einsum("nc,nc->c", a, b)
 
     def forward(self, x, training=False):
-        axes, bshape = self._shape(x)
+        bshape = self._shape(x)
         n = x.size // x.shape[1]
         use_batch = training or not self.track_running_stats
-        if use_batch:
-            if n <= 1:
-                raise ValueError(f"batchnorm: expected more than 1 value per channel when training, "
-                                 f"got input of shape {x.shape}; use a batch size > 1")
-            mean = x.mean(axis=axes)
-            xc = x - mean.reshape(bshape)
-            var = np.mean(np.square(xc), axis=axes)                 # biased, used to normalize
-            if training and self.track_running_stats:
-                nbt = self.buffers["num_batches_tracked"]
-                nbt += 1
-                m = 1.0 / float(nbt) if self.momentum is None else self.momentum
-                rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
-                rm *= 1 - m
-                rm += m * mean
-                rv *= 1 - m
-                rv += (m * n / (n - 1)) * var                         # unbiased
-        else:
-            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
-            xc = x - mean.reshape(bshape)
+        w = self.params["weight"] if self.affine else None
+        if not use_batch:
+            # evaluation with running statistics: one fused affine map y = x * scale + shift
+            inv_std = (1.0 / np.sqrt(self.buffers["running_var"] + self.eps)).astype(x.dtype, copy=False)
+            scale = inv_std if w is None else inv_std * w
+            shift = -self.buffers["running_mean"] * scale
+            if w is not None:
+                shift = shift + self.params["bias"]
+            self._cache = (x, inv_std, False)      # x, not xhat: the weight gradient recomputes it
+            y = x * scale.reshape(bshape)
+            y += shift.astype(x.dtype, copy=False).reshape(bshape)
+            return y
+        if n <= 1:
+            raise ValueError(f"batchnorm: expected more than 1 value per channel when training, "
+                             f"got input of shape {x.shape}; use a batch size > 1")
+        mean = self._sum(x) / x.dtype.type(n)
+        xhat = x - mean.reshape(bshape)
+        var = self._sum(xhat, xhat) / x.dtype.type(n)                # biased, used to normalize
         inv_std = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype, copy=False)
-        xhat = xc * inv_std.reshape(bshape)
-        y = xhat
-        if self.affine:
-            y = xhat * self.params["weight"].reshape(bshape) + self.params["bias"].reshape(bshape)
-        self._cache = (xhat, inv_std, use_batch)
+        xhat *= inv_std.reshape(bshape)
+        if training and self.track_running_stats:
+            nbt = self.buffers["num_batches_tracked"]
+            nbt += 1
+            m = 1.0 / float(nbt) if self.momentum is None else self.momentum
+            rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+            rm *= 1 - m
+            rm += m * mean
+            rv *= 1 - m
+            rv += (m * n / (n - 1)) * var                             # unbiased
+        self._cache = (xhat, inv_std, True)
+        if w is None:
+            return xhat.copy()
+        y = xhat * w.reshape(bshape)
+        y += self.params["bias"].reshape(bshape)
         return y
 
     def backward(self, dy):
         xhat, inv_std, use_batch = self._cached()
-        axes, bshape = self._shape(dy)
-        if self.affine:
-            self.grads["weight"] = np.sum(dy * xhat, axis=axes)
-            self.grads["bias"] = dy.sum(axis=axes)
-            dxhat = dy * self.params["weight"].reshape(bshape)
-        else:
-            dxhat = dy
+        bshape = self._shape(dy)
+        w = self.params["weight"] if self.affine else None
+        scale = inv_std if w is None else inv_std * w
         if not use_batch:                      # running statistics are constants
-            return dxhat * inv_std.reshape(bshape)
+            if w is not None:
+                x = xhat
+                xhat = (x - self.buffers["running_mean"].reshape(bshape)) * inv_std.reshape(bshape)
+                self.grads["bias"] = self._sum(dy)
+                self.grads["weight"] = self._sum(dy, xhat)
+            return dy * scale.reshape(bshape)
         n = dy.size // dy.shape[1]
-        # dx = inv_std/n * (n*dxhat - sum(dxhat) - xhat*sum(dxhat*xhat))  (Ioffe & Szegedy, sec. 3)
-        mean_dxhat = dxhat.mean(axis=axes).reshape(bshape)
-        mean_dxhat_xhat = np.mean(dxhat * xhat, axis=axes).reshape(bshape)
-        return (dxhat - mean_dxhat - xhat * mean_dxhat_xhat) * inv_std.reshape(bshape)
+        sum_dy = self._sum(dy)
+        sum_dy_xhat = self._sum(dy, xhat)
+        if w is not None:
+            self.grads["weight"] = sum_dy_xhat
+            self.grads["bias"] = sum_dy
+        # dx = weight * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat))   (Ioffe & Szegedy, sec. 3)
+        dx = xhat * (-sum_dy_xhat / n).astype(dy.dtype, copy=False).reshape(bshape)
+        dx += dy
+        dx -= (sum_dy / n).astype(dy.dtype, copy=False).reshape(bshape)
+        dx *= scale.reshape(bshape)
+        return dx

@@ -96,14 +96,19 @@ class MaxPool2d(_Pool2d):
         self._setup(kernel_size, stride, padding, dilation, ceil_mode)
 
     def forward(self, x, training=False):
-        N, C = x.shape[:2]
         kh, kw = self.kernel_size
         xp, win = self._windows(x, -np.inf)
-        H_out, W_out = win.shape[2:4]
-        flat = win.reshape(N, C, H_out, W_out, kh * kw)        # one copy of the windows
-        idx = flat.argmax(axis=-1)                             # first maximum on ties
-        y = np.take_along_axis(flat, idx[..., None], axis=-1)[..., 0]
-        self._cache = (x.shape, xp.shape, idx.astype(np.int32))
+        # running max over the kh*kw offsets, each a strided (N, C, H_out, W_out) view; a later
+        # offset wins only if strictly greater (first maximum on ties) or NaN (torch propagates NaN)
+        y = win[..., 0, 0].copy()
+        idx = np.zeros(y.shape, dtype=np.uint8 if kh * kw <= 256 else np.int32)
+        for k in range(1, kh * kw):
+            v = win[..., k // kw, k % kw]
+            take = v > y
+            take |= np.isnan(v)
+            np.maximum(y, v, out=y)          # NaN propagates, as in torch
+            idx[take] = k
+        self._cache = (x.shape, xp.shape, idx)
         return y
 
     def backward(self, dy):
