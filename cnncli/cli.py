@@ -187,7 +187,10 @@ def gradcheck(
 
 
 @app.command()
-def layers(name: Optional[str] = typer.Argument(None, help="Show one layer in full.")) -> None:
+def layers(
+    name: Optional[str] = typer.Argument(None, help="Show one layer in full."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the reference as a Markdown table."),
+) -> None:
     """List the registered layers with their options and defaults.
 
     Example: cnncli layers conv2d
@@ -195,6 +198,11 @@ def layers(name: Optional[str] = typer.Argument(None, help="Show one layer in fu
     from cnncli.layers import LAYERS, describe, resolve
     from cnncli.report import print_error, render_layers
 
+    if markdown:
+        from cnncli.layers.registry import reference_markdown
+
+        typer.echo(reference_markdown(), nl=False)
+        return
     if name is None:
         render_layers([describe(LAYERS[n]) for n in sorted(LAYERS)])
         return

@@ -41,17 +41,21 @@ def check_specs(specs: list[LayerSpec]) -> list[Problem]:
             continue
         opts = options(cls)
         inferred = getattr(cls, "inferred", {})
+        hinted = set()
         for name in spec.options:
             if name in inferred:
                 problems.append(Problem(f"{spec.path}.{name}", f"'{name}' of {cls.type_name} is inferred from "
                                         f"the previous layer's output; remove it", spec.option_lines.get(name, spec.line)))
             elif name not in opts:
+                hint = did_you_mean(name, opts)
+                hinted.add(hint.split("'")[1] if hint else None)
                 problems.append(Problem(
                     f"{spec.path}.{name}",
-                    f"unknown option '{name}' for {cls.type_name}.{did_you_mean(name, opts)} "
+                    f"unknown option '{name}' for {cls.type_name}.{hint} "
                     f"Options: {', '.join(opts) or 'none'}.", spec.option_lines.get(name, spec.line)))
         for name, p in opts.items():
-            if p.default is inspect.Parameter.empty and name not in spec.options:
+            # a misspelt required option is reported once, as the misspelling
+            if p.default is inspect.Parameter.empty and name not in spec.options and name not in hinted:
                 problems.append(Problem(spec.path, f"{cls.type_name} needs the option '{name}' "
                                         f"(e.g. {cls.type_name}: {{{name}: ...}})", spec.line))
     return problems

@@ -160,3 +160,12 @@ def test_eval_of_a_non_checkpoint_exits_2(tmp_path):
 def test_version():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.startswith("cnncli ")
+
+
+def test_readme_layer_reference_is_generated_from_the_code():
+    from cnncli.layers.registry import reference_markdown
+
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("<!-- layers:start")
+    block = readme[readme.index("\n", start) + 1:readme.index("<!-- layers:end -->")]
+    assert block == reference_markdown(), "README layer table is stale: paste `cnncli layers --markdown`"

@@ -10,8 +10,9 @@ from cnncli.layers.registry import register
 
 @register("dropout")
 class Dropout(Layer):
-    """Zero each element with probability ``p`` in training and scale survivors by 1/(1-p)
-    (inverted dropout, as ``torch.nn.Dropout``); identity in evaluation.
+    """Inverted dropout: zero elements with probability p in training, scale the rest by 1/(1-p).
+
+    As ``torch.nn.Dropout``; identity in evaluation.
 
     Masks come from the model's seeded generator, so a run is reproducible.
 
@@ -52,8 +53,9 @@ class Dropout(Layer):
 
 @register("dropout2d", "spatial_dropout2d")
 class Dropout2d(Dropout):
-    """Zero whole channels with probability ``p`` in training, scaling survivors by 1/(1-p)
-    (``torch.nn.Dropout2d``); identity in evaluation.
+    """Channel dropout: zero whole channels with probability p in training, scale the rest by 1/(1-p).
+
+    As ``torch.nn.Dropout2d``; identity in evaluation.
 
     Args:
         p: Drop probability per channel, in [0, 1). Default: 0.5.

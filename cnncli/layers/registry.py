@@ -78,3 +78,15 @@ def describe(cls: type) -> dict[str, Any]:
         "inferred": list(getattr(cls, "inferred", {})),
         "doc": doc,
     }
+
+
+def reference_markdown() -> str:
+    """The layer reference as a Markdown table (README's "Layers" section is this text)."""
+    rows = ["| type | aliases | options (default) | inferred | description |",
+            "| --- | --- | --- | --- | --- |"]
+    for name in sorted(LAYERS):
+        d = describe(LAYERS[name])
+        opts = ", ".join(f"`{n}`" if v == "required" else f"`{n}={v!r}`" for n, v in d["options"].items())
+        rows.append(f"| `{name}` | {', '.join(d['aliases']) or '-'} | {opts or '-'} | "
+                    f"{', '.join(d['inferred']) or '-'} | {d['summary']} |")
+    return "\n".join(rows) + "\n"
