@@ -137,15 +137,6 @@ class Model:
                     raise ValueError(f"{kind} {key} has shape {a.shape}, the model needs {mine[key].shape}")
                 mine[key][...] = a
 
-    def summary_rows(self) -> list[dict[str, Any]]:
-        """One dict per layer: index, type, output shape, trainable and non-trainable counts."""
-        rows = []
-        for i, (layer, shape) in enumerate(zip(self.layers, self.shapes)):
-            rows.append({"index": i, "type": layer.type_name, "output_shape": shape,
-                         "params": sum(a.size for a in layer.params.values()),
-                         "buffers": sum(a.size for a in layer.buffers.values())})
-        return rows
-
 
 def build(specs: list[LayerSpec], input_shape: tuple[int, ...], *, seed: int = 0,
           dtype=np.float32, rng: np.random.Generator | None = None) -> Model:

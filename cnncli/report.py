@@ -46,7 +46,7 @@ class MetricsColumn(ProgressColumn):
 
     def render(self, task) -> Text:
         f = task.fields
-        if "loss" not in f:
+        if "loss" not in f or not task.completed:
             return Text("")
         return Text(f"loss {f['loss']:.4f}  acc {f['acc'] * 100:6.2f}%  {f['ips']:,.0f} img/s  lr {f['lr']:.2g}")
 
@@ -206,8 +206,9 @@ def render_layers(descriptions: list[dict], console: Console | None = None, full
     table = Table(title="layers (cnncli layers NAME for details)")
     table.add_column("type", style="bold")
     table.add_column("options (default)")
+    table.add_column("shape")
     table.add_column("description")
     for d in descriptions:
         opts = ", ".join(n if v == "required" else f"{n}={v!r}" for n, v in d["options"].items())
-        table.add_row(d["name"], opts or "-", d["summary"])
+        table.add_row(d["name"], opts or "-", d["shape"], d["summary"])
     console.print(table)

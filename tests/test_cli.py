@@ -169,3 +169,11 @@ def test_readme_layer_reference_is_generated_from_the_code():
     start = readme.index("<!-- layers:start")
     block = readme[readme.index("\n", start) + 1:readme.index("<!-- layers:end -->")]
     assert block == reference_markdown(), "README layer table is stale: paste `cnncli layers --markdown`"
+
+
+def test_every_layer_documents_its_shape_and_summary():
+    from cnncli.layers import LAYERS, describe
+
+    for name, cls in LAYERS.items():
+        d = describe(cls)
+        assert d["shape"] and d["summary"].endswith("."), name

@@ -49,7 +49,8 @@ class Conv2d(Layer):
         bias: Learn an additive bias per output channel. Default: true.
         padding_mode: Only ``zeros``. Default: zeros.
         init: Weight initialiser: he_normal, he_uniform, xavier_normal, xavier_uniform,
-            torch_default. Default: he_normal.
+            torch_default (PyTorch's: weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))).
+            Default: torch_default.
 
     Shape:
         Input (N, C, H, W); output (N, out_channels, H_out, W_out), same dtype.
@@ -67,7 +68,7 @@ class Conv2d(Layer):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
-                 init: str = "he_normal", *, rng: np.random.Generator | None = None,
+                 init: str = "torch_default", *, rng: np.random.Generator | None = None,
                  dtype=np.float32):
         super().__init__()
         self.in_channels = check_int("in_channels", in_channels, 1)

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from cnncli.layers.base import Layer, check_bool, check_choice, check_int, check_ndim
+from cnncli.layers.base import Layer, check_bool, check_choice, check_int
 from cnncli.layers.init import INITIALIZERS, initialize
 from cnncli.layers.registry import register
 
@@ -20,7 +20,8 @@ class Linear(Layer):
         out_features: Output features.
         bias: Learn an additive bias. Default: true.
         init: Weight initialiser: he_normal, he_uniform, xavier_normal, xavier_uniform,
-            torch_default. Default: he_normal.
+            torch_default (PyTorch's: weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))).
+            Default: torch_default.
 
     Shape:
         Input (N, in_features); output (N, out_features), same dtype.
@@ -33,7 +34,7 @@ class Linear(Layer):
     inferred = {"in_features": lambda s: s[0] if len(s) == 1 else math.prod(s)}
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 init: str = "he_normal", *, rng: np.random.Generator | None = None, dtype=np.float32):
+                 init: str = "torch_default", *, rng: np.random.Generator | None = None, dtype=np.float32):
         super().__init__()
         self.in_features = check_int("in_features", in_features, 1)
         self.out_features = check_int("out_features", out_features, 1)

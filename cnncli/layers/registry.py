@@ -65,13 +65,17 @@ def options(cls: type) -> dict[str, inspect.Parameter]:
 
 
 def describe(cls: type) -> dict[str, Any]:
-    """Name, one-line summary, options with defaults, inferred arguments: for ``cnncli layers``."""
+    """Name, one-line summary, options with defaults, inferred arguments and the first line of the
+    docstring's ``Shape:`` section: for ``cnncli layers``."""
     doc = inspect.getdoc(cls) or ""
     opts = {}
     for n, p in options(cls).items():
         opts[n] = "required" if p.default is inspect.Parameter.empty else p.default
+    lines = doc.splitlines()
+    shape = next((lines[i + 1].strip() for i, line in enumerate(lines[:-1]) if line.strip() == "Shape:"), "")
     return {
         "name": cls.type_name,
+        "shape": shape,
         "aliases": sorted(a for a, c in ALIASES.items() if c == cls.type_name),
         "summary": doc.splitlines()[0] if doc else "",
         "options": opts,
@@ -82,11 +86,11 @@ def describe(cls: type) -> dict[str, Any]:
 
 def reference_markdown() -> str:
     """The layer reference as a Markdown table (README's "Layers" section is this text)."""
-    rows = ["| type | aliases | options (default) | inferred | description |",
-            "| --- | --- | --- | --- | --- |"]
+    rows = ["| type | aliases | options (default) | inferred | shape | description |",
+            "| --- | --- | --- | --- | --- | --- |"]
     for name in sorted(LAYERS):
         d = describe(LAYERS[name])
         opts = ", ".join(f"`{n}`" if v == "required" else f"`{n}={v!r}`" for n, v in d["options"].items())
         rows.append(f"| `{name}` | {', '.join(d['aliases']) or '-'} | {opts or '-'} | "
-                    f"{', '.join(d['inferred']) or '-'} | {d['summary']} |")
+                    f"{', '.join(d['inferred']) or '-'} | {d['shape']} | {d['summary']} |")
     return "\n".join(rows) + "\n"
