@@ -72,3 +72,7 @@ class TrainingError(CnncliError):
     """Training cannot go on (for example the loss became NaN or infinite)."""
 
     exit_code = 1
+
+
+class DivergedError(TrainingError):
+    """The loss became NaN or infinite."""

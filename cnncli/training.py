@@ -18,7 +18,7 @@ import numpy as np
 from cnncli import checkpoint
 from cnncli.config import Config
 from cnncli.datasets import Dataset, load_split
-from cnncli.errors import CnncliError, ConfigError, DataError, Problem, TrainingError
+from cnncli.errors import CnncliError, ConfigError, DataError, DivergedError, Problem, TrainingError
 from cnncli.losses import softmax_cross_entropy
 from cnncli.metrics import confusion_matrix
 from cnncli.model import Model, build
@@ -207,41 +207,53 @@ def run_batches(model: Model, ds: Dataset, batch_size: int, lut: np.ndarray, *, 
     """One pass over ``ds`` in ``order``: forward (and backward + step when training).
 
     Each batch is gathered from the uint8 images and normalized through ``lut`` into a
-    reused float buffer. ``on_batch(batch_index, n_batches, running_loss, running_acc)``
+    reused float buffer. In training, a last batch of a single image is dropped (batchnorm
+    cannot normalize one value per feature). ``on_batch(batch_index, n_batches, running_loss, running_acc)``
     is called after each batch.
 
     Returns:
         (mean_loss, accuracy, preds or None).
 
     Raises:
-        TrainingError: If the loss becomes NaN or infinite.
+        DivergedError: If the loss becomes NaN or infinite.
+        TrainingError: If a layer refuses a batch.
     """
     n = len(ds)
     order = np.arange(n) if order is None else order
+    if training and n > batch_size and n % batch_size == 1:
+        # a last batch of one image would break batchnorm (one value per feature); drop it, as
+        # DataLoader(drop_last=True) would, but only then: every other image is still used
+        order = order[:-1]
+        n -= 1
     n_batches = math.ceil(n / batch_size)
     buf = np.empty((min(batch_size, n), *ds.image_shape), dtype=lut.dtype)
     loss_sum, correct, seen = 0.0, 0, 0
     preds = np.empty(n, dtype=np.int64) if keep_preds else None
-    for b in range(n_batches):
-        idx = order[b * batch_size:(b + 1) * batch_size]
-        x = buf[:len(idx)]
-        np.take(lut, ds.images[idx], out=x)
-        y = ds.labels[idx]
-        logits = model.forward(x, training=training)
-        loss, dlogits = softmax_cross_entropy(logits, y, label_smoothing)
-        if not math.isfinite(loss):
-            raise TrainingError(f"the loss became {loss} at batch {b + 1}")
-        if training:
-            model.backward(dlogits, input_grad=False)
-            optimizer.step(model.grads())
-        p = logits.argmax(axis=1)
-        if keep_preds:
-            preds[seen:seen + len(idx)] = p
-        loss_sum += loss * len(idx)
-        correct += int((p == y).sum())
-        seen += len(idx)
-        if on_batch is not None:
-            on_batch(b, n_batches, loss_sum / seen, correct / seen)
+    # overflow shows up as a non-finite loss, which is reported below; numpy need not warn
+    with np.errstate(all="ignore"):
+        for b in range(n_batches):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            x = buf[:len(idx)]
+            np.take(lut, ds.images[idx], out=x)
+            y = ds.labels[idx]
+            try:
+                logits = model.forward(x, training=training)
+            except ValueError as e:          # e.g. batchnorm refusing a batch of one in training
+                raise TrainingError(f"batch {b + 1} of {len(idx)} images: {e}") from None
+            loss, dlogits = softmax_cross_entropy(logits, y, label_smoothing)
+            if not math.isfinite(loss):
+                raise DivergedError(f"the loss became {loss} at batch {b + 1}")
+            if training:
+                model.backward(dlogits, input_grad=False)
+                optimizer.step(model.grads())
+            p = logits.argmax(axis=1)
+            if keep_preds:
+                preds[seen:seen + len(idx)] = p
+            loss_sum += loss * len(idx)
+            correct += int((p == y).sum())
+            seen += len(idx)
+            if on_batch is not None:
+                on_batch(b, n_batches, loss_sum / seen, correct / seen)
     return loss_sum / max(seen, 1), correct / max(seen, 1), preds
 
 
@@ -351,8 +363,9 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
                                                        label_smoothing=t.label_smoothing, on_batch=on_batch)
             except TrainingError as e:
                 kept = f"{last_path} keeps epoch {epoch - 1}" if epoch > 1 else "no checkpoint was written"
-                raise TrainingError(f"epoch {epoch}, step {step + 1}: {e}. Training stopped; {kept}. "
-                                    f"Try a lower train.optimizer.lr (now {optimizer.lr:g}).") from None
+                hint = f" Try a lower train.optimizer.lr (now {optimizer.lr:g})." \
+                    if isinstance(e, DivergedError) else ""
+                raise type(e)(f"epoch {epoch}, step {step + 1}: {e}. Training stopped; {kept}.{hint}") from None
             train_seconds = time.perf_counter() - t0
             metrics = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
                        "lr": optimizer.lr}

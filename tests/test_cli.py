@@ -177,3 +177,22 @@ def test_every_layer_documents_its_shape_and_summary():
     for name, cls in LAYERS.items():
         d = describe(cls)
         assert d["shape"] and d["summary"].endswith("."), name
+
+
+def test_divergence_stops_with_a_message_and_exit_1(write_config, mnist_slice, tmp_path):
+    text = (f"data: {{path: {mnist_slice}}}\nmodel:\n  layers: [flatten, {{linear: {{out_features: 32}}}}, relu,"
+            " {linear: {out_features: 10}}]\ntrain: {epochs: 3, optimizer: {type: sgd, lr: 1.0e+30}}\n")
+    out = tmp_path / "nan"
+    result = runner.invoke(app, ["train", str(write_config(text)), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "the loss became nan" in result.output and "lower train.optimizer.lr" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_last_batch_of_one_is_dropped_not_fatal(write_config, mnist_slice, tmp_path):
+    # 600 images, 99 for validation -> 501 = 5 * 100 + 1; batchnorm after flatten sees (N, F)
+    text = (f"data: {{path: {mnist_slice}, val_split: 99}}\nmodel:\n  layers: [flatten, "
+            "{linear: {out_features: 16}}, batchnorm, relu, {linear: {out_features: 10}}]\n"
+            "train: {epochs: 1, batch_size: 100}\n")
+    result = runner.invoke(app, ["train", str(write_config(text)), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
