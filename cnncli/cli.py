@@ -187,6 +187,41 @@ def gradcheck(
 
 
 @app.command()
+def summary(
+    ctx: typer.Context,
+    config: Path = typer.Argument(..., help="YAML config, e.g. configs/mnist.yaml."),
+    sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Validate CONFIG and show the model: output shape, parameters and FLOPs of each layer.
+
+    Example: cnncli summary configs/mnist.yaml
+    """
+    with user_errors(ctx):
+        from cnncli import config as C
+        from cnncli import training
+        from cnncli.model import summarize
+
+        cfg = C.load(config, _overrides(sets))
+        shape = cfg.model.input_shape
+        if shape is None:
+            from cnncli.datasets import load_split
+
+            shape = load_split(training.resolve_data_path(cfg.data.path), "train", 1).image_shape
+        model = training.build_model(cfg, shape)
+        rows = summarize(model)
+        if json_out:
+            import json
+
+            typer.echo(json.dumps({"input_shape": list(shape), "layers": rows,
+                                   "params": sum(r["params"] for r in rows)}))
+            return
+        from cnncli.report import render_summary
+
+        render_summary(rows, shape, cfg.train.batch_size, str(config))
+
+
+@app.command()
 def layers(
     name: Optional[str] = typer.Argument(None, help="Show one layer in full."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the reference as a Markdown table."),

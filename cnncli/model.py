@@ -138,6 +138,22 @@ class Model:
                 mine[key][...] = a
 
 
+def summarize(model: "Model") -> list[dict[str, Any]]:
+    """One row per layer: index, type, output shape, trainable parameters, non-trainable
+    values (float buffers such as running statistics), forward FLOPs per sample.
+
+    Shapes and FLOPs come from each layer's own ``output_shape`` and ``flops``.
+    """
+    rows, shape = [], model.input_shape
+    for i, layer in enumerate(model.layers):
+        rows.append({"index": i, "type": layer.type_name, "output_shape": model.shapes[i],
+                     "params": sum(a.size for a in layer.params.values()),
+                     "non_trainable": sum(a.size for a in layer.buffers.values() if a.dtype.kind == "f"),
+                     "flops": int(layer.flops(shape))})
+        shape = model.shapes[i]
+    return rows
+
+
 def build(specs: list[LayerSpec], input_shape: tuple[int, ...], *, seed: int = 0,
           dtype=np.float32, rng: np.random.Generator | None = None) -> Model:
     """Build a :class:`Model` from layer specs for inputs of ``input_shape`` (no batch axis).

@@ -191,6 +191,37 @@ def render_gradcheck(results: list, tol: float, console: Console | None = None) 
                   f"({worst.layer} {worst.tensor})")
 
 
+def _si(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def render_summary(rows: list[dict], input_shape, batch_size: int, source: str,
+                   console: Console | None = None) -> None:
+    """The model table (Keras ``model.summary()`` / torchinfo style) with totals."""
+    console = console or make_console()
+    table = Table(title=f"{source}: input {tuple(input_shape)}")
+    for col, just in (("#", "right"), ("layer", "left"), ("output shape", "left"), ("params", "right"),
+                      ("non-trainable", "right"), ("FLOPs/image", "right")):
+        table.add_column(col, justify=just)
+    for r in rows:
+        table.add_row(str(r["index"]), r["type"], str(tuple(r["output_shape"])), f"{r['params']:,}",
+                      f"{r['non_trainable']:,}", _si(r["flops"]))
+    console.print(table)
+    params = sum(r["params"] for r in rows)
+    fixed = sum(r["non_trainable"] for r in rows)
+    flops = sum(r["flops"] for r in rows)
+    import math
+
+    act = sum(math.prod(r["output_shape"]) for r in rows) * batch_size * 4
+    console.print(f"trainable parameters: {params:,}   non-trainable: {fixed:,}   "
+                  f"size: {(params + fixed) * 4 / 2**20:.2f} MiB (float32)")
+    console.print(f"forward: {_si(flops)}FLOPs per image; activations for a batch of {batch_size}: "
+                  f"{act / 2**20:.1f} MiB (float32, forward outputs kept for backward)")
+
+
 def render_layers(descriptions: list[dict], console: Console | None = None, full: bool = False) -> None:
     """The registry: one row per layer with options and defaults (``full``: the whole docstring)."""
     console = console or make_console()

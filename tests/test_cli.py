@@ -196,3 +196,29 @@ def test_a_last_batch_of_one_is_dropped_not_fatal(write_config, mnist_slice, tmp
             "train: {epochs: 1, batch_size: 100}\n")
     result = runner.invoke(app, ["train", str(write_config(text)), "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
+
+
+def test_summary_counts_match_hand_computation():
+    result = runner.invoke(app, ["summary", str(REPO / "configs" / "mnist.yaml"), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    params = [r["params"] for r in data["layers"]]
+    # conv 32*1*3*3+32, bn 2*32, conv 64*32*3*3+64, bn 2*64, linear 3136*128+128, linear 128*10+10
+    assert [p for p in params if p] == [320, 64, 18496, 128, 401536, 1290]
+    assert data["params"] == 421834
+    shapes = [tuple(r["output_shape"]) for r in data["layers"]]
+    assert shapes[3] == (32, 14, 14) and shapes[9] == (3136,) and shapes[-1] == (10,)
+    assert data["layers"][0]["flops"] == 32 * 28 * 28 * (2 * 9 + 1)
+    table = runner.invoke(app, ["summary", str(REPO / "configs" / "mnist.yaml")])
+    assert "trainable parameters: 421,834" in table.output
+
+
+def test_summary_matches_torch_parameter_count():
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    net = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Dropout(0.25), nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Dropout(0.5),
+                        nn.Linear(128, 10))
+    data = json.loads(runner.invoke(app, ["summary", str(REPO / "configs" / "mnist.yaml"), "--json"]).output)
+    assert data["params"] == sum(p.numel() for p in net.parameters())

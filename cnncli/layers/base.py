@@ -6,6 +6,7 @@ key path. They preserve dtype: float32 to train, float64 for gradcheck.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Callable
 
@@ -39,6 +40,11 @@ class Layer:
             ValueError: If the layer cannot take that input.
         """
         return tuple(input_shape)
+
+    def flops(self, input_shape: tuple[int, ...]) -> int:
+        """Forward floating-point operations for one sample (multiply and add counted
+        separately). Default: one per output element (element-wise layers)."""
+        return math.prod(self.output_shape(input_shape))
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -118,6 +118,12 @@ class Conv2d(Layer):
                 f"Use a smaller kernel_size, add padding, or remove a pooling layer before it.")
         return (self.out_channels, H_out, W_out)
 
+    def flops(self, input_shape):
+        """2 * (in_channels/groups * kh * kw) per output element, plus the bias add."""
+        out = self.output_shape(input_shape)
+        k = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+        return int(np.prod(out)) * (2 * k + ("bias" in self.params))
+
     def forward(self, x, training=False):
         N, C, H, W = x.shape
         g, O = self.groups, self.out_channels

@@ -58,6 +58,10 @@ class Linear(Layer):
             raise ValueError(f"linear expects {self.in_features} input features, got {input_shape[0]}")
         return (self.out_features,)
 
+    def flops(self, input_shape):
+        """2 * in_features per output, plus the bias add."""
+        return self.out_features * (2 * self.in_features + ("bias" in self.params))
+
     def forward(self, x, training=False):
         self._cache = x
         y = x @ self.params["weight"]
@@ -87,6 +91,9 @@ class Flatten(Layer):
 
     def output_shape(self, input_shape):
         return (math.prod(input_shape),)
+
+    def flops(self, input_shape):
+        return 0
 
     def forward(self, x, training=False):
         self._cache = x.shape

@@ -67,6 +67,10 @@ class BatchNorm(Layer):
             raise ValueError(f"batchnorm expects {self.num_features} channels, got {input_shape[0]}")
         return tuple(input_shape)
 
+    def flops(self, input_shape):
+        """Evaluation: one multiply and one add per element (x * scale + shift)."""
+        return 2 * int(np.prod(input_shape))
+
     @staticmethod
     def _shape(x):
         """Broadcast shape of a per-channel vector for input ``x``."""

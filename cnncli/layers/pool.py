@@ -42,6 +42,10 @@ class _Pool2d(Layer):
                              f"or use a smaller kernel_size.")
         return (C, H_out, W_out)
 
+    def flops(self, input_shape):
+        """One per window element per output."""
+        return int(np.prod(self.output_shape(input_shape))) * self.kernel_size[0] * self.kernel_size[1]
+
     def _windows(self, x, fill):
         """Padded input and its (N, C, H_out, W_out, kh, kw) window view.
 
@@ -201,6 +205,9 @@ class GlobalAvgPool(Layer):
         check_ndim("global_avgpool", input_shape, (3,), "images (C, H, W)")
         C = input_shape[0]
         return (C, 1, 1) if self.keepdims else (C,)
+
+    def flops(self, input_shape):
+        return int(np.prod(input_shape))
 
     def forward(self, x, training=False):
         self._cache = x.shape
