@@ -125,6 +125,7 @@ def eval_(
     data: Optional[str] = typer.Option(None, "--data", help="Dataset folder (default: the one it was trained on)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Evaluation batch size."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    show_errors: int = typer.Option(3, "--show-errors", min=0, help="Draw this many misclassified images."),
 ) -> None:
     """Measure a checkpoint on the test split: loss, accuracy, per-class figures, confusion matrix.
 
@@ -136,16 +137,57 @@ def eval_(
         from cnncli.evaluation import evaluate_checkpoint
         from cnncli.metrics import per_class
 
-        result, cfg, ck = evaluate_checkpoint(checkpoint, data, batch_size)
+        result, cfg, ck, test = evaluate_checkpoint(checkpoint, data, batch_size)
         if json_out:
             pc = per_class(result.confusion)
             typer.echo(json.dumps({"checkpoint": str(checkpoint), "epoch": ck.meta.get("epoch"),
                                    **result.to_dict(),
                                    "per_class": {k: v.tolist() for k, v in pc.items()}}))
             return
-        from cnncli.report import render_eval
+        from cnncli.report import render_eval, render_misclassified
 
         render_eval(result, str(checkpoint))
+        render_misclassified(result, test.images, show_errors)
+
+
+@app.command()
+def predict(
+    ctx: typer.Context,
+    checkpoint: Path = typer.Argument(..., help="A checkpoint, e.g. runs/mnist/best.npz."),
+    inputs: List[Path] = typer.Argument(..., help="Image files: .npy, IDX, PGM, or PNG (needs cnncli[images])."),
+    top_k: int = typer.Option(1, "--top-k", "-k", min=1, help="Show the k most likely classes."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object per image."),
+) -> None:
+    """Classify images with a checkpoint: predicted class and probability.
+
+    Images must have the model's size (28x28 for MNIST), grayscale, light digit on dark background.
+    Example: cnncli predict runs/mnist/best.npz digit.pgm --top-k 3
+    """
+    with user_errors(ctx):
+        import json
+
+        import numpy as np
+
+        from cnncli.evaluation import load_model, predict_proba
+        from cnncli.images import read_images
+
+        model, cfg, _ = load_model(checkpoint)
+        k = min(top_k, model.output_shape[0])
+        rows = []
+        for path in inputs:
+            images = read_images(path)
+            probs = predict_proba(model, cfg, images)
+            for i, p in enumerate(probs):
+                order = np.argsort(-p, kind="stable")[:k]
+                name = str(path) if len(probs) == 1 else f"{path}[{i}]"
+                rows.append({"input": name, "top": [{"class": int(c), "probability": float(p[c])} for c in order]})
+        if json_out:
+            for r in rows:
+                typer.echo(json.dumps(r))
+            return
+        from cnncli.report import render_predictions
+
+        render_predictions(rows)
 
 
 @app.command()

@@ -8,7 +8,7 @@ import numpy as np
 
 from cnncli import checkpoint
 from cnncli.config import Config, from_dict
-from cnncli.datasets import load_split
+from cnncli.datasets import Dataset, load_split
 from cnncli.errors import CheckpointError, ConfigError
 from cnncli.model import Model
 from cnncli.training import EvalResult, build_model, evaluate, pixel_lut, resolve_data_path
@@ -39,11 +39,12 @@ def load_model(path: str | Path) -> tuple[Model, Config, checkpoint.Checkpoint]:
 
 def evaluate_checkpoint(path: str | Path, data_path: str | None = None,
                         batch_size: int | None = None, limit: int | None = None
-                        ) -> tuple[EvalResult, Config, checkpoint.Checkpoint]:
+                        ) -> tuple[EvalResult, Config, checkpoint.Checkpoint, Dataset]:
     """Evaluate a checkpoint on the test split of its own dataset (or of ``data_path``).
 
     Uses the checkpoint's normalization and, by default, its evaluation batch size and
     ``data.test_limit``, so the figures equal those printed at the end of training.
+    Returns the result, the stored config, the checkpoint and the test split.
 
     Raises:
         CheckpointError, DataError: As the loaders do.
@@ -60,4 +61,26 @@ def evaluate_checkpoint(path: str | Path, data_path: str | None = None,
                               f"up to {int(test.labels.max())}")
     lut = pixel_lut(cfg.data.mean, cfg.data.std, np.float32)
     result = evaluate(model, test, batch_size or cfg.train.eval_batch_size, lut, num_classes)
-    return result, cfg, ck
+    return result, cfg, ck, test
+
+
+def predict_proba(model: Model, cfg: Config, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Class probabilities (N, K) float64 for uint8 images (N, C, H, W), normalized as in training.
+
+    Raises:
+        DataError: If the images' shape differs from the model's input shape.
+    """
+    from cnncli.errors import DataError
+
+    if tuple(images.shape[1:]) != tuple(model.input_shape):
+        raise DataError(f"images of shape {tuple(images.shape[1:])}, but the model takes {tuple(model.input_shape)}"
+                        f"; resize or convert them first (grayscale, same height and width)")
+    lut = pixel_lut(cfg.data.mean, cfg.data.std, np.float32)
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = lut[images[start:start + batch_size]]
+        logits = model.forward(x, training=False).astype(np.float64)
+        z = logits - logits.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        out.append(e / e.sum(axis=1, keepdims=True))
+    return np.concatenate(out) if out else np.zeros((0, model.output_shape[0]))

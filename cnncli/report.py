@@ -59,6 +59,36 @@ def _num(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
+def plot_lines(series: dict[str, list[float]], height: int = 8, width: int = 40,
+               fmt: str = "{:.3f}") -> list[str]:
+    """A text chart of one or more series over epochs: marker per series (``*``, ``o``, ``+``),
+    ``#`` where two meet, y labels at the top and bottom, epochs along x."""
+    markers = "*o+x"
+    values = [v for s in series.values() for v in s if v is not None]
+    n = max(len(s) for s in series.values())
+    if not values or n < 2:
+        return []
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or 1.0
+    grid = [[" "] * width for _ in range(height)]
+    for m, s in zip(markers, series.values()):
+        for i, v in enumerate(s):
+            if v is None:
+                continue
+            x = round(i * (width - 1) / (n - 1))
+            y = height - 1 - round((v - lo) / span * (height - 1))
+            grid[y][x] = m if grid[y][x] in (" ", m) else "#"
+    label_w = max(len(fmt.format(hi)), len(fmt.format(lo)))
+    lines = []
+    for r, row in enumerate(grid):
+        label = fmt.format(hi) if r == 0 else (fmt.format(lo) if r == height - 1 else "")
+        lines.append(f"{label:>{label_w}} |{''.join(row)}")
+    lines.append(" " * label_w + " +" + "-" * width)
+    lines.append(" " * label_w + f"  epoch 1{'':>{width - 13 - len(str(n))}}epoch {n}")
+    lines.append(" " * label_w + "  " + "  ".join(f"{m} {name}" for m, name in zip(markers, series)))
+    return lines
+
+
 class TrainReporter:
     """Subscribes to training events. ``mode``: ``rich``, ``plain`` or ``quiet``."""
 
@@ -67,6 +97,7 @@ class TrainReporter:
         self.mode = mode or ("plain" if plain_requested() else "rich")
         self.progress: Progress | None = None
         self.epoch_task = self.batch_task = None
+        self.history: list[dict[str, float]] = []
 
     def __call__(self, event: Any) -> None:
         getattr(self, f"on_{type(event).__name__}")(event)
@@ -98,6 +129,7 @@ class TrainReporter:
 
     def on_EpochEnded(self, e: T.EpochEnded) -> None:
         m = e.metrics
+        self.history.append(m)
         if self.progress:
             self.progress.update(self.epoch_task, completed=e.epoch)
         if self.mode == "quiet":
@@ -110,6 +142,17 @@ class TrainReporter:
 
     def on_RunEnded(self, e: T.RunEnded) -> None:
         self.close()
+        if self.mode != "quiet" and len(self.history) >= 2:
+            h = self.history
+            for title, key, fmt in (("loss", "loss", "{:.3f}"), ("accuracy (%)", "accuracy", "{:.2f}")):
+                scale = 100.0 if key == "accuracy" else 1.0
+                series = {"train": [r[f"train_{key}"] * scale for r in h]}
+                if "val_accuracy" in h[0]:
+                    series["validation"] = [r[f"val_{key}"] * scale for r in h]
+                self.console.print(title)
+                for line in plot_lines(series, fmt=fmt):
+                    self.console.print(line)
+            self.console.print(f"best epoch: {e.best_epoch}")
         if e.test is not None:
             self.console.print(f"test accuracy {_pct(e.test.accuracy)} (loss {e.test.loss:.4f}) "
                                f"on {e.test.labels.size:,} images, best checkpoint (epoch {e.best_epoch})")
@@ -117,7 +160,7 @@ class TrainReporter:
             return
         self.console.print(f"checkpoints: {e.best_path} (best), {e.last_path} (last); "
                            f"metrics: {e.run_dir / 'metrics.jsonl'}; {e.seconds:.0f}s in all")
-        self.console.print(f"evaluate it:  cnncli eval {e.best_path}")
+        self.console.print(f"next:  cnncli eval {e.best_path}   |   cnncli predict {e.best_path} IMAGE.pgm")
 
     def close(self) -> None:
         if self.progress:
@@ -220,6 +263,43 @@ def render_summary(rows: list[dict], input_shape, batch_size: int, source: str,
                   f"size: {(params + fixed) * 4 / 2**20:.2f} MiB (float32)")
     console.print(f"forward: {_si(flops)}FLOPs per image; activations for a batch of {batch_size}: "
                   f"{act / 2**20:.1f} MiB (float32, forward outputs kept for backward)")
+
+
+def render_predictions(rows: list[dict], console: Console | None = None) -> None:
+    """One line per image: input, predicted class and probability, then the runners-up."""
+    console = console or make_console()
+    for r in rows:
+        best, *rest = r["top"]
+        others = "  ".join(f"{t['class']} {t['probability'] * 100:.1f}%" for t in rest)
+        console.print(f"{r['input']}: {best['class']} ({best['probability'] * 100:.1f}%)"
+                      + (f"   then {others}" if others else ""))
+
+
+def image_lines(img: np.ndarray) -> list[str]:
+    """A uint8 (H, W) image drawn with shade characters, two columns per pixel, one row per
+    two pixel rows (the darker-is-emptier ramp of plain-text MNIST renderings)."""
+    ramp = " .:-=+*#%@"
+    h = img.shape[0] - img.shape[0] % 2
+    pairs = (img[:h:2].astype(np.int32) + img[1:h:2]) // 2
+    idx = pairs * (len(ramp) - 1) // 255
+    return ["".join(ramp[v] * 2 for v in row) for row in idx]
+
+
+def render_misclassified(result: T.EvalResult, images: np.ndarray, count: int,
+                         console: Console | None = None) -> None:
+    """Draw the first ``count`` misclassified test images with their true and predicted class."""
+    from rich.columns import Columns
+
+    wrong = np.flatnonzero(result.preds != result.labels)[:count]
+    if not len(wrong) or images.shape[1] != 1:
+        return
+    console = console or make_console()
+    panels = []
+    for i in wrong:
+        head = f"#{i}: true {result.labels[i]}, predicted {result.preds[i]}"
+        panels.append(Text("\n".join([head, *image_lines(images[i, 0])])))
+    console.print(f"first {len(wrong)} misclassified test images:")
+    console.print(Columns(panels, padding=(1, 3)))
 
 
 def render_layers(descriptions: list[dict], console: Console | None = None, full: bool = False) -> None:

@@ -222,3 +222,45 @@ def test_summary_matches_torch_parameter_count():
                         nn.Linear(128, 10))
     data = json.loads(runner.invoke(app, ["summary", str(REPO / "configs" / "mnist.yaml"), "--json"]).output)
     assert data["params"] == sum(p.numel() for p in net.parameters())
+
+
+def test_predict_reads_npy_pgm_and_idx(trained, tmp_path, mnist_slice):
+    from cnncli.datasets import load_split
+
+    out, _ = trained
+    test = load_split(mnist_slice, "test")
+    np.save(tmp_path / "three.npy", test.images[:3, 0])
+    np.save(tmp_path / "float.npy", test.images[0, 0] / 255.0)
+    (tmp_path / "one.pgm").write_bytes(b"P5\n# MNIST test image 0\n28 28\n255\n" + test.images[0, 0].tobytes())
+    files = [tmp_path / "three.npy", tmp_path / "float.npy", tmp_path / "one.pgm",
+             mnist_slice / "t10k-images-idx3-ubyte.gz"]
+    result = runner.invoke(app, ["predict", str(out / "best.npz"), *map(str, files), "--json", "-k", "2"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert len(rows) == 3 + 1 + 1 + 200
+    for r in rows:
+        assert len(r["top"]) == 2 and r["top"][0]["probability"] >= r["top"][1]["probability"]
+    # the same image through three readers gets the same answer
+    for r in (rows[3], rows[4], rows[5]):       # float32 sums depend on the batch: approx
+        assert [t["class"] for t in r["top"]] == [t["class"] for t in rows[0]["top"]]
+        assert r["top"][0]["probability"] == pytest.approx(rows[0]["top"][0]["probability"], rel=1e-5)
+    # and the IDX batch agrees with eval's predictions: accuracy from predict == eval's
+    acc = np.mean([r["top"][0]["class"] == y for r, y in zip(rows[5:], test.labels)])
+    js = json.loads(runner.invoke(app, ["eval", str(out / "best.npz"), "--json"]).output)
+    assert acc == pytest.approx(js["accuracy"])
+
+
+def test_predict_refuses_wrong_sizes_and_bad_files(trained, tmp_path):
+    out, _ = trained
+    np.save(tmp_path / "big.npy", np.zeros((32, 32), dtype=np.uint8))
+    (tmp_path / "bad.pgm").write_bytes(b"P5\n28 28\n255\n" + b"\0" * 10)
+    for f, msg in (("big.npy", "model takes (1, 28, 28)"), ("bad.pgm", "truncated PGM"), ("none.npy", "not found")):
+        result = runner.invoke(app, ["predict", str(out / "best.npz"), str(tmp_path / f)])
+        assert result.exit_code == 2 and msg in result.output, result.output
+
+
+def test_eval_draws_misclassified_images_and_training_draws_curves(trained):
+    out, output = trained
+    assert "accuracy (%)" in output and "best epoch:" in output
+    result = runner.invoke(app, ["eval", str(out / "best.npz"), "--show-errors", "2"])
+    assert re.search(r"#\d+: true \d, predicted \d", result.output)

@@ -1,0 +1,128 @@
+"""Reading single images for ``cnncli predict``: .npy, IDX, PGM (binary P5 / text P2) and,
+with the optional ``images`` extra (Pillow), PNG and other formats Pillow reads.
+
+Every reader returns uint8 images (N, C, H, W).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cnncli.errors import DataError
+
+
+def _to_uint8(a: np.ndarray, path: Path) -> np.ndarray:
+    """uint8 as is; floats must lie in [0, 1] (scaled by 255) or [0, 255]."""
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype.kind in "iu":
+        if a.size and (a.min() < 0 or a.max() > 255):
+            raise DataError(f"{path}: integer pixels must lie in 0..255, got {a.min()}..{a.max()}")
+        return a.astype(np.uint8)
+    if a.dtype.kind == "f":
+        if a.size and not np.isfinite(a).all():
+            raise DataError(f"{path}: contains NaN or infinite pixels")
+        hi = float(a.max()) if a.size else 0.0
+        if a.size and a.min() < 0:
+            raise DataError(f"{path}: float pixels must be in [0, 1] or [0, 255], got a minimum of {a.min():g}")
+        if hi <= 1.0:
+            a = a * 255.0
+        elif hi > 255.0:
+            raise DataError(f"{path}: float pixels must be in [0, 1] or [0, 255], got a maximum of {hi:g}")
+        return np.rint(a).astype(np.uint8)
+    raise DataError(f"{path}: unsupported pixel type {a.dtype}")
+
+
+def _to_nchw(a: np.ndarray, path: Path) -> np.ndarray:
+    if a.ndim == 2:            # (H, W)
+        return a[None, None]
+    if a.ndim == 3:            # (N, H, W)
+        return a[:, None]
+    if a.ndim == 4:            # (N, C, H, W)
+        return a
+    raise DataError(f"{path}: expected an image (H, W), a stack (N, H, W) or (N, C, H, W), got shape {a.shape}")
+
+
+def _read_pgm(path: Path) -> np.ndarray:
+    """Netpbm graymap, binary (P5) or plain (P2), maxval <= 255 (netpbm.sourceforge.net/doc/pgm.html)."""
+    data = path.read_bytes()
+    tokens: list[bytes] = []
+    pos = 0
+    while len(tokens) < 4:
+        while pos < len(data) and data[pos:pos + 1].isspace():
+            pos += 1
+        if data[pos:pos + 1] == b"#":
+            while pos < len(data) and data[pos:pos + 1] not in (b"\n", b"\r"):
+                pos += 1
+            continue
+        start = pos
+        while pos < len(data) and not data[pos:pos + 1].isspace():
+            pos += 1
+        if start == pos:
+            raise DataError(f"{path}: truncated PGM header")
+        tokens.append(data[start:pos])
+    magic = tokens[0]
+    try:
+        w, h, maxval = (int(t) for t in tokens[1:])
+    except ValueError:
+        raise DataError(f"{path}: bad PGM header {b' '.join(tokens)!r}") from None
+    if magic not in (b"P5", b"P2") or not (0 < maxval <= 255) or w < 1 or h < 1:
+        raise DataError(f"{path}: only 8-bit grayscale PGM (P5/P2, maxval <= 255) is supported")
+    if magic == b"P5":
+        body = data[pos + 1:]
+        if len(body) < w * h:
+            raise DataError(f"{path}: truncated PGM: {len(body)} of {w * h} pixel bytes")
+        a = np.frombuffer(body[:w * h], dtype=np.uint8).reshape(h, w)
+    else:
+        values = data[pos:].split()
+        if len(values) < w * h:
+            raise DataError(f"{path}: truncated PGM: {len(values)} of {w * h} pixels")
+        a = np.array([int(v) for v in values[:w * h]], dtype=np.int64).reshape(h, w)
+    if maxval != 255:
+        a = np.rint(a.astype(np.float64) * (255.0 / maxval))
+    return a.astype(np.uint8)
+
+
+def _read_pillow(path: Path) -> np.ndarray:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataError(f"{path}: reading {path.suffix or 'this'} files needs Pillow: "
+                        f"pip install 'cnncli[images]' (or give .npy, IDX or PGM)") from None
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("L"), dtype=np.uint8)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable image ({e})") from None
+
+
+def read_images(path: str | Path) -> np.ndarray:
+    """Read one file of images as uint8 (N, C, H, W).
+
+    ``.npy``: (H, W), (N, H, W) or (N, C, H, W), uint8 0..255 or float in [0, 1] / [0, 255]
+    (read with ``allow_pickle=False``); ``.pgm``/``.pnm``: 8-bit graymap; IDX (any name,
+    ``.gz`` or not): as ``datasets.read_idx``; anything else through Pillow, converted to grayscale.
+
+    Raises:
+        DataError: Missing or unreadable file, or pixels out of range.
+    """
+    from cnncli.datasets import load_images
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    name = path.name.lower()
+    if suffix == ".npy":
+        try:
+            a = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise DataError(f"{path}: not a readable .npy array ({e})") from None
+        return _to_nchw(_to_uint8(np.asarray(a), path), path)
+    if suffix in (".pgm", ".pnm"):
+        return _read_pgm(path)[None, None]
+    if "idx" in name or "ubyte" in name:
+        return load_images(path)
+    return _read_pillow(path)[None, None]
