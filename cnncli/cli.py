@@ -95,6 +95,7 @@ def train(
     sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Reuse the run folder even if it holds a run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final test accuracy."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object per epoch and one at the end."),
 ) -> None:
     """Train the network of CONFIG; write checkpoints and metrics to a run folder.
 
@@ -111,7 +112,7 @@ def train(
         num_classes = max(data.train.num_classes, data.test.num_classes if data.test else 0)
         model = training.build_model(cfg, data.train.image_shape, num_classes=num_classes)
         run_dir = training.new_run_dir(cfg.output.dir, overwrite=overwrite)
-        reporter = report.TrainReporter("quiet" if quiet else None)
+        reporter = report.TrainReporter("json" if json_out else "quiet" if quiet else None)
         try:
             training.fit(cfg, model, data, run_dir, reporter)
         finally:

@@ -90,7 +90,9 @@ def plot_lines(series: dict[str, list[float]], height: int = 8, width: int = 40,
 
 
 class TrainReporter:
-    """Subscribes to training events. ``mode``: ``rich``, ``plain`` or ``quiet``."""
+    """Subscribes to training events. ``mode``: ``rich`` (live bars), ``plain`` (a line per
+    epoch), ``quiet`` (the final test accuracy only) or ``json`` (one JSON object per epoch
+    and one at the end, nothing else)."""
 
     def __init__(self, mode: str | None = None, console: Console | None = None):
         self.console = console or make_console()
@@ -100,7 +102,22 @@ class TrainReporter:
         self.history: list[dict[str, float]] = []
 
     def __call__(self, event: Any) -> None:
+        if self.mode == "json":
+            self._json(event)
+            return
         getattr(self, f"on_{type(event).__name__}")(event)
+
+    def _json(self, e: Any) -> None:
+        import json
+
+        if isinstance(e, T.EpochEnded):
+            print(json.dumps({"event": "epoch", **e.metrics, "is_best": e.is_best}), flush=True)
+        elif isinstance(e, T.RunEnded):
+            test = None if e.test is None else {"loss": e.test.loss, "accuracy": e.test.accuracy,
+                                                "n": int(e.test.labels.size)}
+            print(json.dumps({"event": "end", "run_dir": str(e.run_dir), "best_epoch": e.best_epoch,
+                              "best": str(e.best_path), "last": str(e.last_path), "test": test,
+                              "seconds": round(e.seconds, 3)}), flush=True)
 
     # -- events
     def on_RunStarted(self, e: T.RunStarted) -> None:

@@ -264,3 +264,14 @@ def test_eval_draws_misclassified_images_and_training_draws_curves(trained):
     assert "accuracy (%)" in output and "best epoch:" in output
     result = runner.invoke(app, ["eval", str(out / "best.npz"), "--show-errors", "2"])
     assert re.search(r"#\d+: true \d, predicted \d", result.output)
+
+
+def test_train_json_and_quiet_modes(write_config, mnist_slice, tmp_path):
+    cfg = tiny_config(write_config, mnist_slice)
+    result = runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / "j"), "--epochs", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in result.output.splitlines()]
+    assert [e["event"] for e in events] == ["epoch", "epoch", "end"]
+    assert 0 <= events[-1]["test"]["accuracy"] <= 1 and events[-1]["test"]["n"] == 200
+    quiet = runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / "q"), "--quiet"])
+    assert quiet.output.strip().splitlines()[0].startswith("test accuracy") and len(quiet.output.splitlines()) == 1
