@@ -109,8 +109,7 @@ def train(
         if cfg.model.input_shape is not None:
             training.build_model(cfg)             # bad geometry fails before any data is read
         data = training.prepare_data(cfg)
-        num_classes = max(data.train.num_classes, data.test.num_classes if data.test else 0)
-        model = training.build_model(cfg, data.train.image_shape, num_classes=num_classes)
+        model = training.build_model(cfg, data.train.image_shape, num_classes=data.num_classes)
         run_dir = training.new_run_dir(cfg.output.dir, overwrite=overwrite)
         reporter = report.TrainReporter("json" if json_out else "quiet" if quiet else None)
         try:

@@ -2,7 +2,7 @@
 
 A config has four sections::
 
-    data:   {path, val_split, mean, std, train_limit, test_limit}
+    data:   {path, num_classes, val_split, mean, std, train_limit, test_limit}
     model:  {input_shape (optional), layers: [...]}
     train:  {epochs, batch_size, eval_batch_size, seed, optimizer, label_smoothing}
     output: {dir}
@@ -117,6 +117,7 @@ class DataConfig:
     """Where the data is and how each batch is normalized: x = (pixel/255 - mean) / std."""
 
     path: str
+    num_classes: int | None = None
     val_split: float | int = 0.1
     mean: float = 0.0
     std: float = 1.0
@@ -220,6 +221,7 @@ def _output_dir(v):
 SECTIONS: dict[str, dict[str, tuple[Any, Callable]]] = {
     "data": {
         "path": (REQUIRED, _path),
+        "num_classes": (None, lambda v: None if v is None else check_int("num_classes", v, 2)),
         "val_split": (0.1, _val_split),
         "mean": (0.0, lambda v: check_float("mean", v)),
         "std": (1.0, lambda v: check_float("std", v, 0.0, low_open=True)),

@@ -93,11 +93,13 @@ class TrainingInterrupted(CnncliError):
 @dataclass
 class Data:
     """The three splits; ``val`` is carved from the end of the training file (as Keras's
-    ``validation_split``), ``test`` is the test file."""
+    ``validation_split``), ``test`` is the test file. ``num_classes`` is ``data.num_classes``
+    or, when not given, the largest label + 1."""
 
     train: Dataset
     val: Dataset | None
     test: Dataset | None
+    num_classes: int
 
 
 def resolve_data_path(path: str) -> Path:
@@ -126,7 +128,12 @@ def prepare_data(cfg: Config, *, need_test: bool = True) -> Data:
     if test is not None and test.image_shape != train.image_shape:
         raise DataError(f"test images are {test.image_shape}, training images {train.image_shape}; "
                         f"both splits must come from the same dataset ({folder})")
-    return Data(train, val, test)
+    found = max(full.num_classes, test.num_classes if test is not None else 0)
+    if d.num_classes is not None and found > d.num_classes:
+        split = full if full.num_classes == found else test
+        raise DataError(f"{split.source}: label {found - 1} is outside [0, {d.num_classes}) "
+                        f"(data.num_classes is {d.num_classes}). Raise data.num_classes or check the labels file.")
+    return Data(train, val, test, d.num_classes or found)
 
 
 def pixel_lut(mean: float, std: float, dtype=np.float32) -> np.ndarray:
@@ -170,10 +177,12 @@ def build_model(cfg: Config, input_shape: tuple[int, ...] | None = None, *, dtyp
         raise ConfigError([Problem(last.path, f"the model ends with shape {out}; it must end with "
                                    f"one logit per class, e.g. flatten then linear: {{out_features: 10}}",
                                    last.line)], cfg.source)
-    if num_classes is not None and out[0] < num_classes:
+    if num_classes is not None and out[0] != num_classes:
+        hint = f"set out_features: {num_classes}"
+        if out[0] > num_classes and cfg.data.num_classes is None:
+            hint += f" (or data.num_classes: {out[0]} if some classes are missing from this data)"
         raise ConfigError([Problem(last.path, f"the model has {out[0]} outputs but the data has "
-                                   f"{num_classes} classes; set out_features: {num_classes}", last.line)],
-                          cfg.source)
+                                   f"{num_classes} classes; {hint}", last.line)], cfg.source)
     return model
 
 

@@ -275,3 +275,15 @@ def test_train_json_and_quiet_modes(write_config, mnist_slice, tmp_path):
     assert 0 <= events[-1]["test"]["accuracy"] <= 1 and events[-1]["test"]["n"] == 200
     quiet = runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / "q"), "--quiet"])
     assert quiet.output.strip().splitlines()[0].startswith("test accuracy") and len(quiet.output.splitlines()) == 1
+
+
+def test_class_count_must_match_the_model(write_config, mnist_slice, tmp_path):
+    cfg = tiny_config(write_config, mnist_slice)
+    wide = runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / "a"),
+                               "--set", "model.layers[7].linear.out_features=12"])
+    assert wide.exit_code == 2 and "12 outputs but the data has 10 classes" in wide.output
+    narrow = runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / "b"), "--set", "data.num_classes=5"])
+    assert narrow.exit_code == 2 and "label 9 is outside [0, 5)" in narrow.output
+    declared = runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / "c"), "-q",
+                                   "--set", "model.layers[7].linear.out_features=12", "--set", "data.num_classes=12"])
+    assert declared.exit_code == 0, declared.output
