@@ -215,11 +215,7 @@ def gradcheck(
         from cnncli.report import render_gradcheck
 
         cfg = C.load(config, _overrides(sets))
-        shape = cfg.model.input_shape
-        if shape is None:
-            from cnncli.datasets import load_split
-
-            shape = load_split(training.resolve_data_path(cfg.data.path), "train", 1).image_shape
+        shape = training.input_shape(cfg)
         model = training.build_model(cfg, shape, dtype=np.float64)
         results = G.check_layers(model, batch_size, max_checks=max_checks, seed=seed)
         results += G.check_model(model, batch_size, max_checks=max_checks, seed=seed)
@@ -245,11 +241,7 @@ def summary(
         from cnncli.model import summarize
 
         cfg = C.load(config, _overrides(sets))
-        shape = cfg.model.input_shape
-        if shape is None:
-            from cnncli.datasets import load_split
-
-            shape = load_split(training.resolve_data_path(cfg.data.path), "train", 1).image_shape
+        shape = training.input_shape(cfg)
         model = training.build_model(cfg, shape)
         rows = summarize(model)
         if json_out:

@@ -143,6 +143,17 @@ def pixel_lut(mean: float, std: float, dtype=np.float32) -> np.ndarray:
 
 # ------------------------------------------------------------------ model
 
+def input_shape(cfg: Config) -> tuple[int, ...]:
+    """``model.input_shape``, or the image shape of the training file when it is not given.
+
+    Raises:
+        DataError: If the shape must come from the data and the data cannot be read.
+    """
+    if cfg.model.input_shape is not None:
+        return tuple(cfg.model.input_shape)
+    return load_split(resolve_data_path(cfg.data.path), "train", 1).image_shape
+
+
 def make_rngs(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
     """Independent generators for (weights + dropout, shuffling) from one seed."""
     model_ss, shuffle_ss = np.random.SeedSequence(seed).spawn(2)
