@@ -70,13 +70,18 @@ def user_errors(ctx: typer.Context):
 
 
 def _overrides(sets: list[str] | None, **shortcuts) -> list[str]:
-    """``--set`` items plus shortcut flags, shortcuts last (they win)."""
+    """``--set`` items plus shortcut flags, shortcuts last (they win).
+
+    Shortcut values are already typed by typer; text (``--out``) is quoted so YAML keeps it
+    as written (``run #2``, ``null`` and ``2024`` are folder names there)."""
+    import json
+
     out = list(sets or [])
     keys = {"epochs": "train.epochs", "seed": "train.seed", "batch_size": "train.batch_size",
             "lr": "train.optimizer.lr", "out": "output.dir"}
     for name, value in shortcuts.items():
         if value is not None:
-            out.append(f"{keys[name]}={value}")
+            out.append(f"{keys[name]}={json.dumps(value) if isinstance(value, str) else repr(value)}")
     return out
 
 
@@ -86,13 +91,13 @@ SET_HELP = "Override a config value, e.g. --set train.epochs=3 (repeatable)."
 @app.command()
 def train(
     ctx: typer.Context,
-    config: Path = typer.Argument(..., help="YAML config, e.g. configs/mnist.yaml."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help="YAML config, e.g. configs/mnist.yaml."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override train.epochs."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Override train.seed."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Override train.seed."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override train.batch_size."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Override train.optimizer.lr."),
-    out: Optional[str] = typer.Option(None, "--out", help="Run folder (override output.dir)."),
-    sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    out: Optional[str] = typer.Option(None, "--out", metavar="FOLDER", help="Run folder (override output.dir)."),
+    sets: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY.PATH=VALUE", help=SET_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Reuse the run folder even if it holds a run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final test accuracy."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object per epoch and one at the end."),
@@ -121,8 +126,12 @@ def train(
 @app.command("eval")
 def eval_(
     ctx: typer.Context,
-    checkpoint: Path = typer.Argument(..., help="A checkpoint, e.g. runs/mnist/best.npz."),
-    data: Optional[str] = typer.Option(None, "--data", help="Dataset folder (default: the one it was trained on)."),
+    checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT", help="A checkpoint, e.g. runs/mnist/best.npz."),
+    data: Optional[str] = typer.Option(None, "--data", metavar="FOLDER",
+                                       help="Dataset folder (default: the one it was trained on)."),
+    test_limit: Optional[int] = typer.Option(None, "--test-limit", min=0,
+                                             help="Evaluate the first N test images; 0 = all (default: "
+                                                  "the run's data.test_limit)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Evaluation batch size."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     show_errors: int = typer.Option(3, "--show-errors", min=0, help="Draw this many misclassified images."),
@@ -137,7 +146,12 @@ def eval_(
         from cnncli.evaluation import evaluate_checkpoint
         from cnncli.metrics import per_class
 
-        result, cfg, ck, test = evaluate_checkpoint(checkpoint, data, batch_size)
+        if data is not None and not data.strip():
+            from cnncli.errors import DataError
+
+            raise DataError("--data is empty; give a dataset folder")
+        limit = None if test_limit is None else (test_limit or 10**12)
+        result, cfg, ck, test = evaluate_checkpoint(checkpoint, data, batch_size, limit)
         if json_out:
             pc = per_class(result.confusion)
             typer.echo(json.dumps({"checkpoint": str(checkpoint), "epoch": ck.meta.get("epoch"),
@@ -153,8 +167,8 @@ def eval_(
 @app.command()
 def predict(
     ctx: typer.Context,
-    checkpoint: Path = typer.Argument(..., help="A checkpoint, e.g. runs/mnist/best.npz."),
-    inputs: List[Path] = typer.Argument(..., help="Image files: .npy, IDX, PGM, or PNG (needs cnncli[images])."),
+    checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT", help="A checkpoint, e.g. runs/mnist/best.npz."),
+    inputs: List[Path] = typer.Argument(..., metavar="IMAGE...", help="Image files: .npy, IDX, PGM, or PNG (needs cnncli[images])."),
     top_k: int = typer.Option(1, "--top-k", "-k", min=1, help="Show the k most likely classes."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object per image."),
 ) -> None:
@@ -193,13 +207,13 @@ def predict(
 @app.command()
 def gradcheck(
     ctx: typer.Context,
-    config: Path = typer.Argument(..., help="YAML config, e.g. configs/tiny.yaml."),
-    tol: float = typer.Option(1e-6, "--tol", help="Largest relative error that passes."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help="YAML config, e.g. configs/tiny.yaml."),
+    tol: float = typer.Option(1e-6, "--tol", min=1e-15, max=1.0, help="Largest relative error that passes."),
     batch_size: int = typer.Option(4, "--batch-size", min=2, help="Samples in the check batch."),
     max_checks: int = typer.Option(256, "--max-checks", min=1,
                                    help="Entries checked per tensor (sampled when larger)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random inputs."),
-    sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the random inputs."),
+    sets: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY.PATH=VALUE", help=SET_HELP),
 ) -> None:
     """Compare every backward pass with central differences in float64; exit 1 if any fails.
 
@@ -227,8 +241,8 @@ def gradcheck(
 @app.command()
 def summary(
     ctx: typer.Context,
-    config: Path = typer.Argument(..., help="YAML config, e.g. configs/mnist.yaml."),
-    sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    config: Path = typer.Argument(..., metavar="CONFIG", help="YAML config, e.g. configs/mnist.yaml."),
+    sets: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY.PATH=VALUE", help=SET_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Validate CONFIG and show the model: output shape, parameters and FLOPs of each layer.

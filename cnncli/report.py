@@ -32,8 +32,9 @@ def plain_requested() -> bool:
 def make_console(stderr: bool = False) -> Console:
     """A console that is plain (no colour, no cursor moves) when :func:`plain_requested`."""
     plain = plain_requested()
+    # markup off: messages and docstrings hold [brackets] (model.layers[3], [kh, kw])
     return Console(stderr=stderr, no_color=plain, force_terminal=False if plain else None,
-                   highlight=False, emoji=False, soft_wrap=plain)
+                   highlight=False, emoji=False, markup=False, soft_wrap=plain)
 
 
 def print_error(message: str, console: Console | None = None) -> None:
@@ -49,6 +50,12 @@ class MetricsColumn(ProgressColumn):
         if "loss" not in f or not task.completed:
             return Text("")
         return Text(f"loss {f['loss']:.4f}  acc {f['acc'] * 100:6.2f}%  {f['ips']:,.0f} img/s  lr {f['lr']:.2g}")
+
+
+def _n(count: int, noun: str) -> str:
+    """``1 epoch``, ``2 epochs``, ``1 batch``, ``3 batches``."""
+    plural = noun + ("es" if noun.endswith(("s", "ch")) else "s")
+    return f"{count:,} {noun if count == 1 else plural}"
 
 
 def _pct(v: float | None) -> str:
@@ -125,7 +132,8 @@ class TrainReporter:
             return
         self.console.print(f"run folder: {e.run_dir}")
         self.console.print(f"data: {e.n_train:,} train, {e.n_val:,} validation, {e.n_test:,} test images; "
-                           f"model: {e.num_params:,} parameters; {e.epochs} epochs of {e.batches_per_epoch} batches")
+                           f"model: {e.num_params:,} parameters; {_n(e.epochs, 'epoch')} of "
+                           f"{_n(e.batches_per_epoch, 'batch')}")
         if self.mode == "rich":
             self.progress = Progress(
                 TextColumn("{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(),
@@ -172,11 +180,11 @@ class TrainReporter:
             self.console.print(f"best epoch: {e.best_epoch}")
         if e.test is not None:
             self.console.print(f"test accuracy {_pct(e.test.accuracy)} (loss {e.test.loss:.4f}) "
-                               f"on {e.test.labels.size:,} images, best checkpoint (epoch {e.best_epoch})")
+                               f"on {_n(e.test.labels.size, 'image')}, best checkpoint (epoch {e.best_epoch})")
         if self.mode == "quiet":
             return
         self.console.print(f"checkpoints: {e.best_path} (best), {e.last_path} (last); "
-                           f"metrics: {e.run_dir / 'metrics.jsonl'}; {e.seconds:.0f}s in all")
+                           f"metrics: {e.run_dir / 'metrics.jsonl'}; {e.seconds:.1f}s in all")
         self.console.print(f"next:  cnncli eval {e.best_path}   |   cnncli predict {e.best_path} IMAGE.pgm")
 
     def close(self) -> None:

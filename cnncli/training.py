@@ -114,6 +114,11 @@ def prepare_data(cfg: Config, *, need_test: bool = True) -> Data:
         DataError: For any problem with the files, or a split that leaves no training data.
     """
     d = cfg.data
+    with np.errstate(all="ignore"):
+        lut = pixel_lut(d.mean, d.std)
+    if not np.isfinite(lut).all():
+        raise ConfigError([Problem("data.std", f"{d.std:g} is too small: normalized pixels overflow float32. "
+                                   f"Use the dataset's pixel std (0.3081 for MNIST) or 1.")], cfg.source)
     folder = resolve_data_path(d.path)
     full = load_split(folder, "train", d.train_limit)
     n = len(full)
@@ -287,15 +292,23 @@ def evaluate(model: Model, ds: Dataset, batch_size: int, lut: np.ndarray,
 
 # ------------------------------------------------------------------ run folder
 
+#: What a run writes into its folder (removed first by ``--overwrite``).
+RUN_FILES = ("config.yaml", "metrics.jsonl", "best.npz", "last.npz", "interrupted.npz")
+
+
 def new_run_dir(base: str | Path, overwrite: bool = False) -> Path:
     """``base`` if it is free (or ``overwrite``), else the first free ``base-2``, ``base-3``, ...
 
-    A run folder is never overwritten silently (Ultralytics' ``exp2`` rule).
+    A run folder is never overwritten silently (Ultralytics' ``exp2`` rule). With
+    ``overwrite`` the previous run's files (config, checkpoints, metrics) are removed first,
+    so the folder never mixes two runs.
 
     Raises:
-        CnncliError: If the folder cannot be created or written.
+        CnncliError: If ``base`` is an existing file, or the folder cannot be created or written.
     """
     base = Path(base)
+    if base.exists() and not base.is_dir():
+        raise CnncliError(f"{base}: exists and is not a folder; choose a run folder with --out")
 
     def taken(p: Path) -> bool:
         return p.exists() and (not p.is_dir() or any(p.iterdir()))
@@ -306,6 +319,9 @@ def new_run_dir(base: str | Path, overwrite: bool = False) -> Path:
         path = base.with_name(f"{base.name}-{k}")
     try:
         path.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            for name in RUN_FILES:
+                (path / name).unlink(missing_ok=True)
         probe = path / ".write-test"
         probe.write_bytes(b"")
         probe.unlink()
@@ -343,7 +359,10 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
     resolved = cfg.to_dict()
     resolved["data"]["path"] = str(resolve_data_path(cfg.data.path))
     resolved["model"]["input_shape"] = list(model.input_shape)
-    _write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    try:
+        _write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    except OSError as e:
+        raise TrainingError(f"cannot write {run_dir / 'config.yaml'} ({e.strerror or e})") from None
     num_classes = model.output_shape[0]
     best_path, last_path = run_dir / "best.npz", run_dir / "last.npz"
     metrics_path = run_dir / "metrics.jsonl"
@@ -355,6 +374,13 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
     t_run = time.perf_counter()
 
     def save(path: Path, epoch: int, metrics: dict[str, Any], **extra) -> None:
+        try:
+            _save(path, epoch, metrics, **extra)
+        except OSError as e:
+            raise TrainingError(f"cannot write {path} ({e.strerror or e}); the previous file there, if any, "
+                                f"is intact. Free disk space or choose another --out.") from None
+
+    def _save(path: Path, epoch: int, metrics: dict[str, Any], **extra) -> None:
         checkpoint.save(path, params=model.params(), buffers=model.buffers(),
                         optim=optimizer.state_arrays(), config=resolved,
                         meta={"epoch": epoch, "step": step, "metrics": metrics,
@@ -402,12 +428,19 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
                 best_score, best_epoch = score, epoch
                 save(best_path, epoch, metrics)
             rows.append(metrics)
-            _write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+            try:
+                _write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+            except OSError as e:
+                raise TrainingError(f"cannot write {metrics_path} ({e.strerror or e}). "
+                                    f"Free disk space or choose another --out.") from None
             on_event(EpochEnded(epoch, t.epochs, metrics, seconds, is_best))
     except KeyboardInterrupt:
-        save(last_path, epoch, rows[-1] if rows else {}, interrupted=True)
-        raise TrainingInterrupted(f"interrupted during epoch {epoch}; the state was saved to {last_path}",
-                                  last_path) from None
+        # last.npz keeps the last finished epoch; the mid-epoch state goes beside it
+        stopped = run_dir / "interrupted.npz"
+        save(stopped, epoch - 1, rows[-1] if rows else {}, interrupted=True)
+        kept = f"; {last_path} keeps epoch {epoch - 1}" if epoch > 1 else ""
+        raise TrainingInterrupted(f"interrupted during epoch {epoch} (step {step}); the state was saved to "
+                                  f"{stopped}{kept}", stopped) from None
 
     test = None
     if data.test is not None:

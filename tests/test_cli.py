@@ -287,3 +287,49 @@ def test_class_count_must_match_the_model(write_config, mnist_slice, tmp_path):
     declared = runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / "c"), "-q",
                                    "--set", "model.layers[7].linear.out_features=12", "--set", "data.num_classes=12"])
     assert declared.exit_code == 0, declared.output
+
+
+def test_ctrl_c_saves_state_beside_the_last_finished_epoch(write_config, mnist_slice, tmp_path):
+    import signal
+    import time
+
+    from cnncli import checkpoint
+
+    cfg = tiny_config(write_config, mnist_slice)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "cnncli", "train", str(cfg), "--out", str(out),
+                             "--epochs", "100000"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "metrics.jsonl").exists():
+        time.sleep(0.1)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted.npz" in stderr
+    last = checkpoint.load(out / "last.npz")
+    stopped = checkpoint.load(out / "interrupted.npz")
+    assert stopped.meta["interrupted"] is True
+    assert stopped.meta["epoch"] == last.meta["epoch"] or stopped.meta["epoch"] == last.meta["epoch"] + 1
+    assert not any(p.name.endswith(".tmp") for p in out.iterdir())
+
+
+def test_overwrite_starts_from_an_empty_run_folder(trained, write_config, mnist_slice, tmp_path):
+    cfg = tiny_config(write_config, mnist_slice)
+    out = tmp_path / "o"
+    assert runner.invoke(app, ["train", str(cfg), "--out", str(out), "--epochs", "2", "-q"]).exit_code == 0
+    assert runner.invoke(app, ["train", str(cfg), "--out", str(out), "--epochs", "1", "-q",
+                               "--overwrite"]).exit_code == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    assert not (out.parent / "o-2").exists()
+
+
+def test_output_and_normalization_mistakes_are_refused(write_config, mnist_slice, tmp_path):
+    cfg = tiny_config(write_config, mnist_slice)
+    a_file = tmp_path / "afile"
+    a_file.write_text("keep me")
+    result = runner.invoke(app, ["train", str(cfg), "--out", str(a_file)])
+    assert result.exit_code == 2 and "is not a folder" in result.output and a_file.read_text() == "keep me"
+    result = runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / "s"), "--set", "data.std=1e-300"])
+    assert result.exit_code == 2 and "data.std" in result.output and not (tmp_path / "s").exists()
