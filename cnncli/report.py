@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,7 +20,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.table import Table
 from rich.text import Text
 
-from cnncli import training as T
+if TYPE_CHECKING:  # training (and numpy's friends) load only when a command needs them
+    from cnncli import training as T
 
 
 def plain_requested() -> bool:
@@ -116,6 +117,8 @@ class TrainReporter:
 
     def _json(self, e: Any) -> None:
         import json
+
+        from cnncli import training as T
 
         if isinstance(e, T.EpochEnded):
             print(json.dumps({"event": "epoch", **e.metrics, "is_best": e.is_best}), flush=True)
