@@ -55,7 +55,7 @@ class MetricsColumn(ProgressColumn):
 
 def _n(count: int, noun: str) -> str:
     """``1 epoch``, ``2 epochs``, ``1 batch``, ``3 batches``."""
-    plural = noun + ("es" if noun.endswith(("s", "ch")) else "s")
+    plural = {"batch": "batches"}.get(noun, noun + "s")
     return f"{count:,} {noun if count == 1 else plural}"
 
 
