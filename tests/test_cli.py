@@ -333,3 +333,20 @@ def test_output_and_normalization_mistakes_are_refused(write_config, mnist_slice
     assert result.exit_code == 2 and "is not a folder" in result.output and a_file.read_text() == "keep me"
     result = runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / "s"), "--set", "data.std=1e-300"])
     assert result.exit_code == 2 and "data.std" in result.output and not (tmp_path / "s").exists()
+
+
+def test_lenet5_summary_against_hand_computation():
+    data = json.loads(runner.invoke(app, ["summary", str(REPO / "configs" / "lenet5.yaml"), "--json"]).output)
+    rows = data["layers"]
+    # C1 6*1*5*5+6, C3 16*6*5*5+16, C5 400*120+120, F6 120*84+84, out 84*10+10
+    assert [r["params"] for r in rows if r["params"]] == [156, 2416, 48120, 10164, 850]
+    assert data["params"] == 61706
+    assert [tuple(r["output_shape"]) for r in rows[:7]] == [(6, 28, 28), (6, 28, 28), (6, 14, 14), (16, 10, 10),
+                                                            (16, 10, 10), (16, 5, 5), (400,)]
+
+
+def test_fashion_mnist_config_trains_with_only_the_path_changed(mnist_slice, tmp_path):
+    result = runner.invoke(app, ["train", str(REPO / "configs" / "fashion-mnist.yaml"), "--out", str(tmp_path / "f"),
+                                 "--set", f"data.path={mnist_slice}", "--set", "data.val_split=100",
+                                 "--epochs", "1", "-q"])
+    assert result.exit_code == 0, result.output
