@@ -9,9 +9,10 @@ Layout (format version 1):
   (type and step count), metrics, RNG states, input shape, class count.
 
 Read with ``numpy.load(..., allow_pickle=False)``: a file holding pickled objects is
-refused, never executed. Writes go to a temporary file in the same folder, are
-fsync'ed and then renamed over the target (``os.replace``), so a crash or a full
-disk never leaves a half-written checkpoint in its place.
+refused, never executed; every weight must be a finite floating-point number. Writes
+go to a temporary file in the same folder (``.NAME.XXXX.tmp``), are fsync'ed and then
+renamed over the target (``os.replace``), so a crash or a full disk never leaves a
+half-written checkpoint in its place, and weights holding NaN are never saved over a good one.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from cnncli import __version__
-from cnncli.errors import CheckpointError
+from cnncli.errors import CheckpointError, DivergedError, OutputError
 
 FORMAT_VERSION = 1
 
@@ -47,11 +47,19 @@ class Checkpoint:
 def atomic_write(path: Path, write) -> None:
     """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync, then rename it to ``path``.
 
+    The temporary is named ``.{name}.XXXX.tmp``, so a process killed mid-write leaves no file
+    that looks like a checkpoint.
+
     Raises:
-        OSError: Unchanged; the previous file at ``path`` is left intact and the temporary removed.
+        OutputError: (an ``OSError`` too) if the folder or file cannot be written, e.g. a full
+            disk; the previous file at ``path`` is left intact and the temporary removed.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write into {path.parent} ({e.strerror or e}). "
+                          f"Check that the folder exists and is writable.", e.errno, e.strerror) from e
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -61,17 +69,32 @@ def atomic_write(path: Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and not isinstance(e, OutputError):
+            kept = "the previous file is intact" if path.exists() else "nothing was written"
+            raise OutputError(f"{path}: cannot write ({e.strerror or e}); {kept}. "
+                              f"Free some disk space or choose another output folder.", e.errno, e.strerror) from e
         raise
 
 
 def save(path: Path, *, params: dict[str, np.ndarray], buffers: dict[str, np.ndarray],
          optim: dict[str, np.ndarray], config: dict[str, Any], meta: dict[str, Any]) -> None:
-    """Write a checkpoint atomically (see module doc for the layout)."""
+    """Write a checkpoint atomically (see module doc for the layout).
+
+    Raises:
+        DivergedError: If a parameter or buffer holds NaN or infinity; nothing is written, so
+            the previous checkpoint at ``path`` (the last good state) is kept.
+        OutputError: If the file cannot be written (the previous one is kept).
+    """
+    for kind, arrays in (("parameter", params), ("buffer", buffers)):
+        for key, a in arrays.items():
+            if np.asarray(a).dtype.kind in "fc" and not np.isfinite(a).all():
+                raise DivergedError(f"{path} not written: {kind} {key} holds NaN or infinite values "
+                                    f"(training diverged); the previous checkpoint is kept")
     arrays = {f"param/{k}": v for k, v in params.items()}
     arrays.update({f"buffer/{k}": v for k, v in buffers.items()})
     arrays.update({f"optim/{k}": v for k, v in optim.items()})
@@ -81,21 +104,24 @@ def save(path: Path, *, params: dict[str, np.ndarray], buffers: dict[str, np.nda
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def load(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint written by :func:`save`.
+_TEXT_ENTRIES = ("config", "meta")
 
-    Raises:
-        CheckpointError: Missing file, not an ``.npz``, pickled objects inside, missing
-            entries, unreadable JSON, or a newer format version.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found. Runs keep theirs as RUN/best.npz and RUN/last.npz.")
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the .npz at ``path``, read with ``allow_pickle=False`` (file always closed)."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if not isinstance(z, np.lib.npyio.NpzFile):
+        with open(path, "rb") as f:
+            magic = f.read(6)
+            f.seek(0)
+            if magic.startswith(b"\x93NUMPY"):
                 raise CheckpointError(f"{path}: a single .npy array, not a cnncli checkpoint (.npz)")
-            arrays = {k: z[k] for k in z.files}
+            if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+                # numpy would try to unpickle anything else; say what it is instead
+                what = "an empty file" if not magic else f"a file starting with {magic!r}"
+                raise CheckpointError(f"{path}: not a readable .npz checkpoint: {what}, not a zip archive. "
+                                      f"Use RUN/best.npz or RUN/last.npz of a run.")
+            with np.load(f, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
     except CheckpointError:
         raise
     except ValueError as e:
@@ -103,27 +129,73 @@ def load(path: str | os.PathLike) -> Checkpoint:
             raise CheckpointError(f"{path}: holds pickled Python objects; cnncli never unpickles files. "
                                   f"Use a checkpoint written by 'cnncli train'.") from None
         raise CheckpointError(f"{path}: not a readable .npz checkpoint ({e})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+    except Exception as e:  # noqa: BLE001
+        # zipfile and numpy's .npy header parser raise many kinds on damaged bytes: BadZipFile,
+        # EOFError, zlib.error, NotImplementedError (unknown compression), RuntimeError (encrypted
+        # member), SyntaxError/tokenize.TokenError (header), MemoryError (absurd declared shape), ...
         raise CheckpointError(f"{path}: not a readable .npz checkpoint ({type(e).__name__}: {e}). "
                               f"It may be truncated; use another checkpoint of the run.") from None
-    for key in ("config", "meta"):
+
+
+def _json_entry(path: Path, key: str, a: np.ndarray) -> dict[str, Any]:
+    if a.dtype.kind != "U" or a.ndim != 0:
+        raise CheckpointError(f"{path}: corrupt '{key}' entry: expected JSON text, got a {a.dtype} array "
+                              f"of shape {a.shape}")
+    try:
+        value = json.loads(str(a))
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: corrupt '{key}' entry: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: corrupt '{key}' entry: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _check_array(path: Path, key: str, a: np.ndarray) -> None:
+    """Weights, buffers and optimizer state are real numbers (floats, or integer counters), all finite."""
+    kind = key.partition("/")[0]
+    allowed = "f" if kind in ("param", "optim") else "fiu"
+    if a.dtype.kind not in allowed or a.dtype.names is not None:
+        want = "floating-point" if allowed == "f" else "numeric"
+        raise CheckpointError(f"{path}: entry {key!r} holds {a.dtype} values, a checkpoint holds {want} arrays. "
+                              f"The file is corrupt or was not written by cnncli.")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise CheckpointError(f"{path}: entry {key!r} holds NaN or infinite values; this checkpoint is "
+                              f"unusable. Use an earlier checkpoint of the run.")
+
+
+def load(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint written by :func:`save`.
+
+    Raises:
+        CheckpointError: Missing file, not an ``.npz``, pickled objects inside, missing
+            entries, unreadable JSON, a newer (or invalid) format version, or arrays that
+            are not finite real numbers.
+    """
+    path = Path(path)
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError):
+        is_file = False
+    if not is_file:
+        raise CheckpointError(f"{path}: checkpoint not found. Runs keep theirs as RUN/best.npz and RUN/last.npz.")
+    arrays = _read_npz(path)
+    for key in _TEXT_ENTRIES:
         if key not in arrays:
             raise CheckpointError(f"{path}: not a cnncli checkpoint (no '{key}' entry)")
-    try:
-        config = json.loads(str(arrays.pop("config")))
-        meta = json.loads(str(arrays.pop("meta")))
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: corrupt config/meta entry ({e})") from None
-    if not isinstance(config, dict) or not isinstance(meta, dict):
-        raise CheckpointError(f"{path}: corrupt config/meta entry")
+    config = _json_entry(path, "config", arrays.pop("config"))
+    meta = _json_entry(path, "meta", arrays.pop("meta"))
     version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {version!r}; this cnncli "
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path}: corrupt 'meta' entry: format_version is {version!r}, "
+                              f"expected a positive integer. The file was not written by cnncli.")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version}; this cnncli "
                               f"({__version__}) reads up to {FORMAT_VERSION}. Upgrade cnncli.")
     parts: dict[str, dict[str, np.ndarray]] = {"param": {}, "buffer": {}, "optim": {}}
     for key, a in arrays.items():
         kind, _, name = key.partition("/")
         if kind not in parts or not name:
             raise CheckpointError(f"{path}: unexpected entry {key!r}")
+        _check_array(path, key, a)
         parts[kind][name] = a
     return Checkpoint(parts["param"], parts["buffer"], parts["optim"], config, meta, path)

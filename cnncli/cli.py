@@ -67,6 +67,13 @@ def user_errors(ctx: typer.Context):
             raise
         typer.echo("interrupted", err=True)
         raise typer.Exit(code=130) from None
+    except MemoryError:
+        if ctx.obj and ctx.obj.debug:
+            raise
+        from cnncli.report import print_error
+
+        print_error("out of memory; use a smaller model, train.batch_size or train.eval_batch_size")
+        raise typer.Exit(code=1) from None
 
 
 def _overrides(sets: list[str] | None, **shortcuts) -> list[str]:

@@ -27,8 +27,8 @@ from typing import Any, Callable
 import yaml
 
 from cnncli.errors import ConfigError, Problem, did_you_mean
-from cnncli.layers.base import check_float, check_int
-from cnncli.model import LayerSpec, check_specs
+from cnncli.layers.base import check_float, check_int, check_size
+from cnncli.model import LayerSpec, check_options, check_specs
 
 
 # ------------------------------------------------------------------ YAML with lines
@@ -55,6 +55,21 @@ class LineList(list):
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader that builds LineDict/LineList and refuses duplicate keys."""
+
+    def construct_object(self, node, deep=False):
+        # PyYAML's scalar constructors raise bare ValueError/KeyError/... on values such as
+        # `!!int abc`, `!!bool maybe` or the impossible date `2020-02-30`; locate them instead.
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError) as e:
+            tag = str(node.tag).rsplit(":", 1)[-1]
+            value = node.value if isinstance(node, yaml.ScalarNode) else None
+            what = f"cannot read {value!r} as {tag}" if value is not None else f"cannot build a {tag} here"
+            detail = f" ({e})" if str(e) and not isinstance(e, (KeyError, IndexError, AttributeError)) else ""
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{what}{detail}. Quote the value to keep it as text, or fix it", node.start_mark) from None
 
 
 def _construct_map(loader: _Loader, node: yaml.MappingNode) -> LineDict:
@@ -105,9 +120,29 @@ def parse_yaml(text: str, source: str | None = None) -> Any:
         what = e.problem or str(e)
         if e.context:
             what = f"{e.context}: {what}" if e.problem else e.context
-        raise ConfigError([Problem("", f"YAML syntax error{col}: {what}", line)], source) from None
+        kind = "YAML error" if isinstance(e, yaml.constructor.ConstructorError) else "YAML syntax error"
+        raise ConfigError([Problem("", f"{kind}{col}: {what}", line)], source) from None
+    except yaml.reader.ReaderError as e:   # a control character, e.g. a NUL byte
+        line = text.count("\n", 0, e.position) + 1 if isinstance(e.position, int) else None
+        col = e.position - (text.rfind("\n", 0, e.position) + 1) + 1 if isinstance(e.position, int) else None
+        char = f"#x{e.character:04x}" if isinstance(e.character, int) else repr(e.character)
+        raise ConfigError([Problem("", f"YAML error, column {col}: character {char} is not allowed in YAML "
+                                   f"({e.reason})", line)], source) from None
     except yaml.YAMLError as e:
         raise ConfigError([Problem("", f"YAML error: {e}")], source) from None
+    except RecursionError:
+        raise ConfigError([Problem("", "YAML nested too deeply (thousands of levels of [ or {); "
+                                   "a config needs a few")], source) from None
+
+
+def plain(value: Any) -> Any:
+    """``value`` with every LineDict/LineList (and tuple) turned into a plain dict/list, so
+    ``yaml.safe_dump`` and ``json.dumps`` can write it."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
 
 
 # ------------------------------------------------------------------ the dataclasses
@@ -162,7 +197,7 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data (JSON/YAML-safe); ``from_dict`` reads it back."""
-        return {
+        return plain({
             "data": dataclasses.asdict(self.data),
             "model": {
                 **({"input_shape": list(self.model.input_shape)} if self.model.input_shape else {}),
@@ -174,7 +209,7 @@ class Config:
                 "optimizer": {"type": self.train.optimizer.type, **self.train.optimizer.options},
             },
             "output": dataclasses.asdict(self.output),
-        }
+        })
 
 
 # ------------------------------------------------------------------ checks
@@ -184,6 +219,15 @@ REQUIRED = object()
 
 def _positive_int(name):
     return lambda v: check_int(name, v, 1)
+
+
+#: Largest batch size accepted: far beyond any dataset, small enough that n / batch_size
+#: never underflows to 0 batches.
+MAX_BATCH_SIZE = 2 ** 31
+
+
+def _batch_size(name):
+    return lambda v: check_int(name, v, 1, MAX_BATCH_SIZE)
 
 
 def _optional_positive_int(name):
@@ -197,6 +241,8 @@ def _non_negative_int(name):
 def _path(v):
     if not isinstance(v, str) or not v.strip():
         raise ValueError(f"must be a path (text), got {v!r}")
+    if "\0" in v:
+        raise ValueError(f"a path cannot contain a NUL character, got {v!r}")
     return v
 
 
@@ -211,7 +257,9 @@ def _val_split(v):
 def _input_shape(v):
     if not isinstance(v, list) or len(v) not in (1, 3):
         raise ValueError(f"input_shape must be [C, H, W] or [F], got {v!r}")
-    return tuple(check_int("input_shape", s, 1) for s in v)
+    shape = tuple(check_int("input_shape", s, 1) for s in v)
+    check_size("an input", shape)
+    return shape
 
 
 def _output_dir(v):
@@ -234,8 +282,8 @@ SECTIONS: dict[str, dict[str, tuple[Any, Callable]]] = {
     },
     "train": {
         "epochs": (10, _positive_int("epochs")),
-        "batch_size": (128, _positive_int("batch_size")),
-        "eval_batch_size": (1000, _positive_int("eval_batch_size")),
+        "batch_size": (128, _batch_size("batch_size")),
+        "eval_batch_size": (1000, _batch_size("eval_batch_size")),
         "seed": (0, _non_negative_int("seed")),
         "optimizer": ({"type": "adam"}, None),  # checked by _optimizer
         "label_smoothing": (0.0, lambda v: check_float("label_smoothing", v, 0.0, 1.0)),
@@ -256,10 +304,11 @@ def _line(container, key) -> int | None:
     return getattr(container, "line", None)
 
 
-def _layers(raw, problems: list[Problem]) -> tuple[LayerSpec, ...]:
+def _layers(raw, problems: list[Problem], line: int | None = None) -> tuple[LayerSpec, ...]:
     if not isinstance(raw, list) or not raw:
-        problems.append(Problem("model.layers", "must be a non-empty list of layers, e.g. "
-                                "'- conv2d: {out_channels: 8, kernel_size: 3}'", getattr(raw, "line", None)))
+        problems.append(Problem("model.layers", f"must be a non-empty list of layers, e.g. "
+                                f"'- conv2d: {{out_channels: 8, kernel_size: 3}}', got {raw!r}",
+                                getattr(raw, "line", None) or line))
         return ()
     specs = []
     for i, item in enumerate(raw):
@@ -268,7 +317,7 @@ def _layers(raw, problems: list[Problem]) -> tuple[LayerSpec, ...]:
             specs.append(LayerSpec(item, {}, path, line))
             continue
         if isinstance(item, dict) and "type" in item:          # {type: conv2d, out_channels: 8}
-            opts = {k: v for k, v in item.items() if k != "type"}
+            opts = {k: plain(v) for k, v in item.items() if k != "type"}
             lines = {k: _line(item, k) for k in opts}
             specs.append(LayerSpec(str(item["type"]), opts, path, line, lines))
             continue
@@ -280,11 +329,12 @@ def _layers(raw, problems: list[Problem]) -> tuple[LayerSpec, ...]:
                 problems.append(Problem(path, f"options of '{name}' must be a mapping like "
                                         f"{{kernel_size: 3}}, got {opts!r}", line))
                 continue
-            specs.append(LayerSpec(str(name), dict(opts), path, line, {k: _line(opts, k) for k in opts}))
+            specs.append(LayerSpec(str(name), plain(opts), path, line, {k: _line(opts, k) for k in opts}))
             continue
         problems.append(Problem(path, f"a layer is a name ('relu') or one name with its options "
                                 f"('conv2d: {{out_channels: 8, kernel_size: 3}}'), got {item!r}", line))
     problems.extend(check_specs(specs))
+    problems.extend(check_options(specs))
     return tuple(specs)
 
 
@@ -299,37 +349,48 @@ def _optimizer(raw, container, problems: list[Problem]) -> OptimizerConfig:
                                 f"with 'type', e.g. {{type: adam, lr: 0.001}}", line))
         return OptimizerConfig()
     name = raw["type"]
-    if name not in OPTIMIZERS:
-        problems.append(Problem(f"{path}.type", f"unknown optimizer '{name}'.{did_you_mean(name, OPTIMIZERS)} "
-                                f"Choose one of {', '.join(OPTIMIZERS)}.", _line(raw, "type")))
+    if not isinstance(name, str) or name not in OPTIMIZERS:
+        problems.append(Problem(f"{path}.type", f"unknown optimizer {name!r}.{did_you_mean(str(name), OPTIMIZERS)} "
+                                f"Choose one of {', '.join(OPTIMIZERS)}.", _line(raw, "type") or line))
         return OptimizerConfig()
     cls = OPTIMIZERS[name]
-    opts = {k: v for k, v in raw.items() if k != "type"}
+    opts = {k: plain(v) for k, v in raw.items() if k != "type"}
     allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "params")]
     ok = True
     for k in opts:
         if k not in allowed:
             ok = False
             problems.append(Problem(f"{path}.{k}", f"unknown option '{k}' for {name}.{did_you_mean(k, allowed)} "
-                                    f"Options: {', '.join(allowed)}.", _line(raw, k)))
+                                    f"Options: {', '.join(allowed)}.", _line(raw, k) or line))
     if ok:
         try:
             cls({}, **opts)
         except (ValueError, TypeError) as e:
-            bad = next((k for k in opts if str(e).startswith(k)), None)
-            problems.append(Problem(f"{path}.{bad}" if bad else path, str(e), _line(raw, bad) if bad else line))
+            msg = str(e)
+            bad = next((k for k in sorted(opts, key=len, reverse=True)
+                        if re.match(rf"{re.escape(k)}\b", msg)), None)
+            if bad is not None and msg.startswith(f"{bad} "):
+                msg = msg[len(bad) + 1:]
+            problems.append(Problem(f"{path}.{bad}" if bad else path, msg, (_line(raw, bad) if bad else None) or line))
     return OptimizerConfig(name, opts)
 
 
-def _section(name: str, raw: Any, problems: list[Problem]) -> dict[str, Any]:
-    """Check one section's keys and values; return {key: value} with defaults filled."""
+def _section(name: str, raw: Any, problems: list[Problem], line: int | None = None,
+             present: bool = True) -> dict[str, Any]:
+    """Check one section's keys and values; return {key: value} with defaults filled.
+
+    ``line`` is the line of the section's key; ``present`` is False when the section is
+    absent (its required keys are then not reported again: the missing section is)."""
     schema = SECTIONS[name]
+    defaults = {key: default for key, (default, _) in schema.items() if default is not REQUIRED}
+    if raw is None and not present:
+        return defaults
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         problems.append(Problem(name, f"must be a mapping of keys ({', '.join(schema)}), got {raw!r}",
-                                getattr(raw, "line", None)))
-        raw = {}
+                                getattr(raw, "line", None) or line))
+        return defaults
     for key in raw:
         if key not in schema:
             problems.append(Problem(f"{name}.{key}", f"unknown key '{key}'.{did_you_mean(str(key), schema)} "
@@ -338,7 +399,7 @@ def _section(name: str, raw: Any, problems: list[Problem]) -> dict[str, Any]:
     for key, (default, check) in schema.items():
         if key not in raw:
             if default is REQUIRED:
-                problems.append(Problem(name, f"missing required key '{key}'", getattr(raw, "line", None)))
+                problems.append(Problem(name, f"missing required key '{key}'", getattr(raw, "line", None) or line))
             else:
                 out[key] = default
             continue
@@ -354,6 +415,25 @@ def _section(name: str, raw: Any, problems: list[Problem]) -> dict[str, Any]:
                 msg = msg[len(key) + 1:]
             problems.append(Problem(f"{name}.{key}", msg, _line(raw, key)))
     return out
+
+
+#: Largest magnitude a normalized pixel (pixel/255 - mean) / std may reach.
+MAX_NORMALIZED = 1e6
+
+
+def _normalization(values: dict[str, Any], raw: Any, problems: list[Problem]) -> None:
+    """Refuse a mean/std that maps pixels to absurd values (a std of 1e-300 would turn every
+    batch into inf and the run into NaN, reported as divergence instead of as the config's fault)."""
+    mean, std = values.get("mean"), values.get("std")
+    if not isinstance(mean, float) or not isinstance(std, float):
+        return                                           # already reported
+    reach = max(abs((0.0 - mean) / std), abs((1.0 - mean) / std))
+    if reach > MAX_NORMALIZED:
+        key = "std" if isinstance(raw, dict) and "std" in raw else "mean"
+        problems.append(Problem(f"data.{key}", f"mean {mean:g} and std {std:g} map pixels to values up to "
+                                f"{reach:.3g}; pixels are scaled to [0, 1] first, so use the dataset's "
+                                f"mean and std of those (MNIST: mean 0.1307, std 0.3081)",
+                                _line(raw, key) if isinstance(raw, dict) else None))
 
 
 def validate(raw: Any, source: str | None = None, stem: str = "run") -> Config:
@@ -374,11 +454,12 @@ def validate(raw: Any, source: str | None = None, stem: str = "run") -> Config:
     for name in REQUIRED_SECTIONS:
         if name not in raw:
             problems.append(Problem(name, f"missing section '{name}'", 1 if source else None))
-    values = {name: _section(name, raw.get(name), problems) for name in SECTIONS}
+    values = {name: _section(name, raw.get(name), problems, _line(raw, name), name in raw) for name in SECTIONS}
     model_raw = raw.get("model") if isinstance(raw.get("model"), dict) else {}
-    layers = _layers(model_raw["layers"], problems) if "layers" in model_raw else ()
+    layers = _layers(model_raw["layers"], problems, _line(model_raw, "layers")) if "layers" in model_raw else ()
     train_raw = raw.get("train") if isinstance(raw.get("train"), dict) else {}
     optimizer = _optimizer(values["train"]["optimizer"], train_raw, problems)
+    _normalization(values["data"], raw.get("data"), problems)
     if problems:
         problems.sort(key=lambda p: (p.line or 0))
         raise ConfigError(problems, source)
@@ -397,6 +478,17 @@ def validate(raw: Any, source: str | None = None, stem: str = "run") -> Config:
 # ------------------------------------------------------------------ overrides
 
 _KEY = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def _forget_lines(value: Any) -> Any:
+    """Drop the line numbers of a value parsed from a ``--set`` text: they count lines of the
+    override, not of the config file, so problems with it must not point into the file."""
+    if isinstance(value, (LineDict, LineList)):
+        value.line = None
+        value.lines = {} if isinstance(value, LineDict) else []
+        for v in (value.values() if isinstance(value, dict) else value):
+            _forget_lines(v)
+    return value
 
 
 def apply_overrides(raw: Any, overrides: list[str]) -> Any:
@@ -422,7 +514,7 @@ def apply_overrides(raw: Any, overrides: list[str]) -> Any:
             problems.append(Problem(where, "empty key path"))
             continue
         try:
-            value = parse_yaml(text) if text.strip() else None
+            value = _forget_lines(parse_yaml(text)) if text.strip() else None
         except ConfigError as e:
             problems.append(Problem(where, e.problems[0].message))
             continue

@@ -65,9 +65,19 @@ def _type_name(code: int) -> str:
     return f"{dtype.newbyteorder('=').name} (0x{code:02X})" if dtype is not None else f"0x{code:02X}"
 
 
+def _exists(path: Path) -> bool:
+    """``path.exists()``, but a path that cannot even be looked at (a folder on the way that
+    is not readable, a NUL byte in the name) is reported as a DataError, not an OSError."""
+    try:
+        return path.exists()
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot access the path ({getattr(e, 'strerror', None) or e}). "
+                        "Check the path and the permissions of the folders on it.") from None
+
+
 def _read_bytes(path: Path) -> bytes:
     """Return the file's bytes, gunzipped if they start with the gzip magic."""
-    if not path.exists():
+    if not _exists(path):
         raise DataError(f"file not found: {path} (absolute: {path.absolute()}). "
                         "Check the path, or download the dataset into that folder.")
     if path.is_dir():
@@ -82,6 +92,9 @@ def _read_bytes(path: Path) -> bytes:
         return raw
     try:
         return gzip.decompress(raw)
+    except MemoryError:
+        raise DataError(f"{path}: the gzip data expands to more than fits in memory; the file is "
+                        f"corrupt or not a dataset. {_REDOWNLOAD}") from None
     except EOFError as e:
         raise DataError(f"{path}: the gzip stream is truncated ({len(raw)} compressed bytes, "
                         f"ends before the end-of-stream marker). The file is incomplete. "
@@ -148,7 +161,12 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise DataError(
             f"{path}: {what}: shape {shape} of {_type_name(code)} needs {expected} bytes of data, "
             f"the file has {got}. The file is incomplete or corrupt. {_REDOWNLOAD}")
-    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    try:
+        array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    except ValueError:
+        # an empty shape whose other sizes multiply beyond what numpy can index, e.g. (0, 2**25, 2**30)
+        raise DataError(f"{path}: the IDX header declares shape {shape}, which no array can have; "
+                        f"the file is corrupt. {_REDOWNLOAD}") from None
     if dtype.itemsize > 1:
         array = array.astype(dtype.newbyteorder("="))
     return array
@@ -295,7 +313,7 @@ def find_split_files(folder: str | os.PathLike, split: str) -> tuple[Path, Path]
     if split not in _SPLIT_PREFIXES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     folder = Path(folder)
-    if not folder.exists():
+    if not _exists(folder):
         raise DataError(f"dataset folder not found: {folder} (absolute: {folder.absolute()}). "
                         "Relative paths are resolved from the current directory; "
                         "check data.path or download the dataset there.")
@@ -305,7 +323,11 @@ def find_split_files(folder: str | os.PathLike, split: str) -> tuple[Path, Path]
     found = []
     for kind in _KINDS:
         names = _candidates(split, kind)
-        path = next((folder / n for n in names if (folder / n).is_file()), None)
+        try:
+            path = next((folder / n for n in names if (folder / n).is_file()), None)
+        except OSError as e:   # e.g. a folder without search (x) permission
+            raise DataError(f"{folder}: cannot look into the folder ({e.strerror or e}). "
+                            "Check its permissions.") from None
         if path is None:
             try:
                 entries = sorted(p.name for p in folder.iterdir())

@@ -68,6 +68,23 @@ class CheckpointError(CnncliError):
     """A checkpoint cannot be read, is not ours, or does not fit the model."""
 
 
+class OutputError(CnncliError, OSError):
+    """An output file or run folder cannot be written (permissions, full disk, ...).
+
+    Whatever was there before is left intact. It is also an :class:`OSError` (with the
+    original ``errno`` and ``strerror``), so code that caught the operating system's error
+    still does.
+    """
+
+    def __init__(self, message: str, errno: int | None = None, strerror: str | None = None):
+        super().__init__(message)
+        self.errno = errno
+        self.strerror = strerror
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class TrainingError(CnncliError):
     """Training cannot go on (for example the loss became NaN or infinite)."""
 

@@ -10,30 +10,62 @@ from cnncli import checkpoint
 from cnncli.config import Config, from_dict
 from cnncli.datasets import Dataset, load_split
 from cnncli.errors import CheckpointError, ConfigError
-from cnncli.model import Model
+from cnncli.model import Model, check_input_shape
 from cnncli.training import EvalResult, build_model, evaluate, pixel_lut, resolve_data_path
 
 
-def load_model(path: str | Path) -> tuple[Model, Config, checkpoint.Checkpoint]:
+def _stored_input_shape(ck: checkpoint.Checkpoint, cfg: Config) -> tuple[int, ...] | None:
+    """The input shape a checkpoint records in its meta (or its config), checked."""
+    raw = ck.meta.get("input_shape")
+    if raw is None:
+        return cfg.model.input_shape
+    try:
+        shape = check_input_shape(raw)
+    except ConfigError as e:
+        raise CheckpointError(f"{ck.path}: corrupt 'meta' entry: input_shape {raw!r} is invalid "
+                              f"({e.problems[0].message})") from None
+    if cfg.model.input_shape is not None and tuple(cfg.model.input_shape) != shape:
+        raise CheckpointError(f"{ck.path}: corrupt checkpoint: its meta says input_shape {list(shape)} but its "
+                              f"stored config says model.input_shape {list(cfg.model.input_shape)}")
+    return shape
+
+
+def load_model(path: str | Path, config: Config | None = None
+               ) -> tuple[Model, Config, checkpoint.Checkpoint]:
     """Model (weights and buffers loaded), its config and the raw checkpoint.
 
+    Args:
+        path: The checkpoint.
+        config: Build the model from this config instead of the one stored in the
+            checkpoint (e.g. to resume or fine-tune); its layers must produce exactly the
+            checkpoint's arrays. The returned config is then this one.
+
     Raises:
-        CheckpointError: Unreadable checkpoint, invalid stored config, or arrays
-            that do not fit the stored architecture.
+        CheckpointError: Unreadable checkpoint, invalid stored config or metadata, arrays
+            that do not fit the stored architecture, or a model that does not match ``config``.
     """
     ck = checkpoint.load(path)
     try:
-        cfg = from_dict(ck.config, source=f"{ck.path} (stored config)")
-        shape = ck.meta.get("input_shape") or cfg.model.input_shape
-        model = build_model(cfg, tuple(shape) if shape else None)
+        stored = from_dict(ck.config, source=f"{ck.path} (stored config)")
     except ConfigError as e:
         raise CheckpointError(f"{ck.path}: its stored config is invalid:\n{e}") from None
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{ck.path}: corrupt metadata ({e})") from None
+    shape = _stored_input_shape(ck, stored)
+    cfg = stored if config is None else config
+    try:
+        model = build_model(cfg, shape)
+    except ConfigError as e:
+        if config is None:
+            raise CheckpointError(f"{ck.path}: its stored config is invalid:\n{e}") from None
+        raise CheckpointError(f"{ck.path}: the given config cannot build a model for this checkpoint's "
+                              f"input shape {list(shape) if shape else '(unknown)'}:\n{e}") from None
     try:
         model.load_arrays(ck.params, ck.buffers)
     except ValueError as e:
-        raise CheckpointError(f"{ck.path}: {e}") from None
+        if config is None:
+            raise CheckpointError(f"{ck.path}: {e}") from None
+        raise CheckpointError(f"{ck.path}: the checkpoint's model does not match the layers of "
+                              f"{config.source or 'the given config'}: {e}. Use the config the checkpoint "
+                              f"was trained with (its run folder keeps it as config.yaml).") from None
     return model, cfg, ck
 
 
@@ -50,7 +82,7 @@ def evaluate_checkpoint(path: str | Path, data_path: str | None = None,
         CheckpointError, DataError: As the loaders do.
     """
     model, cfg, ck = load_model(path)
-    folder = resolve_data_path(data_path or cfg.data.path)
+    folder = resolve_data_path(cfg.data.path if data_path is None else data_path)
     test = load_split(folder, "test", limit if limit is not None else cfg.data.test_limit)
     if test.image_shape != model.input_shape:
         raise CheckpointError(f"{ck.path}: the model takes images {model.input_shape} but {folder} "

@@ -67,7 +67,7 @@ def _read_pgm(path: Path) -> np.ndarray:
     try:
         w, h, maxval = (int(t) for t in tokens[1:])
     except ValueError:
-        raise DataError(f"{path}: bad PGM header {b' '.join(tokens)!r}") from None
+        raise DataError(f"{path}: bad PGM header {b' '.join(tokens)[:80]!r}") from None
     if magic not in (b"P5", b"P2") or not (0 < maxval <= 255) or w < 1 or h < 1:
         raise DataError(f"{path}: only 8-bit grayscale PGM (P5/P2, maxval <= 255) is supported")
     if magic == b"P5":
@@ -79,7 +79,14 @@ def _read_pgm(path: Path) -> np.ndarray:
         values = data[pos:].split()
         if len(values) < w * h:
             raise DataError(f"{path}: truncated PGM: {len(values)} of {w * h} pixels")
-        a = np.array([int(v) for v in values[:w * h]], dtype=np.int64).reshape(h, w)
+        try:
+            a = np.array([int(v) for v in values[:w * h]], dtype=np.int64).reshape(h, w)
+        except (ValueError, OverflowError):
+            bad = next(v for v in values[:w * h] if not v.isdigit())
+            raise DataError(f"{path}: plain PGM (P2) pixel {bad[:20]!r} is not a number") from None
+        if a.size and (a.min() < 0 or a.max() > maxval):
+            raise DataError(f"{path}: PGM pixel values must lie in 0..{maxval} (the header's maxval), "
+                            f"got {a.min()}..{a.max()}")
     if maxval != 255:
         a = np.rint(a.astype(np.float64) * (255.0 / maxval))
     return a.astype(np.uint8)
@@ -94,8 +101,27 @@ def _read_pillow(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("L"), dtype=np.uint8)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable image ({e})") from None
+    except Exception as e:  # noqa: BLE001 - Pillow's decoders raise many kinds (SyntaxError, DecompressionBombError, ...)
+        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """One array from a .npy file, read with ``allow_pickle=False`` (the file is always closed)."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+            f.seek(0)
+            if magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+                raise DataError(f"{path}: an .npz archive, not a single .npy array; save the images with np.save")
+            if not magic.startswith(b"\x93NUMPY"):
+                raise DataError(f"{path}: not a .npy file (it does not start with the .npy magic \\x93NUMPY)")
+            return np.load(f, allow_pickle=False)
+    except DataError:
+        raise
+    except MemoryError:
+        raise DataError(f"{path}: its header declares an array too large to load; the file is corrupt") from None
+    except Exception as e:  # noqa: BLE001 - numpy's header parser raises ValueError, SyntaxError, tokenize.TokenError, ...
+        raise DataError(f"{path}: not a readable .npy array ({type(e).__name__}: {e})") from None
 
 
 def read_images(path: str | Path) -> np.ndarray:
@@ -116,11 +142,7 @@ def read_images(path: str | Path) -> np.ndarray:
     suffix = path.suffix.lower()
     name = path.name.lower()
     if suffix == ".npy":
-        try:
-            a = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise DataError(f"{path}: not a readable .npy array ({e})") from None
-        return _to_nchw(_to_uint8(np.asarray(a), path), path)
+        return _to_nchw(_to_uint8(_read_npy(path), path), path)
     if suffix in (".pgm", ".pnm"):
         return _read_pgm(path)[None, None]
     if "idx" in name or "ubyte" in name:

@@ -2,13 +2,16 @@
 
 ``build`` checks every layer's type and options, then runs the shapes through each
 layer's own ``output_shape`` before any data is touched; every problem comes back
-as a :class:`~cnncli.errors.ConfigError` located at ``model.layers[i]``
-(the pattern of keras ``base_conv.py`` ``compute_output_shape``).
+as a :class:`~cnncli.errors.ConfigError` located at ``model.layers[i]``, or at
+``model.layers[i].option`` when a layer refuses an option's value
+(the pattern of keras ``base_conv.py`` ``compute_output_shape``). No weight array,
+padded input or activation may exceed ``layers.base.MAX_ELEMENTS`` values.
 """
 
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +19,7 @@ import numpy as np
 
 from cnncli.errors import ConfigError, Problem, did_you_mean
 from cnncli.layers import Layer, options, resolve
+from cnncli.layers.base import check_int, check_size
 from cnncli.layers.registry import BUILD_ARGS
 
 
@@ -58,6 +62,75 @@ def check_specs(specs: list[LayerSpec]) -> list[Problem]:
             if p.default is inspect.Parameter.empty and name not in spec.options and name not in hinted:
                 problems.append(Problem(spec.path, f"{cls.type_name} needs the option '{name}' "
                                         f"(e.g. {cls.type_name}: {{{name}: ...}})", spec.line))
+    return problems
+
+
+def _option_of(message: str, given: dict[str, Any]) -> str | None:
+    """The YAML option a layer's ValueError is about: layers start their messages with the
+    option's name (``kernel_size must be ...``, ``betas[0] must be ...``)."""
+    for name in sorted((n for n in given if isinstance(n, str)), key=len, reverse=True):
+        if re.match(rf"{re.escape(name)}\b", message):
+            return name
+    return None
+
+
+def _locate(spec: LayerSpec, cls: type, e: Exception) -> Problem:
+    """A layer's error as a Problem at ``model.layers[i].option`` (its line) when it names an
+    option the YAML gave, else at ``model.layers[i]``."""
+    msg = str(e)
+    name = _option_of(msg, spec.options)
+    if name is None:
+        return Problem(spec.path, f"({cls.type_name}) {msg}", spec.line)
+    return Problem(f"{spec.path}.{name}", f"{msg[len(name):].lstrip()} ({cls.type_name})",
+                   spec.option_lines.get(name, spec.line))
+
+
+def _spec_ok(spec: LayerSpec) -> type | None:
+    """The layer class if ``check_specs`` finds nothing wrong with ``spec``, else None."""
+    try:
+        cls = resolve(spec.type)
+    except KeyError:
+        return None
+    opts = options(cls)
+    if any(n not in opts for n in spec.options):
+        return None
+    if any(p.default is inspect.Parameter.empty and n not in spec.options for n, p in opts.items()):
+        return None
+    return cls
+
+
+def check_options(specs: list[LayerSpec]) -> list[Problem]:
+    """Problems with option values that need no shapes (``kernel_size: "3"``, ``p: 1.5``,
+    ``stride: 0``), each located at its option: every layer's constructor is run without
+    allocating weights (``init.shapes_only``), the inferred sizes set to 1. A refused
+    option is replaced by its default and the layer tried again, so a layer with two bad
+    options reports both. Errors that depend on the real input shape are left to :func:`build`.
+    """
+    from cnncli.layers.init import shapes_only
+
+    problems = []
+    for spec in specs:
+        cls = _spec_ok(spec)
+        if cls is None:
+            continue
+        opts = options(cls)
+        kwargs = dict(spec.options)
+        kwargs.update({name: 1 for name in getattr(cls, "inferred", {})})
+        accepted = inspect.signature(cls.__init__).parameters
+        extra = {"rng": np.random.default_rng(0), "dtype": np.float32}
+        kwargs.update({k: v for k, v in extra.items() if k in accepted and k in BUILD_ARGS})
+        for _ in range(len(spec.options) + 1):
+            try:
+                with shapes_only():
+                    cls(**kwargs)
+                break
+            except (ValueError, TypeError, OverflowError) as e:
+                name = _option_of(str(e), {n: v for n, v in spec.options.items() if kwargs.get(n) is v})
+                if name is None:
+                    break                      # shape-dependent (e.g. groups vs in_channels): build reports it
+                problems.append(_locate(spec, cls, e))
+                default = opts[name].default
+                kwargs[name] = 1 if default is inspect.Parameter.empty else default
     return problems
 
 
@@ -123,9 +196,13 @@ class Model:
     def load_arrays(self, params: dict[str, np.ndarray], buffers: dict[str, np.ndarray]) -> None:
         """Copy saved arrays into the model in place (optimizer references stay valid).
 
+        Nothing is copied unless every array fits: same keys, same shapes, and the same
+        kind of number (floating-point for float arrays, integers for integer counters).
+
         Raises:
-            ValueError: Naming the first missing, unexpected or mis-shaped array.
+            ValueError: Naming the first missing, unexpected, mis-shaped or mis-typed array.
         """
+        pairs = []
         for kind, mine, theirs in (("parameter", self.params(), params), ("buffer", self.buffers(), buffers)):
             missing = sorted(set(mine) - set(theirs))
             extra = sorted(set(theirs) - set(mine))
@@ -133,9 +210,15 @@ class Model:
                 raise ValueError(f"{kind}s do not match the model: missing {missing or 'none'}, "
                                  f"unexpected {extra or 'none'}")
             for key, a in theirs.items():
+                a = np.asarray(a)
                 if a.shape != mine[key].shape:
                     raise ValueError(f"{kind} {key} has shape {a.shape}, the model needs {mine[key].shape}")
-                mine[key][...] = a
+                want = "f" if mine[key].dtype.kind == "f" else "iu"
+                if a.dtype.kind not in want or a.dtype.names is not None:
+                    raise ValueError(f"{kind} {key} holds {a.dtype} values, the model needs {mine[key].dtype}")
+                pairs.append((mine[key], a))
+        for target, a in pairs:
+            target[...] = a
 
 
 def summarize(model: "Model") -> list[dict[str, Any]]:
@@ -171,10 +254,11 @@ def build(specs: list[LayerSpec], input_shape: tuple[int, ...], *, seed: int = 0
         ConfigError: Every type/option problem, or the first shape problem, with key paths.
     """
     problems = check_specs(specs)
+    problems += check_options(specs)
     if problems:
         raise ConfigError(problems)
+    shape = check_input_shape(input_shape)
     rng = rng if rng is not None else np.random.default_rng(seed)
-    shape = tuple(int(s) for s in input_shape)
     layers, shapes = [], []
     for spec in specs:
         cls = resolve(spec.type)
@@ -186,12 +270,31 @@ def build(specs: list[LayerSpec], input_shape: tuple[int, ...], *, seed: int = 0
             extra = {"rng": rng, "dtype": dtype}
             kwargs.update({k: v for k, v in extra.items() if k in accepted and k in BUILD_ARGS})
             layer = cls(**kwargs)
-        except (ValueError, TypeError) as e:
-            raise ConfigError([Problem(spec.path, f"({cls.type_name}) {e}", spec.line)]) from None
-        try:
             shape = tuple(layer.output_shape(shape))
-        except ValueError as e:
-            raise ConfigError([Problem(spec.path, f"({cls.type_name}) {e}", spec.line)]) from None
+            check_size("its output (one sample)", shape)
+        except (ValueError, TypeError, OverflowError) as e:
+            raise ConfigError([_locate(spec, cls, e)]) from None
+        except MemoryError:
+            raise ConfigError([Problem(spec.path, f"({cls.type_name}) not enough memory for its weights; "
+                                       f"use smaller sizes", spec.line)]) from None
         layers.append(layer)
         shapes.append(shape)
     return Model(layers, list(specs), tuple(int(s) for s in input_shape), shapes, rng, dtype)
+
+
+def check_input_shape(input_shape: Any) -> tuple[int, ...]:
+    """``input_shape`` as a tuple of ints if it is (C, H, W) or (F,) of positive integers
+    holding at most ``MAX_ELEMENTS`` values.
+
+    Raises:
+        ConfigError: At ``model.input_shape`` otherwise.
+    """
+    try:
+        if not isinstance(input_shape, (tuple, list)) or len(input_shape) not in (1, 3):
+            raise ValueError(f"must be [C, H, W] or [F], got {input_shape!r}")
+        shape = tuple(check_int("input_shape", s, 1) for s in input_shape)
+        check_size("an input", shape)
+    except ValueError as e:
+        msg = str(e)
+        raise ConfigError([Problem("model.input_shape", msg.removeprefix("input_shape "))]) from None
+    return shape

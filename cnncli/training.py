@@ -18,7 +18,8 @@ import numpy as np
 from cnncli import checkpoint
 from cnncli.config import Config
 from cnncli.datasets import Dataset, load_split
-from cnncli.errors import CnncliError, ConfigError, DataError, DivergedError, Problem, TrainingError
+from cnncli.errors import (CnncliError, ConfigError, DataError, DivergedError, OutputError, Problem,
+                           TrainingError)
 from cnncli.losses import softmax_cross_entropy
 from cnncli.metrics import confusion_matrix
 from cnncli.model import Model, build
@@ -265,6 +266,9 @@ def run_batches(model: Model, ds: Dataset, batch_size: int, lut: np.ndarray, *, 
                 logits = model.forward(x, training=training)
             except ValueError as e:          # e.g. batchnorm refusing a batch of one in training
                 raise TrainingError(f"batch {b + 1} of {len(idx)} images: {e}") from None
+            except MemoryError:
+                raise TrainingError(f"batch {b + 1} of {len(idx)} images does not fit in memory; lower "
+                                    f"train.batch_size or train.eval_batch_size") from None
             loss, dlogits = softmax_cross_entropy(logits, y, label_smoothing)
             if not math.isfinite(loss):
                 raise DivergedError(f"the loss became {loss} at batch {b + 1}")
@@ -307,26 +311,31 @@ def new_run_dir(base: str | Path, overwrite: bool = False) -> Path:
         CnncliError: If ``base`` is an existing file, or the folder cannot be created or written.
     """
     base = Path(base)
-    if base.exists() and not base.is_dir():
-        raise CnncliError(f"{base}: exists and is not a folder; choose a run folder with --out")
 
     def taken(p: Path) -> bool:
         return p.exists() and (not p.is_dir() or any(p.iterdir()))
 
-    path, k = base, 1
-    while not overwrite and taken(path):
-        k += 1
-        path = base.with_name(f"{base.name}-{k}")
+    path = base
     try:
+        if base.exists() and not base.is_dir():
+            raise OutputError(f"{base}: exists and is not a folder; choose a run folder with --out")
+        k = 1
+        while not overwrite and taken(path):
+            k += 1
+            path = base.with_name(f"{base.name}-{k}")
         path.mkdir(parents=True, exist_ok=True)
         if overwrite:
             for name in RUN_FILES:
                 (path / name).unlink(missing_ok=True)
+            for tmp in path.glob(".*.tmp"):     # left by a run killed while saving
+                tmp.unlink(missing_ok=True)
         probe = path / ".write-test"
         probe.write_bytes(b"")
         probe.unlink()
+    except OutputError:
+        raise
     except OSError as e:
-        raise CnncliError(f"{path}: cannot write the run folder ({e.strerror or e}). "
+        raise OutputError(f"{path}: cannot write the run folder ({e.strerror or e}). "
                           f"Choose another with --out.") from None
     return path
 

@@ -70,12 +70,33 @@ class Layer:
 
 # ---------------------------------------------------------------- argument checks
 
-def check_int(name: str, value: Any, minimum: int = 0) -> int:
-    """Return ``value`` as int if it is an integer >= ``minimum`` (bools refused)."""
+#: Largest number of elements cnncli accepts for one parameter array, for one sample's
+#: output of a layer, and for one sample's padded input or im2col matrix of a conv/pool
+#: layer: 2**28 (1 GiB of float32). A YAML value like ``out_channels: 1e12`` is refused
+#: with a message before anything is allocated, instead of failing with MemoryError.
+MAX_ELEMENTS = 2 ** 28
+
+
+def check_size(what: str, shape: tuple[int, ...]) -> None:
+    """Refuse an array of ``shape`` with more than :data:`MAX_ELEMENTS` elements.
+
+    Raises:
+        ValueError: Naming ``what``, its shape and size, and the limit.
+    """
+    n = math.prod(int(s) for s in shape)
+    if n > MAX_ELEMENTS:
+        raise ValueError(f"{what} of shape {tuple(int(s) for s in shape)} would hold {n:,} values, more than "
+                         f"cnncli's limit of {MAX_ELEMENTS:,} (1 GiB of float32). Use smaller sizes.")
+
+
+def check_int(name: str, value: Any, minimum: int = 0, maximum: int | None = None) -> int:
+    """Return ``value`` as int if it is an integer in [``minimum``, ``maximum``] (bools refused)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return int(value)
 
 
@@ -94,7 +115,10 @@ def check_float(name: str, value: Any, low: float | None = None, high: float | N
     """Return ``value`` as float if it is a real number in the given interval."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a number, got {value!r}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an integer beyond float range, e.g. 10**400
+        raise ValueError(f"{name} must be finite, got an integer of {len(str(abs(int(value))))} digits") from None
     if not np.isfinite(v):
         raise ValueError(f"{name} must be finite, got {value!r}")
     if low is not None and (v < low or (low_open and v == low)):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnncli.layers.base import Layer, check_bool, check_choice, check_int, check_ndim, check_pair
+from cnncli.layers.base import Layer, check_bool, check_choice, check_int, check_ndim, check_pair, check_size
 from cnncli.layers.init import INITIALIZERS, initialize
 from cnncli.layers.registry import register
 from cnncli.layers.windows import offset_slice, out_size, pad
@@ -116,6 +116,10 @@ class Conv2d(Layer):
                 f"output {H_out}x{W_out} for input {tuple(input_shape)}: kernel {self.kernel_size} "
                 f"(dilation {self.dilation}) is larger than the padded input {H + t + b}x{W + l + r}. "
                 f"Use a smaller kernel_size, add padding, or remove a pooling layer before it.")
+        t, b, l, r = self.pads
+        check_size("the padded input", (C, H + t + b, W + l + r))
+        kh, kw = self.kernel_size
+        check_size("the im2col matrix (in_channels*kh*kw, H_out*W_out)", (C * kh * kw, H_out * W_out))
         return (self.out_channels, H_out, W_out)
 
     def flops(self, input_shape):

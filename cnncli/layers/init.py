@@ -15,11 +15,29 @@ References:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import numpy as np
 
+from cnncli.layers.base import check_size
+
 INITIALIZERS = ("he_normal", "he_uniform", "xavier_normal", "xavier_uniform", "torch_default")
+
+_SHAPES_ONLY = contextvars.ContextVar("cnncli_init_shapes_only", default=False)
+
+
+@contextlib.contextmanager
+def shapes_only():
+    """Within this block :func:`initialize` returns read-only zero views of the right shape
+    and dtype instead of drawing weights: constructing a layer then checks its options
+    without allocating (``model.check_options`` validates a config this way)."""
+    token = _SHAPES_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _SHAPES_ONLY.reset(token)
 
 
 def initialize(name: str, rng: np.random.Generator, shape: tuple[int, ...], fan_in: int,
@@ -29,8 +47,13 @@ def initialize(name: str, rng: np.random.Generator, shape: tuple[int, ...], fan_
     Biases are zero except for ``torch_default``, which draws them like PyTorch.
 
     Raises:
-        ValueError: For an unknown initialiser name.
+        ValueError: For an unknown initialiser name, or a weight larger than
+            ``base.MAX_ELEMENTS`` (checked before anything is allocated).
     """
+    check_size("weight", shape)
+    if _SHAPES_ONLY.get():
+        zero = np.zeros((), dtype=dtype)
+        return np.broadcast_to(zero, shape), None if bias_shape is None else np.broadcast_to(zero, bias_shape)
     bias = None if bias_shape is None else np.zeros(bias_shape, dtype=dtype)
     if name == "he_normal":
         w = rng.normal(0.0, math.sqrt(2.0 / fan_in), shape)

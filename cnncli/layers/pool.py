@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnncli.layers.base import Layer, check_bool, check_int, check_ndim, check_pair
+from cnncli.layers.base import (
+    MAX_ELEMENTS,
+    Layer,
+    check_bool,
+    check_int,
+    check_ndim,
+    check_pair,
+    check_size,
+)
 from cnncli.layers.registry import register
 from cnncli.layers.windows import offset_slice, out_size, pad, window_view
 
@@ -35,6 +43,9 @@ class _Pool2d(Layer):
     def output_shape(self, input_shape):
         check_ndim(self.type_name, input_shape, (3,), "images (C, H, W); put it before flatten")
         C, H, W = input_shape
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        # the padded input forward builds: padding plus up to one window of ceil-mode overhang
+        check_size("the padded input", (C, H + 2 * ph + kh * self.dilation[0], W + 2 * pw + kw * self.dilation[1]))
         H_out, W_out = self._out_hw(H, W)
         if H_out < 1 or W_out < 1:
             raise ValueError(f"output {H_out}x{W_out} for input {tuple(input_shape)}: the pooling window "
@@ -152,7 +163,7 @@ class AvgPool2d(_Pool2d):
         self._setup(kernel_size, stride, padding, 1, ceil_mode)
         self.count_include_pad = check_bool("count_include_pad", count_include_pad)
         self.divisor_override = None if divisor_override is None else check_int("divisor_override",
-                                                                                  divisor_override, 1)
+                                                                                  divisor_override, 1, MAX_ELEMENTS)
 
     def _divisor(self, H, W, H_out, W_out, dtype):
         """(H_out, W_out) window divisors, per torch ``avg_pool2d_out_frame``."""
