@@ -461,6 +461,11 @@ def validate(raw: Any, source: str | None = None, stem: str = "run") -> Config:
     optimizer = _optimizer(values["train"]["optimizer"], train_raw, problems)
     _normalization(values["data"], raw.get("data"), problems)
     if problems:
+        # a value that came from --set is reported as such, not at the file line it replaced
+        overridden = getattr(raw, "overridden", ())
+        problems = [Problem(p.path, f"{p.message} (set by --set)", None)
+                    if any(p.path == o or p.path.startswith((o + ".", o + "[")) for o in overridden) else p
+                    for p in problems]
         problems.sort(key=lambda p: (p.line or 0))
         raise ConfigError(problems, source)
     out = values["output"]
@@ -478,6 +483,20 @@ def validate(raw: Any, source: str | None = None, stem: str = "run") -> Config:
 # ------------------------------------------------------------------ overrides
 
 _KEY = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+_PATH = re.compile(r"[^.\[\]\s]+(?:\.[^.\[\]\s]+|\[\d+\])*")
+
+
+def _child(node: Any, k: str | int, next_key: str | int) -> Any:
+    """``node[k]`` for an override that goes on with ``next_key``; a shorthand written as
+    text is expanded first: a bare layer name (``- batchnorm``) becomes ``{batchnorm: {}}``,
+    ``optimizer: sgd`` becomes ``{type: sgd}``."""
+    child = node[k]
+    if isinstance(child, str) and isinstance(next_key, str):
+        if isinstance(k, int) and next_key == child:
+            node[k] = child = LineDict({child: LineDict()})
+        elif k == "optimizer":
+            node[k] = child = LineDict(type=child)
+    return child
 
 
 def _forget_lines(value: Any) -> Any:
@@ -503,16 +522,19 @@ def apply_overrides(raw: Any, overrides: list[str]) -> Any:
     if raw is None:
         raw = LineDict()
     problems = []
+    overridden: set[str] = set(getattr(raw, "overridden", ()))
     for item in overrides:
         where = f"--set {item}"
         if "=" not in item:
             problems.append(Problem(where, "expected key.path=value, e.g. --set train.epochs=3"))
             continue
         path, _, text = item.partition("=")
-        keys = [m.group(1) if m.group(1) is not None else int(m.group(2)) for m in _KEY.finditer(path.strip())]
-        if not keys:
-            problems.append(Problem(where, "empty key path"))
+        path = path.strip()
+        if not _PATH.fullmatch(path):
+            problems.append(Problem(where, f"'{path}' is not a key path; write it like train.epochs or "
+                                    f"model.layers[0].conv2d.out_channels"))
             continue
+        keys = [m.group(1) if m.group(1) is not None else int(m.group(2)) for m in _KEY.finditer(path)]
         try:
             value = _forget_lines(parse_yaml(text)) if text.strip() else None
         except ConfigError as e:
@@ -520,13 +542,16 @@ def apply_overrides(raw: Any, overrides: list[str]) -> Any:
             continue
         node = raw
         try:
-            for k in keys[:-1]:
+            for k, next_key in zip(keys[:-1], keys[1:]):
                 if isinstance(k, int):
-                    node = node[k]
+                    if not isinstance(node, list):
+                        raise TypeError
+                    node = _child(node, k, next_key)
                 else:
                     if not isinstance(node, dict):
                         raise TypeError
-                    node = node.setdefault(k, LineDict())
+                    node.setdefault(k, LineDict())
+                    node = _child(node, k, next_key)
             last = keys[-1]
             if isinstance(last, int) and isinstance(node, list):
                 node[last] = value
@@ -536,8 +561,15 @@ def apply_overrides(raw: Any, overrides: list[str]) -> Any:
                 raise TypeError
         except (TypeError, IndexError, KeyError):
             problems.append(Problem(where, f"'{path}' does not lead to a key of the config"))
+            continue
+        overridden.add(path)
+        layer_option = re.fullmatch(r"(model\.layers\[\d+\])\.[^.\[]+\.(.+)", path)
+        if layer_option:       # problems name layer options without the type: model.layers[0].stride
+            overridden.add(f"{layer_option[1]}.{layer_option[2]}")
     if problems:
         raise ConfigError(problems)
+    if isinstance(raw, LineDict):
+        raw.overridden = overridden
     return raw
 
 
@@ -560,12 +592,6 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise ConfigError([Problem("", f"cannot read: {e}")], source) from None
     raw = parse_yaml(text, source)
     if overrides:
-        train = raw.get("train") if isinstance(raw, dict) else None
-        if isinstance(train, dict) and isinstance(train.get("optimizer"), str):
-            # 'optimizer: sgd' is short for {type: sgd}; expand it so --set train.optimizer.lr=... reaches it
-            opt = LineDict(type=train["optimizer"])
-            opt.line = opt.lines["type"] = train.lines.get("optimizer")
-            train["optimizer"] = opt
         raw = apply_overrides(raw, overrides)
     return validate(raw, source, stem=path.stem)
 

@@ -169,3 +169,32 @@ def test_shipped_configs_are_valid():
         cfg = C.load(path)
         model = build_model(cfg, (1, 28, 28), num_classes=10)
         assert model.output_shape == (10,), path
+
+
+def test_overrides_reach_shorthand_layers_and_optimizers(write_config):
+    text = GOOD.replace("- relu", "- batchnorm").replace("{type: adam, lr: 1e-3}", "sgd")
+    cfg = C.load(write_config(text), ["model.layers[1].batchnorm.eps=0.001",
+                                      "train.optimizer=adam", "train.optimizer.lr=0.01"])
+    assert cfg.model.layers[1].options == {"eps": 0.001}
+    assert cfg.train.optimizer.type == "adam" and cfg.train.optimizer.options == {"lr": 0.01}
+
+
+@pytest.mark.parametrize("item", ["train..epochs=2", "model.layers[0]conv2d.out_channels=2",
+                                  "model.layers[]=relu", "=3", " .x=1"])
+def test_malformed_override_paths_are_refused(write_config, item):
+    with pytest.raises(ConfigError, match="is not a key path"):
+        C.load(write_config(GOOD), [item])
+
+
+def test_a_bad_override_value_is_blamed_on_the_override(write_config):
+    with pytest.raises(ConfigError) as e:
+        C.load(write_config(GOOD + "  epochs: 3\n"), ["train.epochs=0"])
+    (p,) = e.value.problems
+    assert p.path == "train.epochs" and p.line is None and "(set by --set)" in p.message
+
+
+def test_a_bad_layer_option_override_is_blamed_on_the_override(write_config):
+    with pytest.raises(ConfigError) as e:
+        C.load(write_config(GOOD), ["model.layers[0].conv2d.stride=0"])
+    assert [(p.path, p.line) for p in e.value.problems] == [("model.layers[0].stride", None)]
+    assert "(set by --set)" in str(e.value)
