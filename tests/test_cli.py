@@ -350,3 +350,17 @@ def test_fashion_mnist_config_trains_with_only_the_path_changed(mnist_slice, tmp
                                  "--set", f"data.path={mnist_slice}", "--set", "data.val_split=100",
                                  "--epochs", "1", "-q"])
     assert result.exit_code == 0, result.output
+
+
+def test_predict_reads_png_with_pillow(trained, tmp_path, mnist_slice):
+    Image = pytest.importorskip("PIL.Image")
+    from cnncli.datasets import load_split
+
+    out, _ = trained
+    img = load_split(mnist_slice, "test").images[0, 0]
+    Image.fromarray(img).save(tmp_path / "d.png")
+    np.save(tmp_path / "d.npy", img)
+    png = runner.invoke(app, ["predict", str(out / "best.npz"), str(tmp_path / "d.png"), "--json"])
+    npy = runner.invoke(app, ["predict", str(out / "best.npz"), str(tmp_path / "d.npy"), "--json"])
+    assert png.exit_code == 0, png.output
+    assert json.loads(png.output)["top"] == json.loads(npy.output)["top"]
