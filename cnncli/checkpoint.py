@@ -177,6 +177,10 @@ def load(path: str | os.PathLike) -> Checkpoint:
     except (OSError, ValueError):
         is_file = False
     if not is_file:
+        if path.is_dir():
+            hint = f" Did you mean {path / 'best.npz'}?" if (path / "best.npz").is_file() else ""
+            raise CheckpointError(f"{path}: is a folder, not a checkpoint.{hint} "
+                                  f"Runs keep theirs as RUN/best.npz and RUN/last.npz.")
         raise CheckpointError(f"{path}: checkpoint not found. Runs keep theirs as RUN/best.npz and RUN/last.npz.")
     arrays = _read_npz(path)
     for key in _TEXT_ENTRIES:

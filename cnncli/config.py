@@ -436,6 +436,17 @@ def _normalization(values: dict[str, Any], raw: Any, problems: list[Problem]) ->
                                 _line(raw, key) if isinstance(raw, dict) else None))
 
 
+def _kind(value: Any) -> str:
+    """What a YAML value is, in the user's words."""
+    if value is None:
+        return "nothing"
+    for types, word in ((bool, "true/false"), (str, "text"), ((int, float), "a number"),
+                        (list, "a list"), (dict, "a mapping")):
+        if isinstance(value, types):
+            return word
+    return type(value).__name__
+
+
 def validate(raw: Any, source: str | None = None, stem: str = "run") -> Config:
     """Check a parsed config completely and return the frozen :class:`Config`.
 
@@ -445,7 +456,7 @@ def validate(raw: Any, source: str | None = None, stem: str = "run") -> Config:
     problems: list[Problem] = []
     if not isinstance(raw, dict):
         raise ConfigError([Problem("", "a config is a mapping with the sections "
-                                   f"{', '.join(SECTIONS)}; this file has {type(raw).__name__ if raw is not None else 'nothing'}. "
+                                   f"{', '.join(SECTIONS)}; this file has {_kind(raw)}. "
                                    "See configs/mnist.yaml.")], source)
     for key in raw:
         if key not in SECTIONS:
@@ -592,6 +603,8 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise ConfigError([Problem("", f"cannot read: {e}")], source) from None
     raw = parse_yaml(text, source)
     if overrides:
+        if raw is not None and not isinstance(raw, dict):
+            validate(raw, source)            # the file itself is wrong: say that, not "--set ... no key"
         raw = apply_overrides(raw, overrides)
     return validate(raw, source, stem=path.stem)
 

@@ -198,3 +198,10 @@ def test_a_bad_layer_option_override_is_blamed_on_the_override(write_config):
         C.load(write_config(GOOD), ["model.layers[0].conv2d.stride=0"])
     assert [(p.path, p.line) for p in e.value.problems] == [("model.layers[0].stride", None)]
     assert "(set by --set)" in str(e.value)
+
+
+def test_a_non_mapping_file_is_reported_even_with_overrides(write_config):
+    path = write_config("- a\n- b\n")
+    for overrides in ([], ["train.epochs=2"]):
+        with pytest.raises(ConfigError, match="this file has a list"):
+            C.load(path, overrides)

@@ -169,3 +169,9 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         _save(path, w=np.zeros((2, 3)))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]   # no temporary left behind
+
+
+def test_a_run_folder_given_as_checkpoint_points_to_best(tmp_path):
+    _save(tmp_path / "best.npz")
+    with pytest.raises(CheckpointError, match="is a folder, not a checkpoint. Did you mean"):
+        checkpoint.load(tmp_path)
