@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 from rich.text import Text
 
@@ -43,14 +41,19 @@ def print_error(message: str, console: Console | None = None) -> None:
     console.print(Text("error: ", style="bold red") + Text(message))
 
 
-class MetricsColumn(ProgressColumn):
-    """Shows ``task.fields`` loss/acc/img/s/lr (like Lightning's ``MetricsTextColumn``)."""
+def _metrics_column():
+    """A progress column showing ``task.fields`` loss/acc/img/s/lr (like Lightning's
+    ``MetricsTextColumn``). Built on first use: rich.progress is only needed to train."""
+    from rich.progress import ProgressColumn
 
-    def render(self, task) -> Text:
-        f = task.fields
-        if "loss" not in f or not task.completed:
-            return Text("")
-        return Text(f"loss {f['loss']:.4f}  acc {f['acc'] * 100:6.2f}%  {f['ips']:,.0f} img/s  lr {f['lr']:.2g}")
+    class MetricsColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            f = task.fields
+            if "loss" not in f or not task.completed:
+                return Text("")
+            return Text(f"loss {f['loss']:.4f}  acc {f['acc'] * 100:6.2f}%  {f['ips']:,.0f} img/s  lr {f['lr']:.2g}")
+
+    return MetricsColumn()
 
 
 def _n(count: int, noun: str) -> str:
@@ -105,7 +108,7 @@ class TrainReporter:
     def __init__(self, mode: str | None = None, console: Console | None = None):
         self.console = console or make_console()
         self.mode = mode or ("plain" if plain_requested() else "rich")
-        self.progress: Progress | None = None
+        self.progress = None
         self.epoch_task = self.batch_task = None
         self.history: list[dict[str, float]] = []
 
@@ -138,9 +141,12 @@ class TrainReporter:
                            f"model: {e.num_params:,} parameters; {_n(e.epochs, 'epoch')} of "
                            f"{_n(e.batches_per_epoch, 'batch')}")
         if self.mode == "rich":
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
             self.progress = Progress(
                 TextColumn("{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(),
-                MetricsColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                _metrics_column(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                 console=self.console, transient=True)
             self.progress.start()
             self.epoch_task = self.progress.add_task("epochs ", total=e.epochs)
