@@ -398,7 +398,7 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
                                       "shuffle": shuffle_rng.bit_generator.state},
                               "input_shape": list(model.input_shape), "num_classes": num_classes, **extra})
 
-    epoch = 0
+    epoch, finished, finished_metrics = 0, 0, {}
     try:
         for epoch in range(1, t.epochs + 1):
             on_event(EpochStarted(epoch, t.epochs))
@@ -433,6 +433,7 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
             score = metrics.get("val_accuracy", train_acc)
             is_best = score > best_score
             save(last_path, epoch, metrics)
+            finished, finished_metrics = epoch, metrics      # what last.npz now holds
             if is_best:
                 best_score, best_epoch = score, epoch
                 save(best_path, epoch, metrics)
@@ -445,11 +446,12 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
             on_event(EpochEnded(epoch, t.epochs, metrics, seconds, is_best))
     except KeyboardInterrupt:
         # last.npz keeps the last finished epoch; the mid-epoch state goes beside it
+        # (meta epoch = epochs finished; a signal after last.npz was written counts that epoch)
         stopped = run_dir / "interrupted.npz"
-        save(stopped, epoch - 1, rows[-1] if rows else {}, interrupted=True)
-        kept = f"; {last_path} keeps epoch {epoch - 1}" if epoch > 1 else ""
-        raise TrainingInterrupted(f"interrupted during epoch {epoch} (step {step}); the state was saved to "
-                                  f"{stopped}{kept}", stopped) from None
+        save(stopped, finished, finished_metrics, interrupted=True)
+        kept = f"; {last_path} keeps epoch {finished}" if finished else ""
+        raise TrainingInterrupted(f"interrupted at step {step}, after {finished} finished epoch(s); the state "
+                                  f"was saved to {stopped}{kept}", stopped) from None
 
     test = None
     if data.test is not None:
