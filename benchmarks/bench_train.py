@@ -1,0 +1,156 @@
+"""Training and evaluation throughput of a config's network on real MNIST, optionally
+side by side with the same network in PyTorch (``--vs-torch``, needs torch).
+
+    python benchmarks/bench_train.py configs/mnist.yaml --batches 50 --repeats 3 --vs-torch
+
+Prints images/s for training steps (forward, backward, optimizer) and for evaluation
+(batch ``--eval-batch``), the median of ``--repeats`` timed runs after one warm-up, and
+the process's peak resident memory. Both frameworks use the same thread count
+(``--threads``; default: what NumPy's BLAS uses, via threadpoolctl when installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+
+import numpy as np
+
+from cnncli import config as C
+from cnncli import training
+from cnncli.datasets import load_split
+from cnncli.losses import softmax_cross_entropy
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_ours(cfg, images, labels, batches, batch, eval_batch, repeats):
+    model = training.build_model(cfg, images.shape[1:], num_classes=10)
+    opt = training.make_optimizer(cfg, model)
+    lut = training.pixel_lut(cfg.data.mean, cfg.data.std)
+
+    def train_run():
+        for b in range(batches):
+            idx = slice(b * batch, (b + 1) * batch)
+            x = lut[images[idx]]
+            logits = model.forward(x, training=True)
+            _, d = softmax_cross_entropy(logits, labels[idx])
+            model.backward(d, input_grad=False)
+            opt.step(model.grads())
+
+    def eval_run():
+        for b in range(0, len(images), eval_batch):
+            model.forward(lut[images[b:b + eval_batch]], training=False)
+
+    return _median(train_run, repeats, batches * batch), _median(eval_run, repeats, len(images))
+
+
+def torch_model(cfg, in_shape):
+    """The same layer stack in torch.nn (the layers the shipped configs use)."""
+    import torch.nn as nn
+
+    mods, shape = [], tuple(in_shape)
+    model = training.build_model(cfg, in_shape)
+    for layer, out in zip(model.layers, model.shapes):
+        name = layer.type_name
+        if name == "conv2d":
+            t, b, l, r = layer.pads
+            mods.append(nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                                  (t, l), layer.dilation, layer.groups, "bias" in layer.params))
+        elif name == "batchnorm":
+            mods.append((nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d)(layer.num_features))
+        elif name == "maxpool2d":
+            mods.append(nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                                     ceil_mode=layer.ceil_mode))
+        elif name == "avgpool2d":
+            mods.append(nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode,
+                                     layer.count_include_pad))
+        elif name == "dropout":
+            mods.append(nn.Dropout(layer.p))
+        elif name == "linear":
+            mods.append(nn.Linear(layer.in_features, layer.out_features))
+        else:
+            mods.append({"relu": nn.ReLU, "tanh": nn.Tanh, "flatten": nn.Flatten,
+                         "sigmoid": nn.Sigmoid}[name]())
+        shape = out
+    return nn.Sequential(*mods)
+
+
+def time_torch(cfg, images, labels, batches, batch, eval_batch, repeats, threads):
+    import torch
+
+    torch.set_num_threads(threads)
+    net = torch_model(cfg, images.shape[1:])
+    opt = torch.optim.Adam(net.parameters(), **cfg.train.optimizer.options)
+    lossf = torch.nn.CrossEntropyLoss()
+    lut = torch.tensor(training.pixel_lut(cfg.data.mean, cfg.data.std))
+    timgs = torch.tensor(images.astype(np.int64))
+    tlabels = torch.tensor(labels)
+
+    def train_run():
+        net.train()
+        for b in range(batches):
+            idx = slice(b * batch, (b + 1) * batch)
+            loss = lossf(net(lut[timgs[idx]]), tlabels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    def eval_run():
+        net.eval()
+        with torch.no_grad():
+            for b in range(0, len(timgs), eval_batch):
+                net(lut[timgs[b:b + eval_batch]])
+
+    return _median(train_run, repeats, batches * batch), _median(eval_run, repeats, len(timgs))
+
+
+def _median(fn, repeats, n_images):
+    fn()                                       # warm-up
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        rates.append(n_images / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def blas_threads() -> int:
+    try:
+        from threadpoolctl import threadpool_info
+        return max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=1)
+    except ImportError:
+        import os
+        return os.cpu_count() or 1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config")
+    ap.add_argument("--batches", type=int, default=50, help="training batches per timed run")
+    ap.add_argument("--eval-batch", type=int, default=1000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--vs-torch", action="store_true")
+    args = ap.parse_args()
+    cfg = C.load(args.config)
+    batch = cfg.train.batch_size
+    ds = load_split(training.resolve_data_path(cfg.data.path), "train", max(args.batches * batch, 10000))
+    images, labels = ds.images, ds.labels
+    threads = args.threads or blas_threads()
+    ours = time_ours(cfg, images, labels, args.batches, batch, args.eval_batch, args.repeats)
+    print(f"cnncli   train {ours[0]:8.0f} img/s   eval {ours[1]:8.0f} img/s   "
+          f"(batch {batch}, eval batch {args.eval_batch}, {threads} threads, median of {args.repeats})")
+    print(f"peak RSS so far: {peak_rss_mib():.0f} MiB")
+    if args.vs_torch:
+        theirs = time_torch(cfg, images, labels, args.batches, batch, args.eval_batch, args.repeats, threads)
+        print(f"pytorch  train {theirs[0]:8.0f} img/s   eval {theirs[1]:8.0f} img/s")
+        print(f"ratio (pytorch / cnncli): train {theirs[0] / ours[0]:.2f}x, eval {theirs[1] / ours[1]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
