@@ -115,11 +115,6 @@ def prepare_data(cfg: Config, *, need_test: bool = True) -> Data:
         DataError: For any problem with the files, or a split that leaves no training data.
     """
     d = cfg.data
-    with np.errstate(all="ignore"):
-        lut = pixel_lut(d.mean, d.std)
-    if not np.isfinite(lut).all():
-        raise ConfigError([Problem("data.std", f"{d.std:g} is too small: normalized pixels overflow float32. "
-                                   f"Use the dataset's pixel std (0.3081 for MNIST) or 1.")], cfg.source)
     folder = resolve_data_path(d.path)
     full = load_split(folder, "train", d.train_limit)
     n = len(full)
