@@ -9,7 +9,8 @@ import numpy as np
 from cnncli import checkpoint
 from cnncli.config import Config, from_dict
 from cnncli.datasets import Dataset, load_split
-from cnncli.errors import CheckpointError, ConfigError
+from cnncli.errors import CheckpointError, ConfigError, DataError
+from cnncli.losses import softmax
 from cnncli.model import Model, check_input_shape
 from cnncli.training import EvalResult, build_model, evaluate, pixel_lut, resolve_data_path
 
@@ -102,8 +103,6 @@ def predict_proba(model: Model, cfg: Config, images: np.ndarray, batch_size: int
     Raises:
         DataError: If the images' shape differs from the model's input shape.
     """
-    from cnncli.errors import DataError
-
     if tuple(images.shape[1:]) != tuple(model.input_shape):
         raise DataError(f"images of shape {tuple(images.shape[1:])}, but the model takes {tuple(model.input_shape)}"
                         f"; resize or convert them first (grayscale, same height and width)")
@@ -111,8 +110,5 @@ def predict_proba(model: Model, cfg: Config, images: np.ndarray, batch_size: int
     out = []
     for start in range(0, len(images), batch_size):
         x = lut[images[start:start + batch_size]]
-        logits = model.forward(x, training=False).astype(np.float64)
-        z = logits - logits.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        out.append(e / e.sum(axis=1, keepdims=True))
+        out.append(softmax(model.forward(x, training=False).astype(np.float64)))
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[0]))

@@ -5,6 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise probabilities exp(z - max(z)) / sum(exp(z - max(z))) of (N, K) logits, same dtype."""
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray,
                           label_smoothing: float = 0.0) -> tuple[float, np.ndarray]:
     """Mean cross-entropy of softmax(logits) against integer labels, and its gradient.

@@ -45,18 +45,6 @@ class Optimizer:
         """Flat ``{"key/name": array}`` of the optimizer state, for checkpoints."""
         return {f"{k}/{n}": a for k, s in self.state.items() for n, a in s.items()}
 
-    def load_state_arrays(self, arrays: dict[str, np.ndarray], steps: int) -> None:
-        """Restore what :meth:`state_arrays` produced. Raises ``KeyError``/``ValueError`` on mismatch."""
-        self.steps = int(steps)
-        for flat, a in arrays.items():
-            key, name = flat.rsplit("/", 1)
-            if key not in self.params or name not in self.state_names:
-                raise KeyError(f"optimizer state {flat!r} does not belong to this model/optimizer")
-            if a.shape != self.params[key].shape:
-                raise ValueError(f"optimizer state {flat!r} has shape {a.shape}, "
-                                 f"parameter has {self.params[key].shape}")
-            self.state[key][name] = a.astype(self.params[key].dtype, copy=True)
-
 
 @register("sgd")
 class SGD(Optimizer):

@@ -8,6 +8,7 @@ images/s, lr and ETA) or into plain lines when stdout is not a terminal or
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -290,8 +291,6 @@ def render_summary(rows: list[dict], input_shape, batch_size: int, source: str,
     params = sum(r["params"] for r in rows)
     fixed = sum(r["non_trainable"] for r in rows)
     flops = sum(r["flops"] for r in rows)
-    import math
-
     act = sum(math.prod(r["output_shape"]) for r in rows) * batch_size * 4
     console.print(f"trainable parameters: {params:,}   non-trainable: {fixed:,}   "
                   f"size: {(params + fixed) * 4 / 2**20:.2f} MiB (float32)")

@@ -108,7 +108,7 @@ def resolve_data_path(path: str) -> Path:
     return Path(path).expanduser().resolve()
 
 
-def prepare_data(cfg: Config, *, need_test: bool = True) -> Data:
+def prepare_data(cfg: Config) -> Data:
     """Load the training (and test) split and carve the validation split.
 
     Raises:
@@ -125,11 +125,11 @@ def prepare_data(cfg: Config, *, need_test: bool = True) -> Data:
     train = Dataset(full.images[:n - n_val], full.labels[:n - n_val], full.source)
     val = Dataset(full.images[n - n_val:], full.labels[n - n_val:], full.source + " (validation)") \
         if n_val else None
-    test = load_split(folder, "test", d.test_limit) if need_test else None
-    if test is not None and test.image_shape != train.image_shape:
+    test = load_split(folder, "test", d.test_limit)
+    if test.image_shape != train.image_shape:
         raise DataError(f"test images are {test.image_shape}, training images {train.image_shape}; "
                         f"both splits must come from the same dataset ({folder})")
-    found = max(full.num_classes, test.num_classes if test is not None else 0)
+    found = max(full.num_classes, test.num_classes)
     if d.num_classes is not None and found > d.num_classes:
         split = full if full.num_classes == found else test
         raise DataError(f"{split.source}: label {found - 1} is outside [0, {d.num_classes}) "
@@ -352,7 +352,8 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
 
     Raises:
         TrainingError: NaN/inf loss (``last.npz`` keeps the last good epoch).
-        TrainingInterrupted: Ctrl-C (the current state is saved to ``last.npz``).
+        TrainingInterrupted: Ctrl-C (the current state is saved to ``interrupted.npz``;
+            ``last.npz`` keeps the last finished epoch).
     """
     import yaml
 
