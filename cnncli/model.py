@@ -21,6 +21,7 @@ from cnncli.errors import ConfigError, Problem, did_you_mean
 from cnncli.layers import Layer, options, resolve
 from cnncli.layers.base import check_int, check_size
 from cnncli.layers.registry import BUILD_ARGS
+from cnncli.layers.windows import to_chwn
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,13 @@ class Model:
         return self.shapes[-1] if self.shapes else self.input_shape
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        """(N, *input_shape) -> (N, *output_shape) logits, same dtype."""
+        """(N, *input_shape) -> (N, *output_shape) logits, same dtype.
+
+        Image batches are copied once into CHWN memory order (still logically NCHW; see
+        ``layers/windows.py``), which every layer keeps and the heavy ones are fast in.
+        """
+        if x.ndim == 4:
+            x = to_chwn(x)
         for layer in self.layers:
             x = layer.forward(x, training)
         return x

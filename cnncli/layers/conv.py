@@ -7,7 +7,7 @@ import numpy as np
 from cnncli.layers.base import Layer, check_bool, check_choice, check_int, check_ndim, check_pair, check_size
 from cnncli.layers.init import INITIALIZERS, initialize
 from cnncli.layers.registry import register
-from cnncli.layers.windows import offset_slice, out_size, pad
+from cnncli.layers.windows import chwn, out_size, valid_range
 
 
 def conv_padding(padding, kernel: tuple[int, int], dilation: tuple[int, int],
@@ -33,6 +33,8 @@ def conv_padding(padding, kernel: tuple[int, int], dilation: tuple[int, int],
 @register("conv2d", "conv")
 class Conv2d(Layer):
     """2-D convolution over NCHW input: im2col by strided slabs, then one matrix multiply per batch.
+
+    The output is stored in CHWN memory order (see ``windows.py``): the GEMM writes it so.
 
     y[n, o] = bias[o] + sum_{c in group(o)} sum_{a,b} weight[o, c, a, b] * x_p[n, c, i*s + a*d, j*s + b*d]
     (cross-correlation, as ``torch.nn.Conv2d``).
@@ -128,37 +130,47 @@ class Conv2d(Layer):
         k = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
         return int(np.prod(out)) * (2 * k + ("bias" in self.params))
 
+    def _offsets(self, H: int, W: int, H_out: int, W_out: int):
+        """Per kernel offset (a, b): the output rows/columns that read real input and the
+        input rows/columns they read (padding reads zeros, so it is never materialised)."""
+        t, _, l, _ = self.pads
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        rows = [valid_range(H_out, H, a, dh, sh, t) for a in range(kh)]
+        cols = [valid_range(W_out, W, b, dw, sw, l) for b in range(kw)]
+        return [(a, b, *rows[a], *cols[b]) for a in range(kh) for b in range(kw)]
+
     def forward(self, x, training=False):
         N, C, H, W = x.shape
         g, O = self.groups, self.out_channels
         cg, og = C // g, O // g
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        kh, kw = self.kernel_size
         H_out, W_out = self._out_hw(H, W)
-        M = N * H_out * W_out
-        xp = pad(x, *self.pads)
-        xp5 = xp.reshape(N, g, cg, *xp.shape[2:])
-        # im2col, one strided slab per kernel offset: cols[g, c, a, b, n, i, j] = xp[n, g*cg + c, i*sh + a*dh, j*sw + b*dw]
-        cols = np.empty((g, cg, kh, kw, N, H_out, W_out), dtype=x.dtype)
-        for a in range(kh):
-            rows = offset_slice(a, dh, sh, H_out)
-            for b in range(kw):
-                cols[:, :, a, b] = xp5[:, :, :, rows, offset_slice(b, dw, sw, W_out)].transpose(1, 2, 0, 3, 4)
-        cols = cols.reshape(g, cg * kh * kw, M)                           # (g, cg*kh*kw, N*H_out*W_out)
+        M = H_out * W_out * N
+        xg = chwn(x).reshape(g, cg, H, W, N)               # a view when x is stored CHWN
+        # im2col, one strided slab per kernel offset:
+        # cols[g, c, a, b, i, j, n] = x_padded[n, g*cg + c, i*sh + a*dh, j*sw + b*dw]
+        cols = np.empty((g, cg, kh, kw, H_out, W_out, N), dtype=x.dtype)
+        for a, b, oi, ii, oj, ij in self._offsets(H, W, H_out, W_out):
+            slab = cols[:, :, a, b]
+            if oi.stop - oi.start < H_out or oj.stop - oj.start < W_out:
+                slab[...] = 0                                        # reads padding somewhere
+            slab[:, :, oi, oj] = xg[:, :, ii, ij]
+        cols = cols.reshape(g, cg * kh * kw, M)                      # (g, cg*kh*kw, H_out*W_out*N)
         w = self.params["weight"].reshape(g, og, cg * kh * kw)
-        y = np.matmul(w, cols)                                            # (g, og, N*H_out*W_out): one GEMM
+        y = np.matmul(w, cols)                                       # (g, og, H_out*W_out*N): one GEMM
         if "bias" in self.params:
             y += self.params["bias"].reshape(g, og, 1)
-        self._cache = (x.shape, xp.shape, cols)
-        # (O, N, H_out, W_out) -> contiguous NCHW
-        return np.ascontiguousarray(y.reshape(O, N, H_out, W_out).transpose(1, 0, 2, 3))
+        self._cache = (x.shape, cols)
+        # (O, H_out, W_out, N) memory = logically NCHW stored CHWN: no transpose copy
+        return y.reshape(O, H_out, W_out, N).transpose(3, 0, 1, 2)
 
     def _param_grads(self, dy):
-        """Fill ``grads``; return dy as (g, og, N*H_out*W_out) for the input gradient."""
-        _, _, cols = self._cached()
+        """Fill ``grads``; return dy as (g, og, H_out*W_out*N) for the input gradient."""
+        _, cols = self._cached()
         N, O, H_out, W_out = dy.shape
         g = self.groups
         og = O // g
-        dyg = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(g, og, N * H_out * W_out)
+        dyg = chwn(dy).reshape(g, og, H_out * W_out * N)             # a view when dy is stored CHWN
         self.grads["weight"] = np.matmul(dyg, cols.transpose(0, 2, 1)).reshape(self.params["weight"].shape)
         if "bias" in self.params:
             self.grads["bias"] = dyg.sum(axis=2).reshape(O)
@@ -169,21 +181,17 @@ class Conv2d(Layer):
         self._param_grads(dy)
 
     def backward(self, dy):
-        x_shape, xp_shape, _ = self._cached()
+        x_shape, _ = self._cached()
         dyg = self._param_grads(dy)
         N, C, H, W = x_shape
         g = self.groups
         cg, og = C // g, self.out_channels // g
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        kh, kw = self.kernel_size
         H_out, W_out = dy.shape[2:]
         w = self.params["weight"].reshape(g, og, cg * kh * kw)
-        dcols = np.matmul(w.transpose(0, 2, 1), dyg).reshape(g, cg, kh, kw, N, H_out, W_out)
-        # col2im: add each kernel offset's slab back at its strided input positions
-        dxp = np.zeros((g, cg, N, *xp_shape[2:]), dtype=dy.dtype)
-        for a in range(kh):
-            rows = offset_slice(a, dh, sh, H_out)
-            for b in range(kw):
-                dxp[:, :, :, rows, offset_slice(b, dw, sw, W_out)] += dcols[:, :, a, b]
-        t, _, l, _ = self.pads
-        dx = dxp.reshape(C, N, *xp_shape[2:])[:, :, t:t + H, l:l + W]
-        return np.ascontiguousarray(dx.transpose(1, 0, 2, 3))
+        dcols = np.matmul(w.transpose(0, 2, 1), dyg).reshape(g, cg, kh, kw, H_out, W_out, N)
+        # col2im: add each kernel offset's slab back at the input positions it read
+        dx = np.zeros((g, cg, H, W, N), dtype=dy.dtype)
+        for a, b, oi, ii, oj, ij in self._offsets(H, W, H_out, W_out):
+            dx[:, :, ii, ij] += dcols[:, :, a, b, oi, oj]
+        return dx.reshape(C, H, W, N).transpose(3, 0, 1, 2)

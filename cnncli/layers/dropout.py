@@ -6,6 +6,7 @@ import numpy as np
 
 from cnncli.layers.base import Layer, check_float, check_ndim
 from cnncli.layers.registry import register
+from cnncli.layers.windows import is_chwn
 
 
 @register("dropout")
@@ -41,10 +42,16 @@ class Dropout(Layer):
         if not training or self.p == 0.0:
             self._cache = False
             return x
-        keep = self.rng.random(self._mask_shape(x.shape), dtype=np.float32) >= self.p
-        mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        shape = self._mask_shape(x.shape)
+        if is_chwn(x) and shape == x.shape:
+            # draw in memory order so the mask (and the product) keep x's CHWN layout
+            N, C, H, W = shape
+            u = self.rng.random((C, H, W, N), dtype=np.float32).transpose(3, 0, 1, 2)
+        else:
+            u = self.rng.random(shape, dtype=np.float32)
+        mask = np.multiply(u >= self.p, 1.0 / (1.0 - self.p), dtype=x.dtype)
         self._cache = mask
-        return x * mask
+        return np.multiply(x, mask, out=np.empty_like(x))
 
     def backward(self, dy):
         mask = self._cached()

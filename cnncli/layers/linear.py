@@ -9,6 +9,7 @@ import numpy as np
 from cnncli.layers.base import Layer, check_bool, check_choice, check_int
 from cnncli.layers.init import INITIALIZERS, initialize
 from cnncli.layers.registry import register
+from cnncli.layers.windows import is_chwn
 
 
 @register("linear", "dense", "fc")
@@ -96,8 +97,17 @@ class Flatten(Layer):
         return 0
 
     def forward(self, x, training=False):
-        self._cache = x.shape
+        stored_chwn = is_chwn(x)
+        self._cache = (x.shape, stored_chwn)
+        if stored_chwn:
+            # (C, H, W, N) memory -> (C*H*W, N) -> transposed (N, C*H*W) view: no copy; the next
+            # linear layer's GEMM reads it transposed
+            return x.transpose(1, 2, 3, 0).reshape(-1, x.shape[0]).T
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dy):
-        return dy.reshape(self._cached())
+        shape, stored_chwn = self._cached()
+        if stored_chwn:                        # hand the gradient back in the input's memory order
+            N, C, H, W = shape
+            return np.ascontiguousarray(dy.T).reshape(C, H, W, N).transpose(3, 0, 1, 2)
+        return dy.reshape(shape)

@@ -6,6 +6,7 @@ import numpy as np
 
 from cnncli.layers.base import Layer, check_bool, check_float, check_int, check_ndim
 from cnncli.layers.registry import register
+from cnncli.layers.windows import is_chwn
 
 
 @register("batchnorm", "batchnorm2d", "batchnorm1d", "batch_norm", "bn")
@@ -79,6 +80,10 @@ class BatchNorm(Layer):
     @staticmethod
     def _sum(a, b=None):
         """Per-channel sum of ``a`` (or of ``a * b`` without a temporary), over (N, H, W) or (N,)."""
+        if a.ndim == 4 and is_chwn(a) and (b is None or is_chwn(b)):
+            C = a.shape[1]
+            a = a.transpose(1, 2, 3, 0).reshape(C, -1)                # (C, H*W*N) view: rows per channel
+            return a.sum(axis=1) if b is None else np.einsum("cm,cm->c", a, b.transpose(1, 2, 3, 0).reshape(C, -1))
         if a.ndim == 4:
             N, C = a.shape[:2]
             a = a.reshape(N, C, -1)

@@ -15,7 +15,7 @@ from cnncli.layers.base import (
     check_size,
 )
 from cnncli.layers.registry import register
-from cnncli.layers.windows import offset_slice, out_size, pad, window_view
+from cnncli.layers.windows import is_chwn, offset_slice, out_size, pad, window_view
 
 
 class _Pool2d(Layer):
@@ -110,7 +110,19 @@ class MaxPool2d(_Pool2d):
         super().__init__()
         self._setup(kernel_size, stride, padding, dilation, ceil_mode)
 
+    def _tiles(self, x) -> bool:
+        """True when the windows tile the input: stride = kernel, no padding or dilation,
+        and every window inside it (rows/columns left over at the end are skipped)."""
+        H_out, W_out = self._out_hw(*x.shape[2:])
+        return (self.stride == self.kernel_size and self.padding == (0, 0) and self.dilation == (1, 1)
+                and H_out * self.kernel_size[0] <= x.shape[2] and W_out * self.kernel_size[1] <= x.shape[3])
+
     def forward(self, x, training=False):
+        if self._tiles(x):
+            y, rows, cols = self._forward_tiled(x)
+            if not np.isnan(y).any():
+                self._cache = ("tiled", x.shape, is_chwn(x), rows, cols)
+                return y
         kh, kw = self.kernel_size
         xp, win = self._windows(x, -np.inf)
         # running max over the kh*kw offsets, each a strided (N, C, H_out, W_out) view; a later
@@ -122,15 +134,79 @@ class MaxPool2d(_Pool2d):
             take = v > y
             take |= np.isnan(v)
             np.maximum(y, v, out=y)          # NaN propagates, as in torch
-            idx[take] = k
-        self._cache = (x.shape, xp.shape, idx)
+            np.copyto(idx, k, where=take)
+        self._cache = ("windows", x.shape, xp.shape, idx)
         return y
 
+    def _forward_tiled(self, x):
+        """Max over tiling windows in two passes: down the kh rows of each window, then
+        across the kw columns, on the array's own memory layout (NCHW, or CHWN with the batch
+        axis innermost). Ties go to the first maximum in row-major window order: across
+        columns the smaller flat index a*kw + b wins. Index updates are branch-free
+        arithmetic (``np.where`` on random masks is several times slower).
+
+        Returns y (N, C, H_out, W_out) in the input's layout, the winning row of every column
+        of every window and the winning column of every window (integer arrays in the physical
+        layout). NaN is not handled (the caller checks y and falls back)."""
+        (kh, kw), (H_out, W_out) = self.kernel_size, self._out_hw(*x.shape[2:])
+        stored_chwn = is_chwn(x)
+        p, ix = _physical(x, stored_chwn)
+        itype = np.uint8 if kh * kw <= 256 else np.int32
+        m = p[ix(slice(0, H_out * kh, kh), slice(0, W_out * kw))].copy()    # window rows' running max
+        rows = np.zeros(m.shape, dtype=itype)
+        for a in range(1, kh):
+            v = p[ix(slice(a, H_out * kh, kh), slice(0, W_out * kw))]
+            take = v > m
+            np.maximum(m, v, out=m)
+            rows += take * (itype(a) - rows)                           # rows = a where take (wraps exactly)
+        y = m[ix(slice(None), slice(0, None, kw))].copy()
+        flat = rows[ix(slice(None), slice(0, None, kw))] * itype(kw)   # a * kw + b of the winner
+        cols = np.zeros(y.shape, dtype=itype)
+        for b in range(1, kw):
+            v = m[ix(slice(None), slice(b, None, kw))]
+            f = rows[ix(slice(None), slice(b, None, kw))] * itype(kw) + itype(b)
+            take = v > y
+            take |= (v == y) & (f < flat)
+            np.maximum(y, v, out=y)
+            flat += take * (f - flat)
+            cols += take * (itype(b) - cols)
+        return _logical(y, stored_chwn), rows, cols
+
     def backward(self, dy):
-        x_shape, xp_shape, idx = self._cached()
+        cache = self._cached()
+        if cache[0] == "tiled":
+            return self._backward_tiled(dy, *cache[1:])
+        _, x_shape, xp_shape, idx = cache
         kw = self.kernel_size[1]
-        zero = dy.dtype.type(0)
-        return self._col2im(x_shape, xp_shape, lambda a, b: np.where(idx == a * kw + b, dy, zero))
+        return self._col2im(x_shape, xp_shape, lambda a, b: dy * (idx == a * kw + b))
+
+    def _backward_tiled(self, dy, x_shape, stored_chwn, rows, cols):
+        """Route dy to the winning column of each window, then down to the winning row."""
+        (kh, kw) = self.kernel_size
+        N, C, H, W = x_shape
+        H_out, W_out = dy.shape[2:]
+        dyp, ix = _physical(dy, stored_chwn)
+        dm = np.empty(rows.shape, dtype=dy.dtype)
+        for b in range(kw):
+            np.multiply(dyp, cols == b, out=dm[ix(slice(None), slice(b, None, kw))])
+        exact = H_out * kh == H and W_out * kw == W
+        dx = (np.empty if exact else np.zeros)((C, H, W, N) if stored_chwn else x_shape, dtype=dy.dtype)
+        for a in range(kh):
+            np.multiply(dm, rows == a, out=dx[ix(slice(a, H_out * kh, kh), slice(0, W_out * kw))])
+        return _logical(dx, stored_chwn)
+
+
+def _physical(x, stored_chwn: bool):
+    """The array in memory order and an indexer ix(h, w) for its H and W axes: (C, H, W, N)
+    when ``stored_chwn``, else x itself (N, C, H, W). ``dy`` of another order is copied."""
+    if stored_chwn:
+        return np.ascontiguousarray(x.transpose(1, 2, 3, 0)), lambda h, w: (slice(None), h, w, slice(None))
+    return x, lambda h, w: (slice(None), slice(None), h, w)
+
+
+def _logical(p, stored_chwn: bool):
+    """Inverse of :func:`_physical`: the logically NCHW array."""
+    return p.transpose(3, 0, 1, 2) if stored_chwn else p
 
 
 @register("avgpool2d", "avgpool", "avg_pool2d")

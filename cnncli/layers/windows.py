@@ -62,3 +62,50 @@ def offset_slice(a: int, d: int, s: int, n_out: int) -> slice:
     """Slice of the padded axis that kernel offset ``a`` touches for outputs 0..n_out-1."""
     start = a * d
     return slice(start, start + s * (n_out - 1) + 1, s)
+
+
+# ------------------------------------------------------------------ memory layout
+#
+# Layers take and return arrays that are *logically* NCHW, whatever their memory order.
+# Inside a model, 4-D activations are kept in CHWN memory order (batch axis fastest, as
+# cuda-convnet does): a conv's GEMM writes that order directly, and every per-channel or
+# per-window NumPy operation then runs over long contiguous inner loops instead of rows of
+# 7-28 pixels. ``x.transpose(1, 2, 3, 0)`` of such an array is a C-contiguous (C, H, W, N)
+# array. Element-wise NumPy operations keep the order of their inputs (order 'K').
+
+
+def is_chwn(x: np.ndarray) -> bool:
+    """True if logically-NCHW ``x`` is stored in CHWN memory order (and not also C-contiguous)."""
+    return x.ndim == 4 and not x.flags.c_contiguous and x.transpose(1, 2, 3, 0).flags.c_contiguous
+
+
+def to_chwn(x: np.ndarray) -> np.ndarray:
+    """``x`` (N, C, H, W) as a logically identical array stored in CHWN order (a copy unless it is)."""
+    if is_chwn(x):
+        return x
+    return np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+
+
+def chwn(x: np.ndarray) -> np.ndarray:
+    """The C-contiguous (C, H, W, N) array behind logically-NCHW ``x`` (copied if needed)."""
+    return np.ascontiguousarray(x.transpose(1, 2, 3, 0))
+
+
+def empty_chwn(shape, dtype, zero: bool = False) -> np.ndarray:
+    """A new logically-NCHW array of ``shape`` (N, C, H, W) stored in CHWN order."""
+    N, C, H, W = shape
+    a = (np.zeros if zero else np.empty)((C, H, W, N), dtype=dtype)
+    return a.transpose(3, 0, 1, 2)
+
+
+def valid_range(n_out: int, size: int, a: int, d: int, s: int, pad_begin: int) -> tuple[slice, slice]:
+    """For kernel offset ``a``: the outputs whose input index i*s + a*d - pad_begin lies in
+    [0, size), and the matching input slice. Returns (output slice, input slice); both empty
+    when no output reads real input at this offset."""
+    shift = a * d - pad_begin
+    lo = max(0, -(shift // s))                             # smallest i with i*s + shift >= 0
+    hi = min(n_out, (size - 1 - shift) // s + 1) if size - 1 - shift >= 0 else 0
+    if hi <= lo:
+        return slice(0, 0), slice(0, 0)
+    start = lo * s + shift
+    return slice(lo, hi), slice(start, start + (hi - lo - 1) * s + 1, s)
