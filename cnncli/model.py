@@ -159,16 +159,40 @@ class Model:
     def output_shape(self) -> tuple[int, ...]:
         return self.shapes[-1] if self.shapes else self.input_shape
 
+    #: Evaluation runs large batches in chunks of this many images (bounded memory: a conv's
+    #: im2col matrix grows with the batch), unless a layer mixes samples in evaluation.
+    EVAL_CHUNK = 256
+
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """(N, *input_shape) -> (N, *output_shape) logits, same dtype.
 
         Image batches are copied once into CHWN memory order (still logically NCHW; see
         ``layers/windows.py``), which every layer keeps and the heavy ones are fast in.
+        In evaluation (``training=False``) the layers keep nothing for a backward pass and
+        batches larger than ``EVAL_CHUNK`` run in chunks; results are the same as one pass
+        (each sample is computed independently in evaluation). Call a layer's own
+        ``forward`` to back-propagate through evaluation mode.
         """
+        if training:
+            return self._run(x, True)
+        n = x.shape[0]
+        chunk = self.EVAL_CHUNK
+        if n <= chunk or any(getattr(l, "mixes_samples_in_eval", False) for l in self.layers):
+            return self._run(x, False)
+        first = self._run(x[:chunk], False)
+        out = np.empty((n, *first.shape[1:]), dtype=first.dtype)
+        out[:chunk] = first
+        for start in range(chunk, n, chunk):
+            out[start:start + chunk] = self._run(x[start:start + chunk], False)
+        return out
+
+    def _run(self, x: np.ndarray, training: bool) -> np.ndarray:
         if x.ndim == 4:
             x = to_chwn(x)
         for layer in self.layers:
             x = layer.forward(x, training)
+            if not training:
+                layer._cache = None        # free what only a backward pass would need
         return x
 
     def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
@@ -176,16 +200,21 @@ class Model:
 
         Returns d loss / d input, or None with ``input_grad=False`` (training needs no
         input gradient, so a first layer with ``backward_params`` skips computing it).
+        Each layer's forward cache is released once used: one backward per forward.
         """
         for layer in self.layers[:0:-1]:
             dy = layer.backward(dy)
+            layer._cache = None            # its forward cache is spent: free it before the next step
         if not self.layers:
             return dy
         first = self.layers[0]
         if not input_grad and hasattr(first, "backward_params"):
             first.backward_params(dy)
-            return None
-        return first.backward(dy)
+            dx = None
+        else:
+            dx = first.backward(dy)
+        first._cache = None
+        return dx
 
     def params(self) -> dict[str, np.ndarray]:
         """Trainable arrays keyed ``"{index}.{name}"`` (the arrays themselves, not copies)."""

@@ -116,3 +116,13 @@ def time_model(model: Model, optimizer: Optimizer, batch_size: int, iterations: 
               for i, layer in enumerate(model.layers)]
     return StepTime(batch_size, iterations, layers, float(np.median(steps)) * 1e3,
                     float(np.median(evals)) * 1e3)
+
+
+def blas_threads() -> int | None:
+    """Threads NumPy's BLAS uses, from threadpoolctl when it is installed (else None)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    counts = [i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas"]
+    return max(counts) if counts else None

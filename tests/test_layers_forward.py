@@ -18,6 +18,7 @@ from cnncli.layers.dropout import Dropout, Dropout2d
 from cnncli.layers.linear import Flatten, Linear
 from cnncli.layers.norm import BatchNorm
 from cnncli.layers.pool import AvgPool2d, GlobalAvgPool, MaxPool2d
+from cnncli.layers.windows import to_chwn
 
 try:  # tests/ is a rootdir (no __init__.py); fall back if it ever becomes a package
     from layer_cases import CASES, build_layer, make_input, randomize_state
@@ -567,12 +568,17 @@ def _strided(a):
     return wide[..., ::2]
 
 
+def _chwn(a):
+    """``a`` stored in CHWN memory order, the order a model keeps image activations in."""
+    return to_chwn(a) if a.ndim == 4 else a
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_strided_inputs_and_no_mutation(case):
-    """Layers see views (a conv's dx is a crop of its padded buffer): results must not
-    depend on memory layout, and neither x nor dy may be modified in place."""
+    """Layers see views and, inside a model, CHWN-ordered arrays: results must not depend
+    on memory layout, and neither x nor dy may be modified in place."""
     results = []
-    for make in (np.ascontiguousarray, _strided):
+    for make in (np.ascontiguousarray, _strided, _chwn):
         rng = np.random.default_rng(5)
         layer = build_layer(case, np.float64, seed=1)          # same dropout mask both times
         randomize_state(layer, rng)
@@ -585,8 +591,9 @@ def test_strided_inputs_and_no_mutation(case):
         np.testing.assert_array_equal(x, x_before)
         np.testing.assert_array_equal(dy, dy_before)
         results.append((y.copy(), dx.copy(), {k: g.copy() for k, g in layer.grads.items()}))
-    (y0, dx0, g0), (y1, dx1, g1) = results
-    np.testing.assert_allclose(y1, y0, rtol=1e-13, atol=1e-14)
-    np.testing.assert_allclose(dx1, dx0, rtol=1e-13, atol=1e-14)
-    for k in g0:
-        np.testing.assert_allclose(g1[k], g0[k], rtol=1e-13, atol=1e-14)
+    y0, dx0, g0 = results[0]
+    for y1, dx1, g1 in results[1:]:
+        np.testing.assert_allclose(y1, y0, rtol=1e-13, atol=1e-14)
+        np.testing.assert_allclose(dx1, dx0, rtol=1e-13, atol=1e-14)
+        for k in g0:
+            np.testing.assert_allclose(g1[k], g0[k], rtol=1e-13, atol=1e-14)

@@ -157,7 +157,7 @@ class Conv2d(Layer):
             slab[:, :, oi, oj] = xg[:, :, ii, ij]
         cols = cols.reshape(g, cg * kh * kw, M)                      # (g, cg*kh*kw, H_out*W_out*N)
         w = self.params["weight"].reshape(g, og, cg * kh * kw)
-        y = np.matmul(w, cols)                                       # (g, og, H_out*W_out*N): one GEMM
+        y = _gemm(w, cols)                                           # (g, og, H_out*W_out*N): one GEMM
         if "bias" in self.params:
             y += self.params["bias"].reshape(g, og, 1)
         self._cache = (x.shape, cols)
@@ -171,7 +171,7 @@ class Conv2d(Layer):
         g = self.groups
         og = O // g
         dyg = chwn(dy).reshape(g, og, H_out * W_out * N)             # a view when dy is stored CHWN
-        self.grads["weight"] = np.matmul(dyg, cols.transpose(0, 2, 1)).reshape(self.params["weight"].shape)
+        self.grads["weight"] = _gemm(dyg, cols.transpose(0, 2, 1)).reshape(self.params["weight"].shape)
         if "bias" in self.params:
             self.grads["bias"] = dyg.sum(axis=2).reshape(O)
         return dyg
@@ -189,9 +189,20 @@ class Conv2d(Layer):
         kh, kw = self.kernel_size
         H_out, W_out = dy.shape[2:]
         w = self.params["weight"].reshape(g, og, cg * kh * kw)
-        dcols = np.matmul(w.transpose(0, 2, 1), dyg).reshape(g, cg, kh, kw, H_out, W_out, N)
+        dcols = _gemm(w.transpose(0, 2, 1), dyg).reshape(g, cg, kh, kw, H_out, W_out, N)
         # col2im: add each kernel offset's slab back at the input positions it read
         dx = np.zeros((g, cg, H, W, N), dtype=dy.dtype)
         for a, b, oi, ii, oj, ij in self._offsets(H, W, H_out, W_out):
             dx[:, :, ii, ij] += dcols[:, :, a, b, oi, oj]
         return dx.reshape(C, H, W, N).transpose(3, 0, 1, 2)
+
+
+def _gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(g, m, k) @ (g, k, n) -> (g, m, n), one 2-D BLAS call per group. NumPy's stacked
+    ``matmul`` does not hand transposed operands to BLAS (measured 7x slower)."""
+    if a.shape[0] == 1:
+        return (a[0] @ b[0])[None]
+    out = np.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=np.result_type(a, b))
+    for i in range(a.shape[0]):
+        np.matmul(a[i], b[i], out=out[i])
+    return out

@@ -6,7 +6,6 @@ import numpy as np
 
 from cnncli.layers.base import Layer, check_float, check_ndim
 from cnncli.layers.registry import register
-from cnncli.layers.windows import is_chwn
 
 
 @register("dropout")
@@ -43,13 +42,11 @@ class Dropout(Layer):
             self._cache = False
             return x
         shape = self._mask_shape(x.shape)
-        if is_chwn(x) and shape == x.shape:
-            # draw in memory order so the mask (and the product) keep x's CHWN layout
-            N, C, H, W = shape
-            u = self.rng.random((C, H, W, N), dtype=np.float32).transpose(3, 0, 1, 2)
-        else:
-            u = self.rng.random(shape, dtype=np.float32)
-        mask = np.multiply(u >= self.p, 1.0 / (1.0 - self.p), dtype=x.dtype)
+        keep = self.rng.random(shape, dtype=np.float32) >= self.p     # drawn in logical order
+        # the mask takes x's memory order (CHWN inside a model), so x * mask and dy * mask
+        # run in that order and the same seed gives the same mask whatever the layout
+        mask = np.empty_like(x) if shape == x.shape else np.empty(shape, dtype=x.dtype)
+        np.multiply(keep, 1.0 / (1.0 - self.p), out=mask)
         self._cache = mask
         return np.multiply(x, mask, out=np.empty_like(x))
 

@@ -59,6 +59,11 @@ class BatchNorm(Layer):
             self.buffers["running_var"] = np.ones(C, dtype=dtype)
             self.buffers["num_batches_tracked"] = np.zeros((), dtype=np.int64)
 
+    @property
+    def mixes_samples_in_eval(self) -> bool:
+        """Without running statistics, evaluation normalizes with the batch's own statistics."""
+        return not self.track_running_stats
+
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
 

@@ -1,0 +1,146 @@
+"""The speed work must not change results: CHWN memory order inside a model, chunked
+evaluation, released caches, and float32 end to end in a training step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnncli.datasets import Dataset
+from cnncli.layers.windows import is_chwn
+from cnncli.model import LayerSpec, build
+from cnncli.optim import OPTIMIZERS
+from cnncli.training import pixel_lut, run_batches
+
+# the shape of configs/mnist.yaml, smaller
+SPECS = [
+    ("conv2d", {"out_channels": 4, "kernel_size": 3, "padding": 1}),
+    ("batchnorm", {}),
+    ("relu", {}),
+    ("maxpool2d", {"kernel_size": 2}),
+    ("conv2d", {"out_channels": 6, "kernel_size": 3, "padding": 1}),
+    ("batchnorm", {}),
+    ("relu", {}),
+    ("maxpool2d", {"kernel_size": 2}),
+    ("dropout", {"p": 0.25}),
+    ("flatten", {}),
+    ("linear", {"out_features": 16}),
+    ("relu", {}),
+    ("dropout", {"p": 0.5}),
+    ("linear", {"out_features": 10}),
+]
+
+
+def make_model(dtype=np.float64, seed=0, specs=SPECS, shape=(1, 12, 12)):
+    layer_specs = [LayerSpec(t, o, f"model.layers[{i}]") for i, (t, o) in enumerate(specs)]
+    return build(layer_specs, shape, dtype=dtype, seed=seed)
+
+
+def _chain_nchw(model, x, training, dy):
+    """Forward and backward layer by layer, every array C-contiguous NCHW between layers."""
+    for layer in model.layers:
+        x = np.ascontiguousarray(layer.forward(np.ascontiguousarray(x), training))
+    out = x
+    for layer in model.layers[::-1]:
+        dy = np.ascontiguousarray(layer.backward(np.ascontiguousarray(dy)))
+    return out, dy
+
+
+def test_model_in_chwn_order_matches_the_plain_nchw_chain():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(6, 1, 12, 12))
+    dy = rng.normal(size=(6, 10))
+    a, b = make_model(), make_model()
+    y_ref, dx_ref = _chain_nchw(a, x, True, dy)
+    y = b.forward(x, training=True)
+    dx = b.backward(dy)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
+    for la, lb in zip(a.layers, b.layers):
+        for k in la.grads:
+            np.testing.assert_allclose(lb.grads[k], la.grads[k], rtol=1e-12, atol=1e-12)
+        for k in la.buffers:
+            np.testing.assert_allclose(lb.buffers[k], la.buffers[k], rtol=1e-12, atol=1e-12)
+
+
+def test_activations_stay_in_chwn_order_through_the_conv_stack():
+    model = make_model()
+    x = np.random.default_rng(2).normal(size=(5, 1, 12, 12))
+    seen = []
+    for layer in model.layers:
+        original = layer.forward
+
+        def spy(h, training, _f=original, _name=layer.type_name):
+            out = _f(h, training)
+            if out.ndim == 4:
+                seen.append((_name, is_chwn(out)))
+            return out
+        layer.forward = spy
+    model.forward(x, training=True)
+    assert seen and all(ok for _, ok in seen), seen
+
+
+def test_chunked_evaluation_equals_one_pass():
+    model = make_model(dtype=np.float32)
+    n = model.EVAL_CHUNK * 2 + 37
+    x = np.random.default_rng(3).normal(size=(n, 1, 12, 12)).astype(np.float32)
+    whole = x.copy()
+    for layer in model.layers:                       # one pass, no chunking
+        whole = layer.forward(whole, False)
+    chunked = model.forward(x, training=False)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+    assert all(layer._cache is None for layer in model.layers)
+
+
+def test_batch_statistics_in_evaluation_are_not_chunked():
+    specs = [("conv2d", {"out_channels": 2, "kernel_size": 3}),
+             ("batchnorm", {"track_running_stats": False}), ("flatten", {}), ("linear", {"out_features": 3})]
+    model = make_model(specs=specs, shape=(1, 5, 5))
+    n = model.EVAL_CHUNK + 10
+    x = np.random.default_rng(4).normal(size=(n, 1, 5, 5))
+    whole = x
+    for layer in model.layers:
+        whole = layer.forward(whole, False)
+    np.testing.assert_allclose(model.forward(x, training=False), whole, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_a_training_step_never_upcasts_to_float64(optimizer):
+    """Every activation, cache, gradient, buffer and optimizer state of a float32 training
+    step is float32 (integer/bool masks aside)."""
+    model = make_model(dtype=np.float32)
+    opts = {"momentum": 0.9} if optimizer == "sgd" else {}
+    opt = OPTIMIZERS[optimizer](model.params(), **opts)
+    floats = []
+
+    def record(a):
+        if isinstance(a, np.ndarray):
+            floats.append(a.dtype)
+        elif isinstance(a, (tuple, list)):
+            for item in a:
+                record(item)
+
+    for layer in model.layers:
+        f, b = layer.forward, layer.backward
+
+        def fwd(h, training, _f=f, _l=layer):
+            out = _f(h, training)
+            record(out)
+            record(_l._cache)
+            return out
+
+        def bwd(dy, _b=b):
+            record(dy)
+            out = _b(dy)
+            record(out)
+            return out
+        layer.forward, layer.backward = fwd, bwd
+    rng = np.random.default_rng(5)
+    ds = Dataset(rng.integers(0, 256, (40, 1, 12, 12), dtype=np.uint8), rng.integers(0, 10, 40), "generated")
+    run_batches(model, ds, 16, pixel_lut(0.1307, 0.3081), training=True, optimizer=opt)
+    record(list(model.params().values()))
+    record(list(model.grads().values()))
+    record([a for a in model.buffers().values() if a.dtype.kind == "f"])
+    record(list(opt.state_arrays().values()))
+    bad = {str(d) for d in floats if d.kind == "f" and d != np.float32}
+    assert floats and not bad, bad
