@@ -20,8 +20,7 @@ import numpy as np
 
 from cnncli import config as C
 from cnncli import training
-from cnncli.datasets import load_split
-from cnncli.losses import softmax_cross_entropy
+from cnncli.datasets import Dataset, load_split
 
 
 def peak_rss_mib() -> float:
@@ -29,22 +28,22 @@ def peak_rss_mib() -> float:
 
 
 def time_ours(cfg, images, labels, batches, batch, eval_batch, repeats):
+    """Through the trainer's own loop (``training.run_batches``): shuffled gather from the
+    uint8 images into a reused buffer, forward, loss, backward, optimizer step; evaluation
+    in file order."""
     model = training.build_model(cfg, images.shape[1:], num_classes=10)
     opt = training.make_optimizer(cfg, model)
     lut = training.pixel_lut(cfg.data.mean, cfg.data.std)
+    train_ds = Dataset(images[:batches * batch], labels[:batches * batch], "bench")
+    test_ds = Dataset(images, labels, "bench")
+    rng = np.random.default_rng(0)
 
     def train_run():
-        for b in range(batches):
-            idx = slice(b * batch, (b + 1) * batch)
-            x = lut[images[idx]]
-            logits = model.forward(x, training=True)
-            _, d = softmax_cross_entropy(logits, labels[idx])
-            model.backward(d, input_grad=False)
-            opt.step(model.grads())
+        training.run_batches(model, train_ds, batch, lut, training=True, optimizer=opt,
+                             order=rng.permutation(len(train_ds)))
 
     def eval_run():
-        for b in range(0, len(images), eval_batch):
-            model.forward(lut[images[b:b + eval_batch]], training=False)
+        training.run_batches(model, test_ds, eval_batch, lut, training=False)
 
     return _median(train_run, repeats, batches * batch), _median(eval_run, repeats, len(images))
 
@@ -93,8 +92,9 @@ def time_torch(cfg, images, labels, batches, batch, eval_batch, repeats, threads
 
     def train_run():
         net.train()
+        perm = torch.randperm(batches * batch)
         for b in range(batches):
-            idx = slice(b * batch, (b + 1) * batch)
+            idx = perm[b * batch:(b + 1) * batch]
             loss = lossf(net(lut[timgs[idx]]), tlabels[idx])
             opt.zero_grad()
             loss.backward()

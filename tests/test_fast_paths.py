@@ -144,3 +144,25 @@ def test_a_training_step_never_upcasts_to_float64(optimizer):
     record(list(opt.state_arrays().values()))
     bad = {str(d) for d in floats if d.kind == "f" and d != np.float32}
     assert floats and not bad, bad
+
+
+def test_time_command_reports_every_layer(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from cnncli.cli import app
+
+    result = CliRunner().invoke(app, ["time", "configs/tiny.yaml", "--batch-size", "16", "--iterations", "3",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert [l["type"] for l in out["layers"]] == ["avgpool2d", "conv2d", "batchnorm", "relu", "maxpool2d",
+                                                   "dropout", "flatten", "linear"]
+    assert all(l["forward_ms"] > 0 and l["backward_ms"] >= 0 for l in out["layers"])
+    assert out["step_ms"] > 0
+    assert out["images_per_s"] == pytest.approx(16 / (out["step_ms"] / 1e3))
+    table = CliRunner().invoke(app, ["time", "configs/tiny.yaml", "-b", "8", "-n", "2"])
+    assert table.exit_code == 0 and "images/s" in table.output and "maxpool2d" in table.output
+    bad = CliRunner().invoke(app, ["time", str(tmp_path / "missing.yaml")])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output

@@ -152,8 +152,11 @@ class Conv2d(Layer):
         cols = np.empty((g, cg, kh, kw, H_out, W_out, N), dtype=x.dtype)
         for a, b, oi, ii, oj, ij in self._offsets(H, W, H_out, W_out):
             slab = cols[:, :, a, b]
-            if oi.stop - oi.start < H_out or oj.stop - oj.start < W_out:
-                slab[...] = 0                                        # reads padding somewhere
+            # zero the border this offset reads from padding, copy the rest
+            slab[:, :, :oi.start] = 0
+            slab[:, :, oi.stop:] = 0
+            slab[:, :, oi, :oj.start] = 0
+            slab[:, :, oi, oj.stop:] = 0
             slab[:, :, oi, oj] = xg[:, :, ii, ij]
         cols = cols.reshape(g, cg * kh * kw, M)                      # (g, cg*kh*kw, H_out*W_out*N)
         w = self.params["weight"].reshape(g, og, cg * kh * kw)

@@ -15,7 +15,7 @@ from cnncli.layers.base import (
     check_size,
 )
 from cnncli.layers.registry import register
-from cnncli.layers.windows import is_chwn, offset_slice, out_size, pad, window_view
+from cnncli.layers.windows import empty_chwn, is_chwn, offset_slice, out_size, pad, window_view
 
 
 class _Pool2d(Layer):
@@ -74,8 +74,9 @@ class _Pool2d(Layer):
         """Sum ``slabs(a, b)`` -> (N, C, H_out, W_out) into the input positions of offset (a, b)."""
         N, C, H, W = x_shape
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
-        dxp = np.zeros(xp_shape, dtype=slabs(0, 0).dtype)
-        H_out, W_out = slabs(0, 0).shape[2:]
+        first = slabs(0, 0)
+        dxp = empty_chwn(xp_shape, first.dtype, zero=True) if is_chwn(first) else np.zeros(xp_shape, first.dtype)
+        H_out, W_out = first.shape[2:]
         for a in range(kh):
             rows = offset_slice(a, dh, sh, H_out)
             for b in range(kw):
@@ -263,7 +264,11 @@ class AvgPool2d(_Pool2d):
         xp, win = self._windows(x, 0.0)
         H_out, W_out = win.shape[2:4]
         div = self._divisor(H, W, H_out, W_out, x.dtype)
-        y = win.sum(axis=(4, 5)) / div
+        kh, kw = self.kernel_size
+        y = win[..., 0, 0].copy(order="K")             # keeps the input's memory order
+        for k in range(1, kh * kw):                    # a loop over offsets: NumPy reduces tiny axes slowly
+            y += win[..., k // kw, k % kw]
+        y /= div
         self._cache = (x.shape, xp.shape, div)
         return y
 
