@@ -1,10 +1,19 @@
 """Optimizers with PyTorch's update rules (``torch.optim``), updating arrays in place.
 
 Each optimizer takes ``params``: an ordered ``{key: ndarray}`` of the arrays to train,
-and ``step(grads)`` with the same keys. State is per key and saved in checkpoints.
+and ``step(grads)`` with the same keys. State is per key and saved in checkpoints
+(:meth:`Optimizer.state_arrays`, restored by :meth:`Optimizer.load_state_arrays`), so a
+resumed run continues bit for bit.
+
+Every optimizer takes ``exclude_bias_and_norm`` (default false): when true, weight decay
+skips every ``bias`` and the ``weight`` of normalization layers (whose keys the trainer
+passes as ``norm_keys``), the usual practice for CNNs (e.g. timm's
+``param_groups_weight_decay``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -22,16 +31,35 @@ def register(name: str):
 
 
 class Optimizer:
-    """Base: ``lr`` is public so schedules can set it; ``state[key][name]`` holds arrays."""
+    """Base: ``lr`` is public so schedules can set it; ``state[key][name]`` holds arrays.
+
+    Args:
+        params: ``{key: array}`` updated in place; keys are ``"{layer index}.{name}"``.
+        lr: Learning rate (> 0).
+        weight_decay: Coefficient of the decay (>= 0); how it applies is the subclass's rule.
+        exclude_bias_and_norm: Apply no weight decay to keys named ``*.bias`` nor to ``norm_keys``.
+        norm_keys: Keys of normalization-layer parameters (batchnorm ``weight``); the
+            trainer fills it from the model. Keyword-only: not a config option.
+    """
 
     type_name = "optimizer"
     state_names: tuple[str, ...] = ()
 
-    def __init__(self, params: dict[str, np.ndarray], lr: float):
+    def __init__(self, params: dict[str, np.ndarray], lr: float, weight_decay: float = 0.0,
+                 exclude_bias_and_norm: bool = False, norm_keys: Iterable[str] = ()):
         self.params = params
         self.lr = check_float("lr", lr, 0.0, low_open=True)
+        self.weight_decay = check_float("weight_decay", weight_decay, 0.0)
+        self.exclude_bias_and_norm = check_bool("exclude_bias_and_norm", exclude_bias_and_norm)
+        self.no_decay: frozenset[str] = frozenset(
+            k for k in params if k.rsplit(".", 1)[-1] == "bias" or k in set(norm_keys)
+        ) if self.exclude_bias_and_norm else frozenset()
         self.steps = 0
         self.state: dict[str, dict[str, np.ndarray]] = {k: {} for k in params}
+
+    def decay(self, key: str) -> float:
+        """The weight decay that applies to ``key``: 0 for excluded keys."""
+        return 0.0 if key in self.no_decay else self.weight_decay
 
     def step(self, grads: dict[str, np.ndarray]) -> None:
         self.steps += 1
@@ -44,6 +72,29 @@ class Optimizer:
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Flat ``{"key/name": array}`` of the optimizer state, for checkpoints."""
         return {f"{k}/{n}": a for k, s in self.state.items() for n, a in s.items()}
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray], steps: int) -> None:
+        """Restore what :meth:`state_arrays` returned and the step count (for resuming).
+
+        Arrays are copied in the parameters' dtype; nothing changes unless all fit.
+
+        Raises:
+            ValueError: Naming an entry for an unknown parameter or state, or of the wrong shape.
+        """
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"optimizer step count must be an integer >= 0, got {steps!r}")
+        state: dict[str, dict[str, np.ndarray]] = {k: {} for k in self.params}
+        for name, a in arrays.items():
+            key, _, what = name.rpartition("/")
+            if key not in self.params or what not in self.state_names:
+                raise ValueError(f"optimizer state {name!r} does not belong to this {self.type_name} "
+                                 f"optimizer and model")
+            p = self.params[key]
+            if np.shape(a) != p.shape:
+                raise ValueError(f"optimizer state {name!r} has shape {np.shape(a)}, the parameter {p.shape}")
+            state[key][what] = np.array(a, dtype=p.dtype, copy=True)
+        self.state = state
+        self.steps = steps
 
 
 @register("sgd")
@@ -60,23 +111,25 @@ class SGD(Optimizer):
         dampening: Default: 0.
         nesterov: Nesterov momentum (needs momentum > 0, dampening 0). Default: false.
         weight_decay: L2 penalty added to the gradient. Default: 0.
+        exclude_bias_and_norm: No weight decay on biases and normalization weights. Default: false.
     """
 
     state_names = ("momentum_buffer",)
 
     def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, dampening: float = 0.0,
-                 nesterov: bool = False, weight_decay: float = 0.0):
-        super().__init__(params, lr)
+                 nesterov: bool = False, weight_decay: float = 0.0, exclude_bias_and_norm: bool = False,
+                 *, norm_keys: Iterable[str] = ()):
+        super().__init__(params, lr, weight_decay, exclude_bias_and_norm, norm_keys)
         self.momentum = check_float("momentum", momentum, 0.0)
         self.dampening = check_float("dampening", dampening)
         self.nesterov = check_bool("nesterov", nesterov)
-        self.weight_decay = check_float("weight_decay", weight_decay, 0.0)
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("nesterov needs momentum > 0 and dampening 0")
 
     def _update(self, key, p, g):
-        if self.weight_decay:
-            g = g + self.weight_decay * p
+        wd = self.decay(key)
+        if wd:
+            g = g + p.dtype.type(wd) * p
         if self.momentum:
             st = self.state[key]
             if "momentum_buffer" not in st:
@@ -102,6 +155,7 @@ class Adam(Optimizer):
         betas: [b1, b2]. Default: [0.9, 0.999].
         eps: Default: 1e-8.
         weight_decay: L2 penalty added to the gradient. Default: 0.
+        exclude_bias_and_norm: No weight decay on biases and normalization weights. Default: false.
 
     References:
         Kingma & Ba 2014, https://arxiv.org/abs/1412.6980
@@ -111,22 +165,23 @@ class Adam(Optimizer):
     decoupled = False
 
     def __init__(self, params, lr: float = 0.001, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
-        super().__init__(params, lr)
+                 weight_decay: float = 0.0, exclude_bias_and_norm: bool = False,
+                 *, norm_keys: Iterable[str] = ()):
+        super().__init__(params, lr, weight_decay, exclude_bias_and_norm, norm_keys)
         if not isinstance(betas, (list, tuple)) or len(betas) != 2:
             raise ValueError(f"betas must be a pair [b1, b2], got {betas!r}")
         self.betas = (check_float("betas[0]", betas[0], 0.0, 1.0, high_open=True),
                       check_float("betas[1]", betas[1], 0.0, 1.0, high_open=True))
         self.eps = check_float("eps", eps, 0.0)
-        self.weight_decay = check_float("weight_decay", weight_decay, 0.0)
 
     def _update(self, key, p, g):
         b1, b2 = self.betas
-        if self.weight_decay:
+        wd = self.decay(key)
+        if wd:
             if self.decoupled:
-                p *= p.dtype.type(1 - self.lr * self.weight_decay)
+                p *= p.dtype.type(1 - self.lr * wd)
             else:
-                g = g + self.weight_decay * p
+                g = g + p.dtype.type(wd) * p
         st = self.state[key]
         if not st:
             st["exp_avg"] = np.zeros_like(p)
@@ -151,6 +206,7 @@ class AdamW(Adam):
     Args:
         lr: Default: 0.001. betas: Default: [0.9, 0.999]. eps: Default: 1e-8.
         weight_decay: Decoupled decay. Default: 0.01.
+        exclude_bias_and_norm: No weight decay on biases and normalization weights. Default: false.
 
     References:
         Loshchilov & Hutter 2017, https://arxiv.org/abs/1711.05101
@@ -159,5 +215,74 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, params, lr: float = 0.001, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01):
-        super().__init__(params, lr, betas, eps, weight_decay)
+                 weight_decay: float = 0.01, exclude_bias_and_norm: bool = False,
+                 *, norm_keys: Iterable[str] = ()):
+        super().__init__(params, lr, betas, eps, weight_decay, exclude_bias_and_norm, norm_keys=norm_keys)
+
+
+@register("rmsprop")
+class RMSprop(Optimizer):
+    """RMSprop, as ``torch.optim.RMSprop``.
+
+    g = grad + weight_decay * p; v = alpha v + (1 - alpha) g^2;
+    centered: a = alpha a + (1 - alpha) g (written a + (1 - alpha)(g - a), torch's lerp),
+    d = sqrt(v - a^2) + eps, else d = sqrt(v) + eps;
+    momentum > 0: b = momentum b + g / d; p = p - lr b; else p = p - lr g / d.
+    All state starts at zero.
+
+    Args:
+        lr: Learning rate. Default: 0.01.
+        alpha: Smoothing constant of the squared-gradient average, in [0, 1). Default: 0.99.
+        eps: Added to the denominator. Default: 1e-8.
+        weight_decay: L2 penalty added to the gradient. Default: 0.
+        momentum: Default: 0.
+        centered: Normalize by the variance estimate v - a^2 instead of v. Default: false.
+        exclude_bias_and_norm: No weight decay on biases and normalization weights. Default: false.
+
+    References:
+        Hinton, Coursera "Neural Networks for Machine Learning", lecture 6e;
+        Graves 2013 (centered), https://arxiv.org/abs/1308.0850;
+        https://pytorch.org/docs/stable/generated/torch.optim.RMSprop.html
+    """
+
+    state_names = ("square_avg", "momentum_buffer", "grad_avg")
+
+    def __init__(self, params, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
+                 exclude_bias_and_norm: bool = False, *, norm_keys: Iterable[str] = ()):
+        super().__init__(params, lr, weight_decay, exclude_bias_and_norm, norm_keys)
+        self.alpha = check_float("alpha", alpha, 0.0, 1.0, high_open=True)
+        self.eps = check_float("eps", eps, 0.0)
+        self.momentum = check_float("momentum", momentum, 0.0)
+        self.centered = check_bool("centered", centered)
+
+    def _update(self, key, p, g):
+        t = p.dtype.type
+        wd = self.decay(key)
+        if wd:
+            g = g + t(wd) * p
+        st = self.state[key]
+        if not st:
+            st["square_avg"] = np.zeros_like(p)
+            if self.momentum:
+                st["momentum_buffer"] = np.zeros_like(p)
+            if self.centered:
+                st["grad_avg"] = np.zeros_like(p)
+        v = st["square_avg"]
+        v *= t(self.alpha)
+        v += t(1 - self.alpha) * np.square(g)
+        if self.centered:
+            a = st["grad_avg"]
+            a += t(1 - self.alpha) * (g - a)
+            d = v - np.square(a)
+            np.sqrt(d, out=d)
+        else:
+            d = np.sqrt(v)
+        d += t(self.eps)
+        if self.momentum:
+            b = st["momentum_buffer"]
+            b *= t(self.momentum)
+            b += g / d
+            p -= t(self.lr) * b
+        else:
+            p -= t(self.lr) * (g / d)

@@ -1,0 +1,342 @@
+"""Learning-rate schedules with ``torch.optim.lr_scheduler``'s formulas, in closed form.
+
+A schedule maps the position in training to a learning rate. The trainer sets
+``optimizer.lr = schedule.lr(epoch, step)`` before every optimizer step, where
+``epoch`` is the 0-based index of the epoch being trained (the number of finished
+epochs) and ``step`` the number of optimizer steps taken before this one (0-based,
+counted over the whole run). Epoch schedules ignore ``step``, so their lr changes
+between epochs, as when torch's ``scheduler.step()`` is called once per epoch;
+``onecycle`` uses ``step`` (torch steps it after every batch).
+``reduce_on_plateau`` keeps its lr as state and changes it in :meth:`Schedule.epoch_end`.
+
+Closed forms (``base`` = the optimizer's ``lr``, ``e`` = epoch, ``E`` = ``train.epochs``):
+
+=================  =====================================================================
+constant           base
+step               base * gamma ** (e // step_size)                      (StepLR)
+multistep          base * gamma ** (number of milestones <= e)           (MultiStepLR)
+exponential        base * gamma ** e                                     (ExponentialLR)
+cosine             eta_min + (base - eta_min) * (1 + cos(pi * e / E)) / 2 (CosineAnnealingLR,
+                   T_max = E). With ``warmup_epochs`` w > 0: base * (e + 1) / (w + 1) for
+                   e < w (LinearLR with start_factor 1 / (w + 1), total_iters w), then the
+                   cosine over the remaining E - w epochs (SequentialLR)
+onecycle           OneCycleLR, cosine annealing, no momentum cycling (see :class:`OneCycle`)
+reduce_on_plateau  ReduceLROnPlateau, threshold_mode "rel" (see :class:`ReduceOnPlateau`)
+=================  =====================================================================
+
+State (for resuming) is plain JSON: empty for the closed forms, the counters and
+current lr for ``reduce_on_plateau``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+from typing import Any
+
+from cnncli.callbacks import MODES, MONITORS, Monitor, resolve_monitor
+from cnncli.layers.base import check_choice, check_float, check_int
+
+SCHEDULES: dict[str, type] = {}
+
+
+def register(name: str):
+    def add(cls):
+        SCHEDULES[name] = cls
+        cls.type_name = name
+        return cls
+    return add
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch of ``n_train`` images: ceil(n / batch_size), less the
+    last batch when it would hold a single image (the trainer drops it, see ``run_batches``)."""
+    n = n_train - 1 if n_train > batch_size and n_train % batch_size == 1 else n_train
+    return max(1, math.ceil(n / batch_size))
+
+
+class Schedule:
+    """Base class. Subclasses take their options as keyword-only arguments (the YAML keys).
+
+    Args:
+        base_lr: The optimizer's configured learning rate (> 0).
+        epochs: Total epochs of the run, ``train.epochs`` (>= 1).
+        steps_per_epoch: Optimizer steps per epoch (>= 1).
+    """
+
+    type_name = "schedule"
+
+    def __init__(self, base_lr: float, epochs: int, steps_per_epoch: int):
+        self.base_lr = check_float("lr", base_lr, 0.0, low_open=True)
+        self.epochs = check_int("epochs", epochs, 1)
+        self.steps_per_epoch = check_int("steps_per_epoch", steps_per_epoch, 1)
+
+    def lr(self, epoch: int, step: int) -> float:  # pragma: no cover - abstract
+        """Learning rate of the optimizer step ``step`` (0-based) in epoch ``epoch`` (0-based)."""
+        raise NotImplementedError
+
+    def epoch_end(self, metrics: dict[str, float]) -> None:
+        """Called with the epoch's metrics after validation (only ``reduce_on_plateau`` uses it)."""
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state`.
+
+        Raises:
+            ValueError: If ``state`` is malformed.
+        """
+
+
+@register("constant")
+class Constant(Schedule):
+    """The optimizer's lr throughout (torch: no scheduler)."""
+
+    def __init__(self, base_lr: float, epochs: int, steps_per_epoch: int):
+        super().__init__(base_lr, epochs, steps_per_epoch)
+
+    def lr(self, epoch, step):
+        return self.base_lr
+
+
+@register("step")
+class Step(Schedule):
+    """lr = base * gamma ** (epoch // step_size), as ``torch.optim.lr_scheduler.StepLR``.
+
+    Args:
+        step_size: Epochs between decays (>= 1). Required.
+        gamma: Multiplier at each decay (> 0). Default: 0.1.
+    """
+
+    def __init__(self, base_lr, epochs, steps_per_epoch, *, step_size: int, gamma: float = 0.1):
+        super().__init__(base_lr, epochs, steps_per_epoch)
+        self.step_size = check_int("step_size", step_size, 1)
+        self.gamma = check_float("gamma", gamma, 0.0, low_open=True)
+
+    def lr(self, epoch, step):
+        return self.base_lr * self.gamma ** (epoch // self.step_size)
+
+
+@register("multistep")
+class MultiStep(Schedule):
+    """lr = base * gamma ** (number of milestones <= epoch), as ``MultiStepLR``.
+
+    Args:
+        milestones: Strictly increasing epoch indices (>= 1) at which lr is multiplied by gamma;
+            e.g. [3, 6]: epochs 1-3 use base, 4-6 base * gamma, 7- base * gamma^2. Required.
+        gamma: Default: 0.1.
+    """
+
+    def __init__(self, base_lr, epochs, steps_per_epoch, *, milestones: list, gamma: float = 0.1):
+        super().__init__(base_lr, epochs, steps_per_epoch)
+        if not isinstance(milestones, (list, tuple)) or not milestones:
+            raise ValueError(f"milestones must be a non-empty list of epochs, e.g. [3, 6], got {milestones!r}")
+        ms = [check_int("milestones", m, 1) for m in milestones]
+        if any(b <= a for a, b in itertools.pairwise(ms)):
+            raise ValueError(f"milestones must be strictly increasing, got {ms}")
+        self.milestones = ms
+        self.gamma = check_float("gamma", gamma, 0.0, low_open=True)
+
+    def lr(self, epoch, step):
+        return self.base_lr * self.gamma ** bisect.bisect_right(self.milestones, epoch)
+
+
+@register("exponential")
+class Exponential(Schedule):
+    """lr = base * gamma ** epoch, as ``ExponentialLR``.
+
+    Args:
+        gamma: Multiplier per epoch (> 0). Required.
+    """
+
+    def __init__(self, base_lr, epochs, steps_per_epoch, *, gamma: float):
+        super().__init__(base_lr, epochs, steps_per_epoch)
+        self.gamma = check_float("gamma", gamma, 0.0, low_open=True)
+
+    def lr(self, epoch, step):
+        return self.base_lr * self.gamma ** epoch
+
+
+@register("cosine")
+class Cosine(Schedule):
+    """Cosine annealing over the run, after an optional linear warmup.
+
+    e < w: lr = base * (e + 1) / (w + 1); then, with T = epochs - w and k = e - w,
+    lr = eta_min + (base - eta_min) * (1 + cos(pi * k / T)) / 2 (``CosineAnnealingLR`` with
+    T_max = T; the last epoch's lr is just above eta_min). With warmup this is torch's
+    ``SequentialLR([LinearLR(start_factor=1/(w+1), total_iters=w), CosineAnnealingLR(T_max=T)],
+    milestones=[w])``.
+
+    Args:
+        eta_min: Final learning rate (>= 0). Default: 0.
+        warmup_epochs: Epochs of linear warmup (with ``train.epochs`` or more, the whole run
+            is warmup). Default: 0.
+
+    References:
+        Loshchilov & Hutter 2016 (SGDR), https://arxiv.org/abs/1608.03983;
+        Goyal et al. 2017 (warmup), https://arxiv.org/abs/1706.02677
+    """
+
+    def __init__(self, base_lr, epochs, steps_per_epoch, *, eta_min: float = 0.0, warmup_epochs: int = 0):
+        super().__init__(base_lr, epochs, steps_per_epoch)
+        self.eta_min = check_float("eta_min", eta_min, 0.0)
+        # warmup_epochs >= epochs is allowed (a short trial run of a longer config): the run
+        # then ends inside the warmup, as torch's SequentialLR before its milestone
+        self.warmup_epochs = check_int("warmup_epochs", warmup_epochs, 0)
+
+    def lr(self, epoch, step):
+        w = self.warmup_epochs
+        if epoch < w:
+            return self.base_lr * (epoch + 1) / (w + 1)
+        t = self.epochs - w
+        return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * (epoch - w) / t)) / 2
+
+
+@register("onecycle")
+class OneCycle(Schedule):
+    """The 1cycle policy, per optimizer step, as ``torch.optim.lr_scheduler.OneCycleLR``
+    (``anneal_strategy="cos"``, ``three_phase=False``, ``cycle_momentum=False``).
+
+    With total = epochs * steps_per_epoch, initial = max_lr / div_factor,
+    final = initial / final_div_factor and cos_anneal(a, b, t) = b + (a - b) (1 + cos(pi t)) / 2:
+    phase 1 ends at step s1 = pct_start * total - 1 and anneals initial -> max_lr;
+    phase 2 ends at step total - 1 and anneals max_lr -> final; step s of a phase
+    from p0 to p1 uses t = (s - p0) / (p1 - p0). Momentum is not cycled.
+
+    Args:
+        max_lr: Peak learning rate (> 0). Default: the optimizer's lr.
+        pct_start: Fraction of the steps spent rising, in (0, 1). Default: 0.3.
+        div_factor: initial = max_lr / div_factor (> 0). Default: 25.
+        final_div_factor: final = initial / final_div_factor (> 0). Default: 1e4.
+
+    References:
+        Smith & Topin 2017, https://arxiv.org/abs/1708.07120
+    """
+
+    def __init__(self, base_lr, epochs, steps_per_epoch, *, max_lr: float | None = None,
+                 pct_start: float = 0.3, div_factor: float = 25.0, final_div_factor: float = 1e4):
+        super().__init__(base_lr, epochs, steps_per_epoch)
+        self.max_lr = self.base_lr if max_lr is None else check_float("max_lr", max_lr, 0.0, low_open=True)
+        self.pct_start = check_float("pct_start", pct_start, 0.0, 1.0, low_open=True, high_open=True)
+        self.div_factor = check_float("div_factor", div_factor, 0.0, low_open=True)
+        self.final_div_factor = check_float("final_div_factor", final_div_factor, 0.0, low_open=True)
+        self.total_steps = self.epochs * self.steps_per_epoch
+        self.initial_lr = self.max_lr / self.div_factor
+        self.min_lr = self.initial_lr / self.final_div_factor
+
+    @staticmethod
+    def _cos(start: float, end: float, pct: float) -> float:
+        return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+
+    def lr(self, epoch, step):
+        step = min(step, self.total_steps - 1)    # past the plan (never in a normal run): stay at the end
+        phases = ((float(self.pct_start * self.total_steps) - 1, self.initial_lr, self.max_lr),
+                  (self.total_steps - 1, self.max_lr, self.min_lr))
+        start = 0.0
+        for i, (end, lr0, lr1) in enumerate(phases):
+            if step <= end or i == len(phases) - 1:
+                # a phase of zero length (torch divides by zero there) ends at its target
+                pct = (step - start) / (end - start) if end != start else 1.0
+                return self._cos(lr0, lr1, pct)
+            start = end
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+@register("reduce_on_plateau")
+class ReduceOnPlateau(Schedule):
+    """Multiply lr by ``factor`` when ``monitor`` stops improving, as ``ReduceLROnPlateau``
+    (``threshold_mode="rel"``, eps 1e-8).
+
+    After each epoch: the value improves if it is < best * (1 - threshold) (mode min) or
+    > best * (1 + threshold) (mode max); otherwise a bad epoch is counted. During cooldown
+    bad epochs are not counted. When more than ``patience`` bad epochs accumulate,
+    lr = max(lr * factor, min_lr) (skipped if that changes lr by at most 1e-8), cooldown
+    starts and the count resets. The new lr applies from the next epoch.
+
+    Args:
+        monitor: val_loss, val_accuracy, train_loss or train_accuracy. Default: val_loss.
+        mode: auto (min for losses, max for accuracies), min or max. Default: auto.
+        factor: In (0, 1). Default: 0.1.
+        patience: Bad epochs tolerated (>= 0). Default: 10.
+        threshold: Relative improvement that counts (>= 0). Default: 1e-4.
+        cooldown: Epochs after a reduction in which bad epochs are ignored (>= 0). Default: 0.
+        min_lr: Lower bound of lr (>= 0). Default: 0.
+    """
+
+    EPS = 1e-8
+
+    def __init__(self, base_lr, epochs, steps_per_epoch, *, monitor: str = "val_loss", mode: str = "auto",
+                 factor: float = 0.1, patience: int = 10, threshold: float = 1e-4, cooldown: int = 0,
+                 min_lr: float = 0.0):
+        super().__init__(base_lr, epochs, steps_per_epoch)
+        check_choice("monitor", monitor, MONITORS)
+        check_choice("mode", mode, MODES)
+        self.tracker = Monitor(monitor, mode)
+        self.factor = check_float("factor", factor, 0.0, 1.0, low_open=True, high_open=True)
+        self.patience = check_int("patience", patience, 0)
+        self.threshold = check_float("threshold", threshold, 0.0)
+        self.cooldown = check_int("cooldown", cooldown, 0)
+        self.min_lr = check_float("min_lr", min_lr, 0.0)
+        self.current_lr = self.base_lr
+        self.num_bad_epochs = 0
+        self.cooldown_counter = 0
+
+    @property
+    def best(self) -> float:
+        return self.tracker.best
+
+    def _is_better(self, a: float) -> bool:
+        if self.tracker.mode == "min":
+            return a < self.best * (1.0 - self.threshold)
+        return a > self.best * (self.threshold + 1.0)
+
+    def lr(self, epoch, step):
+        return self.current_lr
+
+    def epoch_end(self, metrics):
+        value = float(metrics[resolve_monitor(self.tracker.monitor, "val_loss" in metrics)])
+        if self._is_better(value):
+            self.tracker.best = value
+            self.num_bad_epochs = 0
+        else:
+            self.num_bad_epochs += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0
+        if self.num_bad_epochs > self.patience:
+            new = max(self.current_lr * self.factor, self.min_lr)
+            if self.current_lr - new > self.EPS:
+                self.current_lr = new
+            self.cooldown_counter = self.cooldown
+            self.num_bad_epochs = 0
+
+    def state(self):
+        return {**self.tracker.state(), "lr": self.current_lr, "num_bad_epochs": self.num_bad_epochs,
+                "cooldown_counter": self.cooldown_counter}
+
+    def load_state(self, state):
+        self.tracker.load_state(state)
+        self.current_lr = check_float("lr", state.get("lr", self.base_lr), 0.0, low_open=True)
+        self.num_bad_epochs = check_int("num_bad_epochs", state.get("num_bad_epochs", 0), 0)
+        self.cooldown_counter = check_int("cooldown_counter", state.get("cooldown_counter", 0), 0)
+
+
+def schedule_options(cls: type) -> dict[str, Any]:
+    """The YAML options of a schedule class: its keyword-only arguments, with defaults
+    (``inspect.Parameter.empty`` for a required one)."""
+    import inspect
+
+    return {n: p.default for n, p in inspect.signature(cls.__init__).parameters.items()
+            if p.kind is p.KEYWORD_ONLY}
+
+
+def make_schedule(name: str, options: dict[str, Any], base_lr: float, epochs: int,
+                  steps_per_epoch: int) -> Schedule:
+    """Build the schedule registered as ``name``.
+
+    Raises:
+        KeyError: Unknown name. ValueError/TypeError: A bad or missing option.
+    """
+    return SCHEDULES[name](base_lr, epochs, steps_per_epoch, **options)
