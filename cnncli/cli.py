@@ -95,6 +95,21 @@ def _overrides(sets: list[str] | None, **shortcuts) -> list[str]:
 SET_HELP = "Override a config value, e.g. --set train.epochs=3 (repeatable)."
 
 
+def _resume_hint(config: Path, overrides: list[str], resume_from: Path | None, run_dir: Path) -> str:
+    """The command that continues an interrupted run: the same config and overrides (less the
+    run folder, which --resume implies) plus ``--resume RUN/last.npz``."""
+    import shlex
+
+    args = ["cnncli", "train", str(config)]
+    for item in overrides:
+        if not item.startswith("output.dir="):
+            args += ["--set", item]
+    if resume_from is not None:
+        return "resume with: " + shlex.join([*args, "--resume", str(resume_from)])
+    return ("no epoch had finished, so there is nothing to resume; start again with: "
+            + shlex.join([*args, "--out", str(run_dir), "--overwrite"]))
+
+
 @app.command()
 def train(
     ctx: typer.Context,
@@ -108,24 +123,43 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Reuse the run folder even if it holds a run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final test accuracy."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object per epoch and one at the end."),
+    resume: Optional[Path] = typer.Option(None, "--resume", metavar="CHECKPOINT",
+                                          help="Continue the run of CHECKPOINT (RUN/last.npz) in its folder, exactly "
+                                               "where it stopped; --epochs may raise the total."),
 ) -> None:
     """Train the network of CONFIG; write checkpoints and metrics to a run folder.
 
     Example: cnncli train configs/mnist.yaml --epochs 2 --out runs/first
+    Resume:  cnncli train configs/mnist.yaml --resume runs/first/last.npz --epochs 4
+    Other data (IDX, NPZ, CSV, image folders, or a name): --set data.path=digits.npz  or  --set data.name=kmnist
     """
     with user_errors(ctx):
         from cnncli import config as C
         from cnncli import report, training
 
-        cfg = C.load(config, _overrides(sets, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, out=out))
+        if resume is not None and (out is not None or overwrite):
+            from cnncli.errors import CnncliError
+
+            raise CnncliError("--resume continues the run in the checkpoint's own folder; drop --out and --overwrite")
+        overrides = _overrides(sets, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, out=out)
+        cfg = C.load(config, overrides)
+        ck = None
+        if resume is not None:
+            from cnncli import checkpoint
+
+            ck = checkpoint.load(resume)
+            training.check_resume(cfg, ck)        # a wrong or finished checkpoint fails before data is read
         if cfg.model.input_shape is not None:
             training.build_model(cfg)             # bad geometry fails before any data is read
         data = training.prepare_data(cfg)
         model = training.build_model(cfg, data.train.image_shape, num_classes=data.num_classes)
-        run_dir = training.new_run_dir(cfg.output.dir, overwrite=overwrite)
+        run_dir = ck.path.parent if ck is not None else training.new_run_dir(cfg.output.dir, overwrite=overwrite)
         reporter = report.TrainReporter("json" if json_out else "quiet" if quiet else None)
         try:
-            training.fit(cfg, model, data, run_dir, reporter)
+            training.fit(cfg, model, data, run_dir, reporter, resume=ck)
+        except training.TrainingInterrupted as e:
+            e.args = (f"{e.args[0]}\n{_resume_hint(config, overrides, e.resume_from, run_dir)}",)
+            raise
         finally:
             reporter.close()
 
@@ -134,8 +168,10 @@ def train(
 def eval_(
     ctx: typer.Context,
     checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT", help="A checkpoint, e.g. runs/mnist/best.npz."),
-    data: Optional[str] = typer.Option(None, "--data", metavar="FOLDER",
-                                       help="Dataset folder (default: the one it was trained on)."),
+    data: Optional[str] = typer.Option(None, "--data", metavar="DATASET",
+                                       help="Evaluate on this dataset's test split: a folder or file in any format "
+                                            "(IDX, NPZ, CSV, image folders) or a name such as fashion-mnist "
+                                            "(default: the one it was trained on)."),
     test_limit: Optional[int] = typer.Option(None, "--test-limit", min=0,
                                              help="Evaluate the first N test images; 0 = all (default: "
                                                   "the run's data.test_limit)."),
@@ -145,7 +181,7 @@ def eval_(
 ) -> None:
     """Measure a checkpoint on the test split: loss, accuracy, per-class figures, confusion matrix.
 
-    Example: cnncli eval runs/mnist/best.npz
+    Example: cnncli eval runs/mnist/best.npz   (or: --data data/other-digits.npz)
     """
     with user_errors(ctx):
         import json
@@ -156,7 +192,7 @@ def eval_(
         if data is not None and not data.strip():
             from cnncli.errors import DataError
 
-            raise DataError("--data is empty; give a dataset folder")
+            raise DataError("--data is empty; give a dataset folder, file or name")
         limit = None if test_limit is None else (test_limit or 10**12)
         result, cfg, ck, test = evaluate_checkpoint(checkpoint, data, batch_size, limit)
         if json_out:
@@ -175,7 +211,8 @@ def eval_(
 def predict(
     ctx: typer.Context,
     checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT", help="A checkpoint, e.g. runs/mnist/best.npz."),
-    inputs: List[Path] = typer.Argument(..., metavar="IMAGE...", help="Image files: .npy, IDX, PGM, or PNG (needs cnncli[images])."),
+    inputs: List[Path] = typer.Argument(..., metavar="IMAGE...", help="Image files: .npy, IDX, PGM, or PNG and other "
+                                        "formats (needs cnncli[images]); RGB for a model trained on colour images."),
     top_k: int = typer.Option(1, "--top-k", "-k", min=1, help="Show the k most likely classes."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object per image."),
 ) -> None:
@@ -196,12 +233,15 @@ def predict(
         k = min(top_k, model.output_shape[0])
         rows = []
         for path in inputs:
-            images = read_images(path)
+            images = read_images(path, channels=model.input_shape[0] if len(model.input_shape) == 3 else 1)
             probs = predict_proba(model, cfg, images)
+            names = cfg.data.classes
             for i, p in enumerate(probs):
                 order = np.argsort(-p, kind="stable")[:k]
                 name = str(path) if len(probs) == 1 else f"{path}[{i}]"
-                rows.append({"input": name, "top": [{"class": int(c), "probability": float(p[c])} for c in order]})
+                rows.append({"input": name, "top": [
+                    {"class": int(c), **({"name": names[c]} if names and c < len(names) else {}),
+                     "probability": float(p[c])} for c in order]})
         if json_out:
             for r in rows:
                 typer.echo(json.dumps(r))
@@ -276,6 +316,50 @@ def summary(
         render_summary(rows, shape, cfg.train.batch_size, str(config))
 
 
+@app.command("time")
+def time_(
+    ctx: typer.Context,
+    config: Path = typer.Argument(..., metavar="CONFIG", help="YAML config, e.g. configs/mnist.yaml."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1,
+                                             help="Images per step. Default: train.batch_size."),
+    iterations: int = typer.Option(10, "--iterations", "-n", min=1, help="Timed steps (median reported)."),
+    warmup: int = typer.Option(2, "--warmup", min=0, help="Untimed steps first."),
+    sets: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY.PATH=VALUE", help=SET_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Time each layer's forward and backward pass for one batch, like `caffe time`.
+
+    Prints milliseconds per layer, each layer's share of the step, and images/s for a
+    whole training step (forward, loss, backward, optimizer) and for evaluation. The
+    batch is random data of the model's input shape; no training data is read unless
+    the input shape must come from it.
+
+    Example: cnncli time configs/mnist.yaml --batch-size 128 --iterations 20
+    """
+    with user_errors(ctx):
+        from cnncli import config as C
+        from cnncli import training
+        from cnncli.timing import blas_threads, time_model
+
+        cfg = C.load(config, _overrides(sets))
+        model = training.build_model(cfg, training.input_shape(cfg))
+        optimizer = training.make_optimizer(cfg, model)
+        result = time_model(model, optimizer, batch_size or cfg.train.batch_size, iterations, warmup)
+        threads = blas_threads()
+        if json_out:
+            import dataclasses
+            import json
+
+            out = dataclasses.asdict(result)
+            out.update(images_per_s=result.images_per_s, eval_images_per_s=result.eval_images_per_s,
+                       blas_threads=threads)
+            typer.echo(json.dumps(out))
+            return
+        from cnncli.report import render_timing
+
+        render_timing(result, str(config), threads)
+
+
 @app.command()
 def layers(
     name: Optional[str] = typer.Argument(None, help="Show one layer in full."),
@@ -302,6 +386,150 @@ def layers(
         print_error(e.args[0])
         raise typer.Exit(code=2) from None
     render_layers([describe(cls)], full=True)
+
+
+# ------------------------------------------------------------------ cnncli data ...
+
+data_app = typer.Typer(
+    name="data",
+    help="Datasets: download the named ones, look into any.\n\n"
+         "Examples: cnncli data download fashion-mnist   |   cnncli data info data/mnist   |   cnncli data list",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("download")
+def data_download(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., metavar="NAME", help="mnist, fashion-mnist, kmnist, or emnist-SPLIT with SPLIT "
+                                                          "one of balanced, byclass, bymerge, digits, letters, mnist."),
+    to: Optional[Path] = typer.Option(None, "--to", metavar="DIR", help="Data root to write under: files go to "
+                                      "DIR/NAME (default: $CNNCLI_DATA_DIR, else ./data)."),
+    mirror: Optional[str] = typer.Option(None, "--mirror", metavar="URL", envvar="CNNCLI_MIRROR",
+                                         help="Base URL of a mirror serving the same file names "
+                                              "(or set CNNCLI_MIRROR)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+) -> None:
+    """Download a named dataset from its public source, checked against SHA-256 sums pinned in cnncli.
+
+    A broken-off download resumes where it stopped when run again (the bytes so far are kept
+    in FILE.part); a file whose checksum does not match is deleted and reported (exit 2).
+    Files already in place are verified, not fetched again. EMNIST is one 562 MB zip of all
+    six splits, kept in DIR/emnist/; the split asked for is extracted to DIR/emnist-SPLIT/.
+
+    Example: cnncli data download fashion-mnist   then   data: {name: fashion-mnist} in a config
+    """
+    with user_errors(ctx):
+        from cnncli import download as D
+        from cnncli import report
+
+        reporter = report.DownloadReporter("quiet" if quiet else None)
+        try:
+            folder = D.download(name, to, mirror, reporter)
+        finally:
+            reporter.close()
+        if not quiet:
+            from cnncli.catalog import data_roots
+
+            searched = folder.parent.resolve() in data_roots()
+            how = f"data: {{name: {name}}}" if searched else f"data: {{name: {name}, root: {folder.parent}}}"
+            report.make_console().print(f"{name} is ready in {folder}; use it with  {how}  (or data.path: {folder})")
+
+
+@data_app.command("info")
+def data_info(
+    ctx: typer.Context,
+    path: str = typer.Argument(..., metavar="DATASET", help="A dataset folder or file (IDX, NPZ, CSV, image folders), "
+                                                            "or a dataset name such as mnist."),
+    fmt: str = typer.Option("auto", "--format", metavar="FORMAT", help="auto (detect), idx, npz, csv or folder."),
+    image_shape: Optional[str] = typer.Option(None, "--image-shape", metavar="HxW",
+                                              help="Image shape of CSV rows or flat NPZ arrays: 28x28 or 3x32x32 "
+                                                   "(C x H x W); square ones are inferred."),
+    root: Optional[Path] = typer.Option(None, "--root", metavar="DIR", help="Also look for named datasets in DIR."),
+    samples: int = typer.Option(10, "--samples", metavar="N", min=0, help="Draw this many sample images (0: none)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables and images."),
+) -> None:
+    """Show a dataset: images per split, image shape, pixel mean/std, class balance, sample images.
+
+    Examples: cnncli data info data/mnist   |   cnncli data info fashion-mnist   |   cnncli data info digits.csv --image-shape 28x28
+    """
+    with user_errors(ctx):
+        import json
+
+        import numpy as np
+
+        from cnncli import config as C
+        from cnncli import formats
+        from cnncli.catalog import NAMES
+        from cnncli.errors import ConfigError, Problem
+
+        raw: dict = {"format": fmt}
+        if path in NAMES and not Path(path).exists():
+            raw["name"] = path
+            if root is not None:
+                raw["root"] = str(root)
+        else:
+            raw["path"] = path
+        if image_shape is not None:
+            try:
+                raw["image_shape"] = [int(v) for v in image_shape.lower().split("x")]
+            except ValueError:
+                raise ConfigError([Problem("--image-shape", f"expected HxW or CxHxW such as 28x28, got {image_shape!r}")]) \
+                    from None
+        d = C.validate({"data": raw, "model": {"layers": ["flatten"]}}, "command line").data
+        loaded = formats.load(d)
+        splits = {name: ds for name, ds in (("train", loaded.train), ("test", loaded.test)) if ds is not None}
+        k = max(ds.num_classes for ds in splits.values())
+        k = max(k, len(loaded.classes) if loaded.classes else 0)
+        info = {"dataset": loaded.where, "format": loaded.format,
+                "classes": list(loaded.classes) if loaded.classes else None,
+                "splits": {name: formats.describe(ds, k) for name, ds in splits.items()}}
+        if json_out:
+            typer.echo(json.dumps(info))
+            return
+        sample_split, ds = next(iter(splits.items()))
+        info["sample_split"] = sample_split
+        picks = [int(np.argmax(ds.labels == c)) for c in range(k) if (ds.labels == c).any()][:samples]
+        for i in range(len(ds)):          # fewer classes than samples: then the next images in order
+            if len(picks) >= samples:
+                break
+            if i not in picks:
+                picks.append(i)
+        names = loaded.classes or ()
+
+        def caption(i: int) -> str:
+            y = int(ds.labels[i])
+            return f"#{i}: {y}" + (f" {names[y]}" if y < len(names) and names[y] != str(y) else "")
+
+        shown = [(ds.images[i], caption(i)) for i in picks]
+        from cnncli.report import render_data_info
+
+        render_data_info(info, shown)
+
+
+@data_app.command("list")
+def data_list(
+    root: Optional[Path] = typer.Option(None, "--root", metavar="DIR", help="Also look for datasets in DIR."),
+) -> None:
+    """List the dataset names 'cnncli data download' and data.name know, and where each is found.
+
+    Example: cnncli data list
+    """
+    from cnncli import catalog
+    from cnncli.errors import DataError
+    from cnncli.report import render_dataset_list
+
+    rows = []
+    for name, info in catalog.DATASETS.items():
+        try:
+            where = str(catalog.find_named(name, root))
+        except DataError:
+            where = f"- (cnncli data download {name})"
+        rows.append((name, where, info.description))
+    render_dataset_list(rows, catalog.data_roots(root))
 
 
 def main() -> None:

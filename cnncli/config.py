@@ -2,9 +2,13 @@
 
 A config has four sections::
 
-    data:   {path, num_classes, val_split, mean, std, train_limit, test_limit}
+    data:   {name | path | train + test, format, root, image_shape, npz_keys, classes,
+             num_classes, val_split, mean, std, train_limit, test_limit}
     model:  {input_shape (optional), layers: [...]}
-    train:  {epochs, batch_size, eval_batch_size, seed, optimizer, label_smoothing}
+    train:  {epochs, batch_size, eval_batch_size, seed, optimizer, label_smoothing,
+             schedule, grad_clip_norm, early_stopping, checkpoint}
+
+(``data`` also takes ``augment: {translate, hflip}``.)
     output: {dir}
 
 Loading uses ``yaml.safe_load`` semantics (plus YAML 1.2 floats such as ``1e-3``,
@@ -148,16 +152,41 @@ def plain(value: Any) -> Any:
 # ------------------------------------------------------------------ the dataclasses
 
 @dataclass(frozen=True)
-class DataConfig:
-    """Where the data is and how each batch is normalized: x = (pixel/255 - mean) / std."""
+class AugmentConfig:
+    """Random augmentation of training batches (``cnncli.augment.Augment``): shift by up to
+    ``translate`` pixels (zero fill), horizontal flip with probability 0.5 if ``hflip``."""
 
-    path: str
+    translate: int = 0
+    hflip: bool = False
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how each batch is normalized: x = (pixel/255 - mean) / std.
+
+    Exactly one of ``name`` (a named dataset, see ``cnncli.catalog``), ``path`` (a dataset
+    folder or file) or ``train`` (with optional ``test``) says where the data is; the
+    readers are in ``cnncli.formats``. ``mean``/``std`` are a number, one per channel, or
+    ``"auto"`` (computed from the training split by ``training.prepare_data`` and recorded
+    in the resolved config, so eval and predict use the same numbers).
+    """
+
+    path: str | None = None
     num_classes: int | None = None
     val_split: float | int = 0.1
-    mean: float = 0.0
-    std: float = 1.0
+    mean: float | tuple[float, ...] | str = "auto"
+    std: float | tuple[float, ...] | str = "auto"
     train_limit: int | None = None
     test_limit: int | None = None
+    augment: AugmentConfig = AugmentConfig()
+    name: str | None = None
+    train: str | tuple[str, str] | None = None
+    test: str | tuple[str, str] | None = None
+    format: str = "auto"
+    root: str | None = None
+    image_shape: tuple[int, ...] | None = None
+    npz_keys: dict | None = None
+    classes: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +202,33 @@ class OptimizerConfig:
 
 
 @dataclass(frozen=True)
+class ScheduleConfig:
+    """``train.schedule``: a name of ``cnncli.schedules.SCHEDULES`` and its options."""
+
+    type: str = "constant"
+    options: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EarlyStoppingConfig:
+    """``train.early_stopping`` (``cnncli.callbacks.EarlyStopping``)."""
+
+    monitor: str = "val_loss"
+    mode: str = "auto"
+    patience: int = 5
+    min_delta: float = 0.0
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """``train.checkpoint``: best.npz by ``monitor``; ``epoch_{k}.npz`` every ``every`` epochs (0: never)."""
+
+    monitor: str = "val_accuracy"
+    mode: str = "auto"
+    every: int = 0
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
@@ -180,6 +236,10 @@ class TrainConfig:
     seed: int = 0
     optimizer: OptimizerConfig = OptimizerConfig()
     label_smoothing: float = 0.0
+    schedule: ScheduleConfig = ScheduleConfig()
+    grad_clip_norm: float | None = None
+    early_stopping: EarlyStoppingConfig | None = None
+    checkpoint: CheckpointConfig = CheckpointConfig()
 
 
 @dataclass(frozen=True)
@@ -205,8 +265,12 @@ class Config:
             },
             "train": {
                 **{f.name: getattr(self.train, f.name) for f in dataclasses.fields(self.train)
-                   if f.name != "optimizer"},
+                   if f.name not in ("optimizer", "schedule", "early_stopping", "checkpoint")},
                 "optimizer": {"type": self.train.optimizer.type, **self.train.optimizer.options},
+                "schedule": {"type": self.train.schedule.type, **self.train.schedule.options},
+                "early_stopping": None if self.train.early_stopping is None
+                else dataclasses.asdict(self.train.early_stopping),
+                "checkpoint": dataclasses.asdict(self.train.checkpoint),
             },
             "output": dataclasses.asdict(self.output),
         })
@@ -266,15 +330,114 @@ def _output_dir(v):
     return None if v is None else _path(v)
 
 
+def _optional_path(v):
+    return None if v is None else _path(v)
+
+
+def _location(v):
+    """``data.train`` / ``data.test``: a file or folder, or an ``[images, labels]`` pair of IDX files."""
+    if v is None:
+        return None
+    if isinstance(v, list):
+        if len(v) != 2:
+            raise ValueError(f"must be a path, or a pair [images, labels] of IDX files, got {v!r}")
+        return tuple(_path(p) for p in v)
+    return _path(v)
+
+
+def _dataset_name(v):
+    from cnncli.catalog import NAMES
+
+    if v is None:
+        return None
+    if not isinstance(v, str) or v not in NAMES:
+        raise ValueError(f"unknown dataset name {v!r}.{did_you_mean(str(v), NAMES)} Known names: "
+                         f"{', '.join(NAMES)}; or give data.path")
+    return v
+
+
+def _data_format(v):
+    from cnncli.formats import FORMATS
+    from cnncli.layers.base import check_choice
+
+    return check_choice("format", v, FORMATS)
+
+
+def _image_shape(v):
+    if v is None:
+        return None
+    if not isinstance(v, list) or len(v) not in (2, 3):
+        raise ValueError(f"image_shape must be [H, W] or [C, H, W], got {v!r}")
+    shape = tuple(check_int("image_shape", s, 1) for s in v)
+    check_size("an image", shape)
+    return shape
+
+
+def _npz_keys(v):
+    from cnncli.formats import NPZ_KEYS
+
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise ValueError(f"must be a mapping such as {{x_train: images, y_train: labels}}, got {v!r}")
+    for k, name in v.items():
+        if k not in NPZ_KEYS:
+            raise ValueError(f"unknown key {k!r}.{did_you_mean(str(k), NPZ_KEYS)} Keys: {', '.join(NPZ_KEYS)}")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{k} must name an array of the archive (text), got {name!r}")
+    return {str(k): str(name) for k, name in v.items()}
+
+
+def _classes(v):
+    if v is None:
+        return None
+    if not isinstance(v, list) or len(v) < 2:
+        raise ValueError(f"must be a list of at least 2 class names, got {v!r}")
+    names = []
+    for c in v:
+        if isinstance(c, bool) or not isinstance(c, (str, int)) or not str(c).strip():
+            raise ValueError(f"class names are text, got {c!r}")
+        names.append(str(c))
+    dup = next((c for c in names if names.count(c) > 1), None)
+    if dup is not None:
+        raise ValueError(f"class '{dup}' is listed twice")
+    return tuple(names)
+
+
+def _normalizer(name: str, positive: bool):
+    """``data.mean`` / ``data.std``: ``auto`` (or null), a number, or a list of one per channel."""
+    def check(v):
+        if v is None or v == "auto":
+            return "auto"
+        if isinstance(v, str):
+            raise ValueError(f"{name} must be a number, a list of numbers (one per channel) or 'auto', got {v!r}")
+        low = dict(low=0.0, low_open=True) if positive else {}
+        if isinstance(v, list):
+            if not v:
+                raise ValueError(f"{name} must list one number per channel, got []")
+            return tuple(check_float(name, x, **low) for x in v)
+        return check_float(name, v, **low)
+    return check
+
+
 SECTIONS: dict[str, dict[str, tuple[Any, Callable]]] = {
     "data": {
-        "path": (REQUIRED, _path),
+        "path": (None, _optional_path),
         "num_classes": (None, lambda v: None if v is None else check_int("num_classes", v, 2)),
         "val_split": (0.1, _val_split),
-        "mean": (0.0, lambda v: check_float("mean", v)),
-        "std": (1.0, lambda v: check_float("std", v, 0.0, low_open=True)),
+        "mean": ("auto", _normalizer("mean", positive=False)),
+        "std": ("auto", _normalizer("std", positive=True)),
         "train_limit": (None, _optional_positive_int("train_limit")),
         "test_limit": (None, _optional_positive_int("test_limit")),
+        "augment": (None, None),          # checked by _augment
+        "name": (None, _dataset_name),
+        "train": (None, _location),
+        "test": (None, _location),
+        "format": ("auto", _data_format),
+        "root": (None, _optional_path),
+        "image_shape": (None, _image_shape),
+        "npz_keys": (None, _npz_keys),
+        "classes": (None, _classes),
     },
     "model": {
         "input_shape": (None, lambda v: None if v is None else _input_shape(v)),
@@ -287,6 +450,11 @@ SECTIONS: dict[str, dict[str, tuple[Any, Callable]]] = {
         "seed": (0, _non_negative_int("seed")),
         "optimizer": ({"type": "adam"}, None),  # checked by _optimizer
         "label_smoothing": (0.0, lambda v: check_float("label_smoothing", v, 0.0, 1.0)),
+        "schedule": (None, None),         # checked by _schedule
+        "grad_clip_norm": (None, lambda v: None if v is None else check_float("grad_clip_norm", v, 0.0,
+                                                                               low_open=True)),
+        "early_stopping": (None, None),   # checked by _callbacks
+        "checkpoint": (None, None),       # checked by _callbacks
     },
     "output": {
         "dir": (None, _output_dir),
@@ -355,7 +523,9 @@ def _optimizer(raw, container, problems: list[Problem]) -> OptimizerConfig:
         return OptimizerConfig()
     cls = OPTIMIZERS[name]
     opts = {k: plain(v) for k, v in raw.items() if k != "type"}
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "params")]
+    # keyword-only arguments (norm_keys) are filled by the trainer, not options
+    allowed = [n for n, p in inspect.signature(cls.__init__).parameters.items()
+               if n not in ("self", "params") and p.kind is not p.KEYWORD_ONLY]
     ok = True
     for k in opts:
         if k not in allowed:
@@ -375,13 +545,110 @@ def _optimizer(raw, container, problems: list[Problem]) -> OptimizerConfig:
     return OptimizerConfig(name, opts)
 
 
+def _schedule(raw, container, problems: list[Problem], optimizer: OptimizerConfig, epochs: Any) -> ScheduleConfig:
+    """``train.schedule``: absent/null (constant), a bare name, or ``{type: name, option: value}``.
+    Options are checked by building the schedule for the configured lr and epochs."""
+    from cnncli.optim import OPTIMIZERS
+    from cnncli.schedules import SCHEDULES, make_schedule, schedule_options
+
+    path, line = "train.schedule", _line(container, "schedule")
+    if raw is None:
+        return ScheduleConfig()
+    if isinstance(raw, str):
+        raw = {"type": raw}
+    if not isinstance(raw, dict) or "type" not in raw:
+        problems.append(Problem(path, f"must be a name ({', '.join(SCHEDULES)}) or a mapping with 'type', "
+                                f"e.g. {{type: cosine, warmup_epochs: 1}}", line))
+        return ScheduleConfig()
+    name = raw["type"]
+    if not isinstance(name, str) or name not in SCHEDULES:
+        problems.append(Problem(f"{path}.type", f"unknown schedule {name!r}.{did_you_mean(str(name), SCHEDULES)} "
+                                f"Choose one of {', '.join(SCHEDULES)}.", _line(raw, "type") or line))
+        return ScheduleConfig()
+    opts = {k: plain(v) for k, v in raw.items() if k != "type"}
+    allowed = schedule_options(SCHEDULES[name])
+    ok = True
+    for k in opts:
+        if k not in allowed:
+            ok = False
+            problems.append(Problem(f"{path}.{k}", f"unknown option '{k}' for {name}.{did_you_mean(str(k), allowed)} "
+                                    f"Options: {', '.join(allowed) or 'none'}.", _line(raw, k) or line))
+    for k, default in allowed.items():
+        if default is inspect.Parameter.empty and k not in opts:
+            ok = False
+            problems.append(Problem(path, f"schedule {name} needs the option '{k}', e.g. "
+                                    f"{{type: {name}, {k}: ...}}", line))
+    if ok:
+        lr = optimizer.options.get("lr", inspect.signature(OPTIMIZERS[optimizer.type].__init__).parameters["lr"].default)
+        lr = lr if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0 else 1.0  # else reported
+        epochs = epochs if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 1 else 10
+        try:
+            make_schedule(name, opts, float(lr), epochs, 1)
+        except (ValueError, TypeError, OverflowError) as e:
+            msg = str(e)
+            bad = next((k for k in sorted(opts, key=len, reverse=True) if re.match(rf"{re.escape(k)}\b", msg)), None)
+            if bad is not None and msg.startswith(f"{bad} "):
+                msg = msg[len(bad) + 1:]
+            problems.append(Problem(f"{path}.{bad}" if bad else path, msg, (_line(raw, bad) if bad else None) or line))
+    return ScheduleConfig(name, opts)
+
+
+def _augment(raw, container, problems: list[Problem]) -> AugmentConfig:
+    """``data.augment``: absent/null (off) or ``{translate: pixels, hflip: bool}``."""
+    from cnncli.layers.base import check_bool
+
+    if raw is None:
+        return AugmentConfig()
+    schema = {"translate": (0, lambda v: check_int("translate", v, 0, 64)),
+              "hflip": (False, lambda v: check_bool("hflip", v))}
+    return AugmentConfig(**_section("data.augment", raw, problems, _line(container, "augment"), schema=schema))
+
+
+def _callbacks(values: dict[str, Any], container, problems: list[Problem]
+               ) -> tuple[EarlyStoppingConfig | None, CheckpointConfig]:
+    """``train.early_stopping`` (absent/null: off) and ``train.checkpoint``; a ``val_*`` monitor
+    given explicitly is refused when ``data.val_split`` is 0 (there is no validation split)."""
+    from cnncli.callbacks import MODES, MONITORS
+    from cnncli.layers.base import check_choice
+
+    mode = ("auto", lambda v: check_choice("mode", v, MODES))
+
+    def monitor(default):
+        return default, lambda v: check_choice("monitor", v, MONITORS)
+
+    no_val = values["data"].get("val_split") == 0
+    train = values["train"]
+    early = None
+    es_raw = train.get("early_stopping")
+    if es_raw is not None:
+        schema = {"monitor": monitor("val_loss"), "mode": mode,
+                  "patience": (5, lambda v: check_int("patience", v, 1)),
+                  "min_delta": (0.0, lambda v: check_float("min_delta", v, 0.0))}
+        early = EarlyStoppingConfig(**_section("train.early_stopping", es_raw, problems,
+                                               _line(container, "early_stopping"), schema=schema))
+    ck_raw = train.get("checkpoint")
+    schema = {"monitor": monitor("val_accuracy"), "mode": mode, "every": (0, lambda v: check_int("every", v, 0))}
+    ckpt = CheckpointConfig(**_section("train.checkpoint", ck_raw, problems, _line(container, "checkpoint"),
+                                       present=ck_raw is not None, schema=schema))
+    sched_raw = train.get("schedule")
+    for key, raw in (("early_stopping", es_raw), ("checkpoint", ck_raw), ("schedule", sched_raw)):
+        given = raw.get("monitor") if isinstance(raw, dict) else None
+        if no_val and isinstance(given, str) and given.startswith("val_"):
+            problems.append(Problem(f"train.{key}.monitor", f"is {given} but data.val_split is 0, so there is no "
+                                    f"validation split. Monitor train_{given[4:]} or set data.val_split.",
+                                    _line(raw, "monitor")))
+    return early, ckpt
+
+
 def _section(name: str, raw: Any, problems: list[Problem], line: int | None = None,
-             present: bool = True) -> dict[str, Any]:
+             present: bool = True, schema: dict[str, tuple[Any, Callable]] | None = None) -> dict[str, Any]:
     """Check one section's keys and values; return {key: value} with defaults filled.
 
     ``line`` is the line of the section's key; ``present`` is False when the section is
-    absent (its required keys are then not reported again: the missing section is)."""
-    schema = SECTIONS[name]
+    absent (its required keys are then not reported again: the missing section is).
+    ``schema`` checks a nested mapping such as ``train.early_stopping`` (``name`` is then
+    its key path) instead of ``SECTIONS[name]``."""
+    schema = SECTIONS[name] if schema is None else schema
     defaults = {key: default for key, (default, _) in schema.items() if default is not REQUIRED}
     if raw is None and not present:
         return defaults
@@ -423,17 +690,60 @@ MAX_NORMALIZED = 1e6
 
 def _normalization(values: dict[str, Any], raw: Any, problems: list[Problem]) -> None:
     """Refuse a mean/std that maps pixels to absurd values (a std of 1e-300 would turn every
-    batch into inf and the run into NaN, reported as divergence instead of as the config's fault)."""
+    batch into inf and the run into NaN, reported as divergence instead of as the config's fault),
+    and per-channel lists of different lengths. ``auto`` is checked when it is computed."""
     mean, std = values.get("mean"), values.get("std")
-    if not isinstance(mean, float) or not isinstance(std, float):
-        return                                           # already reported
-    reach = max(abs((0.0 - mean) / std), abs((1.0 - mean) / std))
-    if reach > MAX_NORMALIZED:
-        key = "std" if isinstance(raw, dict) and "std" in raw else "mean"
-        problems.append(Problem(f"data.{key}", f"mean {mean:g} and std {std:g} map pixels to values up to "
-                                f"{reach:.3g}; pixels are scaled to [0, 1] first, so use the dataset's "
-                                f"mean and std of those (MNIST: mean 0.1307, std 0.3081)",
-                                _line(raw, key) if isinstance(raw, dict) else None))
+    if "auto" in (mean, std) or not isinstance(mean, (float, tuple)) or not isinstance(std, (float, tuple)):
+        return                                           # computed later, or already reported
+    means = mean if isinstance(mean, tuple) else (mean,)
+    stds = std if isinstance(std, tuple) else (std,)
+    if len(means) != len(stds) and 1 not in (len(means), len(stds)):
+        problems.append(Problem("data.std", f"has {len(stds)} values but data.mean has {len(means)}; give one "
+                                f"number, or one per channel in both",
+                                _line(raw, "std") if isinstance(raw, dict) else None))
+        return
+    n = max(len(means), len(stds))
+    for m, s in zip(means * (n // len(means)), stds * (n // len(stds))):
+        reach = max(abs((0.0 - m) / s), abs((1.0 - m) / s))
+        if reach > MAX_NORMALIZED:
+            key = "std" if isinstance(raw, dict) and "std" in raw else "mean"
+            problems.append(Problem(f"data.{key}", f"mean {m:g} and std {s:g} map pixels to values up to "
+                                    f"{reach:.3g}; pixels are scaled to [0, 1] first, so use the dataset's "
+                                    f"mean and std of those (MNIST: mean 0.1307, std 0.3081), or 'auto'",
+                                    _line(raw, key) if isinstance(raw, dict) else None))
+            return
+
+
+def _data_source(values: dict[str, Any], raw: Any, problems: list[Problem], present: bool,
+                 overridden: Any = ()) -> None:
+    """Exactly one of data.name, data.path, data.train says where the data is. One given with
+    ``--set`` replaces the file's (``--set data.path=x.npz`` on a config with ``data.name``)."""
+    if not present or not isinstance(raw, dict):
+        return                                           # the missing section is reported
+    given = [k for k in ("name", "path", "train") if values.get(k) is not None]
+    from_cli = {o.removeprefix("data.") for o in overridden if o.startswith("data.")}
+    if len(given) > 1 and from_cli & set(given) and not set(given) <= from_cli:
+        for k in given:
+            if k not in from_cli:
+                values[k] = None
+                follower = {"name": "root", "train": "test"}.get(k)
+                if follower and follower not in from_cli:
+                    values[follower] = None
+        given = [k for k in given if k in from_cli]
+    if not given and not any(k in raw for k in ("name", "path", "train")):
+        problems.append(Problem("data", "no dataset: give data.path (a dataset folder or file), data.name "
+                                "(mnist, fashion-mnist, kmnist, emnist-...) or data.train (and data.test)",
+                                getattr(raw, "line", None)))
+    elif len(given) > 1:
+        problems.append(Problem(f"data.{given[1]}", f"give only one of data.{given[0]} and data.{given[1]}: "
+                                f"data.name or data.path find both splits, data.train/data.test name them",
+                                _line(raw, given[1])))
+    if values.get("test") is not None and values.get("train") is None:
+        problems.append(Problem("data.test", "needs data.train (with data.name or data.path, the test split "
+                                "is found in the dataset)", _line(raw, "test")))
+    if values.get("root") is not None and values.get("name") is None:
+        problems.append(Problem("data.root", "is where named datasets are looked up; it needs data.name",
+                                _line(raw, "root")))
 
 
 def _kind(value: Any) -> str:
@@ -470,7 +780,12 @@ def validate(raw: Any, source: str | None = None, stem: str = "run") -> Config:
     layers = _layers(model_raw["layers"], problems, _line(model_raw, "layers")) if "layers" in model_raw else ()
     train_raw = raw.get("train") if isinstance(raw.get("train"), dict) else {}
     optimizer = _optimizer(values["train"]["optimizer"], train_raw, problems)
+    schedule = _schedule(values["train"].get("schedule"), train_raw, problems, optimizer, values["train"].get("epochs"))
+    early_stopping, checkpoint = _callbacks(values, train_raw, problems)
+    data_raw = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    values["data"]["augment"] = _augment(values["data"].get("augment"), data_raw, problems)
     _normalization(values["data"], raw.get("data"), problems)
+    _data_source(values["data"], raw.get("data"), problems, "data" in raw, getattr(raw, "overridden", ()))
     if problems:
         # a value that came from --set is reported as such, not at the file line it replaced
         overridden = getattr(raw, "overridden", ())
@@ -485,7 +800,8 @@ def validate(raw: Any, source: str | None = None, stem: str = "run") -> Config:
     return Config(
         data=DataConfig(**values["data"]),
         model=ModelConfig(layers=layers, input_shape=values["model"]["input_shape"]),
-        train=TrainConfig(**{**values["train"], "optimizer": optimizer}),
+        train=TrainConfig(**{**values["train"], "optimizer": optimizer, "schedule": schedule,
+                             "early_stopping": early_stopping, "checkpoint": checkpoint}),
         output=OutputConfig(**out),
         source=source,
     )
@@ -505,7 +821,7 @@ def _child(node: Any, k: str | int, next_key: str | int) -> Any:
     if isinstance(child, str) and isinstance(next_key, str):
         if isinstance(k, int) and next_key == child:
             node[k] = child = LineDict({child: LineDict()})
-        elif k == "optimizer":
+        elif k in ("optimizer", "schedule"):
             node[k] = child = LineDict(type=child)
     return child
 

@@ -36,6 +36,7 @@ __all__ = [
     "find_split_files",
     "load_images",
     "load_labels",
+    "load_pair",
     "load_split",
     "read_idx",
 ]
@@ -368,6 +369,17 @@ def load_split(folder: str | os.PathLike, split: str, limit: int | None = None) 
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive int or None, got {limit!r}")
     images_path, labels_path = find_split_files(folder, split)
+    return load_pair(images_path, labels_path, split, limit)
+
+
+def load_pair(images_path: str | os.PathLike, labels_path: str | os.PathLike, split: str = "train",
+              limit: int | None = None) -> Dataset:
+    """Load one split from an images file and a labels file (see :func:`load_split`).
+
+    Raises:
+        DataError: As :func:`load_split`: unreadable files, counts that differ, an empty split.
+    """
+    images_path, labels_path = Path(images_path), Path(labels_path)
     images = load_images(images_path)
     labels = load_labels(labels_path)
     if len(images) != len(labels):

@@ -8,11 +8,11 @@ import numpy as np
 
 from cnncli import checkpoint
 from cnncli.config import Config, from_dict
-from cnncli.datasets import Dataset, load_split
+from cnncli.datasets import Dataset
 from cnncli.errors import CheckpointError, ConfigError, DataError
 from cnncli.losses import softmax
 from cnncli.model import Model, check_input_shape
-from cnncli.training import EvalResult, build_model, evaluate, pixel_lut, resolve_data_path
+from cnncli.training import EvalResult, build_model, evaluate, normalize_batch, pixel_lut
 
 
 def _stored_input_shape(ck: checkpoint.Checkpoint, cfg: Config) -> tuple[int, ...] | None:
@@ -77,24 +77,60 @@ def evaluate_checkpoint(path: str | Path, data_path: str | None = None,
 
     Uses the checkpoint's normalization and, by default, its evaluation batch size and
     ``data.test_limit``, so the figures equal those printed at the end of training.
+    ``data_path`` is a dataset folder or file in any format (:mod:`cnncli.formats`), or a
+    dataset name; the checkpoint's class names (image folders) map its labels.
     Returns the result, the stored config, the checkpoint and the test split.
 
     Raises:
-        CheckpointError, DataError: As the loaders do.
+        CheckpointError, DataError: As the loaders do; a dataset without a test split.
     """
+    from cnncli import formats
+
     model, cfg, ck = load_model(path)
-    folder = resolve_data_path(cfg.data.path if data_path is None else data_path)
-    test = load_split(folder, "test", limit if limit is not None else cfg.data.test_limit)
+    d = cfg.data if data_path is None else data_location(cfg.data, data_path)
+    loaded = formats.load(d, ("test",), test_limit=limit if limit is not None else cfg.data.test_limit)
+    test, where = loaded.test, loaded.where
+    if test is None:
+        raise DataError(f"{where}: has no test split to evaluate on. Give one with --data (a dataset folder or "
+                        f"file holding test images).")
     if test.image_shape != model.input_shape:
-        raise CheckpointError(f"{ck.path}: the model takes images {model.input_shape} but {folder} "
+        raise CheckpointError(f"{ck.path}: the model takes images {model.input_shape} but {where} "
                               f"has {test.image_shape}")
     num_classes = model.output_shape[0]
     if test.labels.size and int(test.labels.max()) >= num_classes:
-        raise CheckpointError(f"{ck.path}: the model has {num_classes} classes but {folder} has labels "
+        raise CheckpointError(f"{ck.path}: the model has {num_classes} classes but {where} has labels "
                               f"up to {int(test.labels.max())}")
-    lut = pixel_lut(cfg.data.mean, cfg.data.std, np.float32)
+    lut = stored_lut(ck, cfg)
     result = evaluate(model, test, batch_size or cfg.train.eval_batch_size, lut, num_classes)
     return result, cfg, ck, test
+
+
+def data_location(d, location: str):
+    """The data section ``d`` pointed at ``location`` instead: a dataset name (when no such
+    path exists) or a dataset folder/file; format detection, the reading options
+    (image_shape, npz_keys) and the class names are kept."""
+    import dataclasses
+
+    from cnncli.catalog import NAMES
+
+    blank = dict(name=None, path=None, train=None, test=None, root=None, format="auto")
+    if location in NAMES and not Path(location).exists():
+        return dataclasses.replace(d, **{**blank, "name": location})
+    return dataclasses.replace(d, **{**blank, "path": location})
+
+
+def stored_lut(ck: checkpoint.Checkpoint, cfg: Config) -> np.ndarray:
+    """The normalization lookup table of a checkpoint's stored config.
+
+    Raises:
+        CheckpointError: If the stored data.mean/data.std are not numbers.
+    """
+    try:
+        return pixel_lut(cfg.data.mean, cfg.data.std, np.float32)
+    except ValueError:
+        raise CheckpointError(f"{ck.path}: its stored config holds no computed normalization (data.mean "
+                              f"{cfg.data.mean!r}, data.std {cfg.data.std!r}); it was not written by "
+                              f"'cnncli train'.") from None
 
 
 def predict_proba(model: Model, cfg: Config, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
@@ -106,9 +142,15 @@ def predict_proba(model: Model, cfg: Config, images: np.ndarray, batch_size: int
     if tuple(images.shape[1:]) != tuple(model.input_shape):
         raise DataError(f"images of shape {tuple(images.shape[1:])}, but the model takes {tuple(model.input_shape)}"
                         f"; resize or convert them first (grayscale, same height and width)")
-    lut = pixel_lut(cfg.data.mean, cfg.data.std, np.float32)
+    try:
+        lut = pixel_lut(cfg.data.mean, cfg.data.std, np.float32)
+    except ValueError:
+        raise CheckpointError(f"the model's config holds no computed normalization (data.mean {cfg.data.mean!r}); "
+                              f"use a checkpoint written by 'cnncli train'") from None
+    if lut.ndim == 2 and lut.shape[0] != images.shape[1]:
+        raise DataError(f"images with {images.shape[1]} channels, but the model's normalization has {lut.shape[0]}")
     out = []
     for start in range(0, len(images), batch_size):
-        x = lut[images[start:start + batch_size]]
+        x = normalize_batch(lut, images[start:start + batch_size])
         out.append(softmax(model.forward(x, training=False).astype(np.float64)))
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[0]))

@@ -92,7 +92,7 @@ def _read_pgm(path: Path) -> np.ndarray:
     return a.astype(np.uint8)
 
 
-def _read_pillow(path: Path) -> np.ndarray:
+def _read_pillow(path: Path, channels: int = 1) -> np.ndarray:
     try:
         from PIL import Image
     except ImportError:
@@ -100,6 +100,8 @@ def _read_pillow(path: Path) -> np.ndarray:
                         f"pip install 'cnncli[images]' (or give .npy, IDX or PGM)") from None
     try:
         with Image.open(path) as im:
+            if channels == 3:
+                return np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)   # (3, H, W)
             return np.asarray(im.convert("L"), dtype=np.uint8)
     except Exception as e:  # noqa: BLE001 - Pillow's decoders raise many kinds (SyntaxError, DecompressionBombError, ...)
         raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
@@ -124,12 +126,13 @@ def _read_npy(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not a readable .npy array ({type(e).__name__}: {e})") from None
 
 
-def read_images(path: str | Path) -> np.ndarray:
+def read_images(path: str | Path, channels: int = 1) -> np.ndarray:
     """Read one file of images as uint8 (N, C, H, W).
 
     ``.npy``: (H, W), (N, H, W) or (N, C, H, W), uint8 0..255 or float in [0, 1] / [0, 255]
     (read with ``allow_pickle=False``); ``.pgm``/``.pnm``: 8-bit graymap; IDX (any name,
-    ``.gz`` or not): as ``datasets.read_idx``; anything else through Pillow, converted to grayscale.
+    ``.gz`` or not): as ``datasets.read_idx``; anything else through Pillow, converted to
+    grayscale, or to RGB when ``channels`` is 3 (a model trained on colour images).
 
     Raises:
         DataError: Missing or unreadable file, or pixels out of range.
@@ -147,4 +150,5 @@ def read_images(path: str | Path) -> np.ndarray:
         return _read_pgm(path)[None, None]
     if "idx" in name or "ubyte" in name:
         return load_images(path)
-    return _read_pillow(path)[None, None]
+    image = _read_pillow(path, channels)
+    return image[None] if image.ndim == 3 else image[None, None]

@@ -39,7 +39,9 @@ def make_console(stderr: bool = False) -> Console:
 
 def print_error(message: str, console: Console | None = None) -> None:
     console = console or make_console(stderr=True)
-    console.print(Text("error: ", style="bold red") + Text(message))
+    # soft wrap: rich must not break lines itself, or a printed command (the resume command
+    # after Ctrl-C) would reach the clipboard as several lines
+    console.print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)
 
 
 def _metrics_column():
@@ -125,13 +127,14 @@ class TrainReporter:
         from cnncli import training as T
 
         if isinstance(e, T.EpochEnded):
-            print(json.dumps({"event": "epoch", **e.metrics, "is_best": e.is_best}), flush=True)
+            print(json.dumps({"event": "epoch", **e.metrics, "seconds": round(e.seconds, 3),
+                              "images_per_s": round(e.images_per_s, 1), "is_best": e.is_best}), flush=True)
         elif isinstance(e, T.RunEnded):
             test = None if e.test is None else {"loss": e.test.loss, "accuracy": e.test.accuracy,
                                                 "n": int(e.test.labels.size)}
             print(json.dumps({"event": "end", "run_dir": str(e.run_dir), "best_epoch": e.best_epoch,
                               "best": str(e.best_path), "last": str(e.last_path), "test": test,
-                              "seconds": round(e.seconds, 3)}), flush=True)
+                              "stopped_early": e.stopped_early, "seconds": round(e.seconds, 3)}), flush=True)
 
     # -- events
     def on_RunStarted(self, e: T.RunStarted) -> None:
@@ -141,6 +144,8 @@ class TrainReporter:
         self.console.print(f"data: {e.n_train:,} train, {e.n_val:,} validation, {e.n_test:,} test images; "
                            f"model: {e.num_params:,} parameters; {_n(e.epochs, 'epoch')} of "
                            f"{_n(e.batches_per_epoch, 'batch')}")
+        if e.start_epoch:
+            self.console.print(f"resuming after epoch {e.start_epoch} of {e.epochs}")
         if self.mode == "rich":
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                        TimeElapsedColumn, TimeRemainingColumn)
@@ -150,7 +155,7 @@ class TrainReporter:
                 _metrics_column(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                 console=self.console, transient=True)
             self.progress.start()
-            self.epoch_task = self.progress.add_task("epochs ", total=e.epochs)
+            self.epoch_task = self.progress.add_task("epochs ", total=e.epochs, completed=e.start_epoch)
             self.batch_task = self.progress.add_task("batches", total=e.batches_per_epoch)
 
     def on_EpochStarted(self, e: T.EpochStarted) -> None:
@@ -173,10 +178,12 @@ class TrainReporter:
         self.console.print(
             f"epoch {e.epoch}/{e.epochs}  train loss {_num(m['train_loss'])} acc {_pct(m['train_accuracy'])}  "
             f"val loss {_num(m.get('val_loss'))} acc {_pct(m.get('val_accuracy'))}  "
-            f"{e.seconds:.1f}s ({m['images_per_s']:,.0f} img/s){best}")
+            f"lr {m['lr']:.3g}  {e.seconds:.1f}s ({e.images_per_s:,.0f} img/s){best}")
 
     def on_RunEnded(self, e: T.RunEnded) -> None:
         self.close()
+        if self.mode != "quiet" and e.stopped_early:
+            self.console.print(e.stopped_early)
         if self.mode != "quiet" and len(self.history) >= 2:
             h = self.history
             for title, key, fmt in (("loss", "loss", "{:.3f}"), ("accuracy (%)", "accuracy", "{:.2f}")):
@@ -298,13 +305,38 @@ def render_summary(rows: list[dict], input_shape, batch_size: int, source: str,
                   f"{act / 2**20:.1f} MiB (float32, forward outputs kept for backward)")
 
 
+def render_timing(result, source: str, threads: int | None, console: Console | None = None) -> None:
+    """``cnncli time``: per-layer forward/backward milliseconds and share of the step
+    (``caffe time`` style), then whole-step images/s for training and evaluation."""
+    console = console or make_console()
+    total = sum(l.total_ms for l in result.layers) or 1.0
+    table = Table(title=f"{source}: batch {result.batch_size}, median of {result.iterations} steps")
+    for col, just in (("#", "right"), ("layer", "left"), ("output shape", "left"), ("forward ms", "right"),
+                      ("backward ms", "right"), ("total ms", "right"), ("share", "right")):
+        table.add_column(col, justify=just)
+    for l in result.layers:
+        table.add_row(str(l.index), l.type, "x".join(map(str, l.output_shape)), f"{l.forward_ms:.2f}", f"{l.backward_ms:.2f}",
+                      f"{l.total_ms:.2f}", f"{l.total_ms / total * 100:.1f}%")
+    table.add_row("", "all layers", "", f"{sum(l.forward_ms for l in result.layers):.2f}",
+                  f"{sum(l.backward_ms for l in result.layers):.2f}", f"{total:.2f}", "100.0%")
+    console.print(table)
+    console.print(f"training step (forward, loss, backward, optimizer): {result.step_ms:.1f} ms = "
+                  f"{result.images_per_s:,.0f} images/s")
+    console.print(f"evaluation forward: {result.eval_forward_ms:.1f} ms = {result.eval_images_per_s:,.0f} images/s"
+                  + (f"   (BLAS threads: {threads})" if threads else ""))
+
+
 def render_predictions(rows: list[dict], console: Console | None = None) -> None:
     """One line per image: input, predicted class and probability, then the runners-up."""
     console = console or make_console()
     for r in rows:
         best, *rest = r["top"]
-        others = "  ".join(f"{t['class']} {t['probability'] * 100:.1f}%" for t in rest)
-        console.print(f"{r['input']}: {best['class']} ({best['probability'] * 100:.1f}%)"
+
+        def label(t: dict) -> str:
+            return f"{t['class']} {t['name']}" if "name" in t and t["name"] != str(t["class"]) else str(t["class"])
+
+        others = "  ".join(f"{label(t)} {t['probability'] * 100:.1f}%" for t in rest)
+        console.print(f"{r['input']}: {label(best)} ({best['probability'] * 100:.1f}%)"
                       + (f"   then {others}" if others else ""))
 
 
@@ -355,4 +387,178 @@ def render_layers(descriptions: list[dict], console: Console | None = None, full
     for d in descriptions:
         opts = ", ".join(n if v == "required" else f"{n}={v!r}" for n, v in d["options"].items())
         table.add_row(d["name"], opts or "-", d["shape"], d["summary"])
+    console.print(table)
+
+
+# ------------------------------------------------------------------ datasets (cnncli data ...)
+
+def _gray(img: np.ndarray) -> np.ndarray:
+    """(C, H, W) uint8 -> (H, W) uint8: the channel itself, or ITU-R 601 luma of RGB."""
+    if img.shape[0] == 1:
+        return img[0]
+    rgb = img[:3].astype(np.float32)
+    return np.clip(0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2], 0, 255).astype(np.uint8)
+
+
+def _shrink(img: np.ndarray, max_side: int = 32) -> np.ndarray:
+    """(C, H, W) subsampled so that neither side exceeds ``max_side`` pixels."""
+    step = max(1, math.ceil(max(img.shape[1:]) / max_side))
+    return img[:, ::step, ::step]
+
+
+def shade_lines(img: np.ndarray) -> list[str]:
+    """A uint8 (H, W) image in ASCII shades, one character per pixel column and one line per
+    two pixel rows (averaged), which keeps the aspect ratio of a terminal cell."""
+    ramp = " .:-=+*#%@"
+    if img.shape[0] % 2:
+        img = np.concatenate([img, np.zeros((1, img.shape[1]), img.dtype)])
+    pairs = (img[0::2].astype(np.int32) + img[1::2]) // 2
+    return ["".join(ramp[v] for v in row) for row in pairs * (len(ramp) - 1) // 255]
+
+
+def image_blocks(img: np.ndarray) -> list[Text]:
+    """A (C, H, W) uint8 image in upper half blocks: one character per pixel column, one line
+    per two pixel rows, the upper pixel as foreground colour and the lower as background
+    (grey levels, or RGB). Rich maps the colours to what the terminal supports."""
+    c, h, w = img.shape
+    if h % 2:
+        img = np.concatenate([img, np.zeros((c, 1, w), img.dtype)], axis=1)
+    rgb = np.repeat(img[:1], 3, axis=0) if c == 1 else img[:3]
+    lines = []
+    for r in range(0, img.shape[1], 2):
+        line = Text()
+        for x in range(w):
+            top, bottom = rgb[:, r, x], rgb[:, r + 1, x]
+            line.append("\u2580", style=f"rgb({top[0]},{top[1]},{top[2]}) on rgb({bottom[0]},{bottom[1]},{bottom[2]})")
+        lines.append(line)
+    return lines
+
+
+def render_samples(samples: list[tuple[np.ndarray, str]], console: Console | None = None,
+                   plain: bool | None = None) -> None:
+    """A grid of (image (C, H, W) uint8, caption) pairs: half blocks in colour on a terminal,
+    shade characters (ASCII) when plain."""
+    from rich.columns import Columns
+
+    console = console or make_console()
+    plain = plain_requested() if plain is None else plain
+    panels = []
+    for img, caption in samples:
+        small = _shrink(img, 28 if plain else 32)
+        if plain:
+            body = [Text(line) for line in shade_lines(_gray(small))]
+        else:
+            body = image_blocks(small)
+        width = max((len(t) for t in body), default=0)
+        panel = Text(caption[:max(width, 8)])
+        for line in body:
+            panel.append("\n")
+            panel.append_text(line)
+        panels.append(panel)
+    if panels:
+        console.print(Columns(panels, padding=(1, 2)))
+
+
+def _floats(values: list[float]) -> str:
+    return ", ".join(f"{v:.4f}" for v in values)
+
+
+def render_data_info(info: dict, samples: list[tuple[np.ndarray, str]], console: Console | None = None) -> None:
+    """``cnncli data info``: the splits (count, image shape, pixel mean/std per channel), the
+    class balance of each split, then a grid of sample images."""
+    console = console or make_console()
+    console.print(f"dataset: {info['dataset']} (format {info['format']})")
+    splits = info["splits"]
+    table = Table(title="splits (pixel statistics of pixel/255, per channel)")
+    for col, just in (("split", "left"), ("images", "right"), ("image shape", "left"), ("pixel mean", "right"),
+                      ("pixel std", "right"), ("source", "left")):
+        table.add_column(col, justify=just)
+    for name, s in splits.items():
+        table.add_row(name, f"{s['n']:,}", "x".join(map(str, s["image_shape"])), _floats(s["mean"]),
+                      _floats(s["std"]), s["source"])
+    console.print(table)
+    classes = info.get("classes")
+    k = max(len(s["class_counts"]) for s in splits.values())
+    balance = Table(title=f"class balance ({k} classes)")
+    balance.add_column("class", justify="right")
+    if classes:
+        balance.add_column("name")
+    for name in splits:
+        balance.add_column(name, justify="right")
+        balance.add_column("%", justify="right")
+    for i in range(k):
+        row = [str(i)] + ([classes[i] if i < len(classes) else ""] if classes else [])
+        for s in splits.values():
+            count = s["class_counts"][i] if i < len(s["class_counts"]) else 0
+            row += [f"{count:,}", f"{100 * count / max(s['n'], 1):.2f}"]
+        balance.add_row(*row)
+    console.print(balance)
+    if samples:
+        console.print(f"samples ({info['sample_split']} split, the first image of each class):")
+        render_samples(samples, console)
+
+
+class DownloadReporter:
+    """Draws ``cnncli.download`` events: a live bar per file (bytes, speed, ETA) on a terminal,
+    or a line when each file starts and ends when plain; ``quiet`` prints nothing."""
+
+    def __init__(self, mode: str | None = None, console: Console | None = None):
+        self.console = console or make_console()
+        self.mode = mode or ("plain" if plain_requested() else "rich")
+        self.progress = None
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, event: Any) -> None:
+        getattr(self, f"on_{type(event).__name__}")(event)
+
+    def _print(self, message: str) -> None:
+        if self.mode != "quiet":
+            (self.progress.console if self.progress else self.console).print(message)
+
+    def on_Note(self, e) -> None:
+        self._print(e.message)
+
+    def on_FileStarted(self, e) -> None:
+        if self.mode == "rich":
+            if self.progress is None:
+                from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                           TransferSpeedColumn)
+
+                self.progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=30), DownloadColumn(),
+                                         TransferSpeedColumn(), TimeRemainingColumn(), console=self.console,
+                                         transient=True)
+                self.progress.start()
+            self.tasks[e.name] = self.progress.add_task(e.name, total=e.total, completed=e.offset)
+            if e.offset:
+                self._print(f"{e.name}: resuming at byte {e.offset:,}")
+        elif self.mode == "plain":
+            size = f" ({e.total:,} bytes)" if e.total else ""
+            resume = f", resuming at byte {e.offset:,}" if e.offset else ""
+            self._print(f"downloading {e.url}{size}{resume}")
+
+    def on_FileProgress(self, e) -> None:
+        if self.progress is not None and e.name in self.tasks:
+            self.progress.update(self.tasks[e.name], completed=e.done, total=e.total)
+
+    def on_FileFinished(self, e) -> None:
+        if self.progress is not None and e.name in self.tasks:
+            self.progress.remove_task(self.tasks.pop(e.name))
+        check = "SHA-256 verified" if e.check == "sha256" else "SHA-256 of the unpacked content verified"
+        what = "already there" if e.status == "present" else f"{e.size:,} bytes"
+        self._print(f"{e.dest}: {what}, {check}")
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def render_dataset_list(rows: list[tuple[str, str, str]], roots: list, console: Console | None = None) -> None:
+    """``cnncli data list``: each named dataset, where it was found (or how to get it), what it is."""
+    console = console or make_console()
+    table = Table(title=f"named datasets (looked for as ROOT/NAME in: {', '.join(map(str, roots))})")
+    for col in ("name", "found in", "description"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
     console.print(table)

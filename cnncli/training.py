@@ -17,13 +17,14 @@ import numpy as np
 
 from cnncli import checkpoint
 from cnncli.config import Config
-from cnncli.datasets import Dataset, load_split
+from cnncli.datasets import Dataset
 from cnncli.errors import (CnncliError, ConfigError, DataError, DivergedError, OutputError, Problem,
                            TrainingError)
 from cnncli.losses import softmax_cross_entropy
 from cnncli.metrics import confusion_matrix
 from cnncli.model import Model, build
 from cnncli.optim import OPTIMIZERS, Optimizer
+from cnncli.schedules import Schedule
 
 
 # ------------------------------------------------------------------ events
@@ -37,6 +38,7 @@ class RunStarted:
     n_val: int
     n_test: int
     num_params: int
+    start_epoch: int = 0          # epochs already finished (a resumed run)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class EpochEnded:
     metrics: dict[str, float]
     seconds: float
     is_best: bool
+    images_per_s: float = 0.0     # training throughput (timing stays out of metrics.jsonl)
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class RunEnded:
     last_path: Path
     test: "EvalResult | None"
     seconds: float
+    stopped_early: str | None = None   # why early stopping ended the run, if it did
 
 
 Event = Any
@@ -80,13 +84,15 @@ EventHandler = Callable[[Event], None]
 
 
 class TrainingInterrupted(CnncliError):
-    """Ctrl-C during training; the state was saved to ``path``."""
+    """Ctrl-C during training; the state was saved to ``path``. ``resume_from`` is the
+    checkpoint that continues the run exactly (``last.npz``), None if no epoch finished."""
 
     exit_code = 130
 
-    def __init__(self, message: str, path: Path):
+    def __init__(self, message: str, path: Path, resume_from: Path | None = None):
         super().__init__(message)
         self.path = path
+        self.resume_from = resume_from
 
 
 # ------------------------------------------------------------------ data
@@ -95,12 +101,21 @@ class TrainingInterrupted(CnncliError):
 class Data:
     """The three splits; ``val`` is carved from the end of the training file (as Keras's
     ``validation_split``), ``test`` is the test file. ``num_classes`` is ``data.num_classes``
-    or, when not given, the largest label + 1."""
+    or, when not given, the largest label + 1 (or the number of class names, when known).
+
+    ``mean``/``std`` are the normalization in force (``data.mean``/``data.std``, or computed
+    from ``train`` for ``auto``); ``classes`` the class names when known; ``resolved`` the
+    data-section values found while reading (absolute paths, format, classes) that
+    :func:`resolved_config` records. Left None, they are filled from the config."""
 
     train: Dataset
     val: Dataset | None
     test: Dataset | None
     num_classes: int
+    mean: float | tuple[float, ...] | None = None
+    std: float | tuple[float, ...] | None = None
+    classes: tuple[str, ...] | None = None
+    resolved: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve_data_path(path: str) -> Path:
@@ -109,14 +124,20 @@ def resolve_data_path(path: str) -> Path:
 
 
 def prepare_data(cfg: Config) -> Data:
-    """Load the training (and test) split and carve the validation split.
+    """Load the training (and test) split the data section points at, carve the validation
+    split, and settle the class count and the normalization.
 
     Raises:
-        DataError: For any problem with the files, or a split that leaves no training data.
+        DataError: For any problem with the files (see :mod:`cnncli.formats`), labels beyond
+            ``data.num_classes``, or a split that leaves no training data.
+        ConfigError: A per-channel ``data.mean``/``data.std`` whose length is not the images'
+            channel count.
     """
+    from cnncli import formats
+
     d = cfg.data
-    folder = resolve_data_path(d.path)
-    full = load_split(folder, "train", d.train_limit)
+    loaded = formats.load(d, ("train", "test"), d.train_limit, d.test_limit)
+    full, test = loaded.train, loaded.test
     n = len(full)
     n_val = d.val_split if isinstance(d.val_split, int) else int(round(n * d.val_split))
     if n_val >= n:
@@ -125,21 +146,104 @@ def prepare_data(cfg: Config) -> Data:
     train = Dataset(full.images[:n - n_val], full.labels[:n - n_val], full.source)
     val = Dataset(full.images[n - n_val:], full.labels[n - n_val:], full.source + " (validation)") \
         if n_val else None
-    test = load_split(folder, "test", d.test_limit)
-    if test.image_shape != train.image_shape:
-        raise DataError(f"test images are {test.image_shape}, training images {train.image_shape}; "
-                        f"both splits must come from the same dataset ({folder})")
-    found = max(full.num_classes, test.num_classes)
+    if test is not None and test.image_shape != train.image_shape:
+        raise DataError(f"{test.source}: test images are {test.image_shape}, training images ({full.source}) "
+                        f"{train.image_shape}; both splits must come from the same dataset")
+    found = max(full.num_classes, test.num_classes if test is not None else 0)
     if d.num_classes is not None and found > d.num_classes:
         split = full if full.num_classes == found else test
-        raise DataError(f"{split.source}: label {found - 1} is outside [0, {d.num_classes}) "
+        where = formats.label_where(split, int(np.argmax(split.labels == found - 1)))
+        raise DataError(f"{where}: label {found - 1} is outside [0, {d.num_classes}) "
                         f"(data.num_classes is {d.num_classes}). Raise data.num_classes or check the labels file.")
-    return Data(train, val, test, d.num_classes or found)
+    names = loaded.classes
+    if names is not None and d.num_classes is not None and len(names) > d.num_classes:
+        raise DataError(f"{loaded.where}: {len(names)} classes ({', '.join(names[:12])}{', ...' if len(names) > 12 else ''}) "
+                        f"but data.num_classes is {d.num_classes}. Raise or remove data.num_classes.")
+    num_classes = d.num_classes or max(found, len(names) if names is not None else 0)
+    mean, std = resolve_normalization(cfg, train)
+    return Data(train, val, test, num_classes, mean=mean, std=std, classes=names, resolved=loaded.resolved)
 
 
-def pixel_lut(mean: float, std: float, dtype=np.float32) -> np.ndarray:
-    """The 256 normalized values (v/255 - mean)/std of a uint8 pixel: a batch is one gather."""
-    return ((np.arange(256, dtype=np.float64) / 255.0 - mean) / std).astype(dtype)
+def resolve_normalization(cfg: Config, train: Dataset) -> tuple[float | tuple[float, ...], float | tuple[float, ...]]:
+    """``data.mean``/``data.std`` as numbers: given ones checked against the channel count,
+    ``auto`` ones computed from ``train`` (the images actually trained on, validation split
+    excluded): per channel, mean and population std of pixel/255. A channel whose pixels
+    are all equal gets std 1 (as scikit-learn's StandardScaler does). One channel gives
+    plain numbers, several give one per channel.
+
+    Raises:
+        ConfigError: A list whose length is neither 1 nor the channel count.
+    """
+    from cnncli.formats import pixel_stats
+
+    d = cfg.data
+    channels = train.image_shape[0]
+    stats = None
+    out = []
+    for key in ("mean", "std"):
+        v = getattr(d, key)
+        if v == "auto":
+            if stats is None:
+                stats = pixel_stats(train.images)
+            values = stats[0] if key == "mean" else [s if s > 0 else 1.0 for s in stats[1]]
+        else:
+            values = list(v) if isinstance(v, (tuple, list)) else [v]
+            if len(values) not in (1, channels):
+                raise ConfigError([Problem(f"data.{key}", f"has {len(values)} values but the images have {channels} "
+                                           f"channel{'s' if channels > 1 else ''}; give one number, one per "
+                                           f"channel, or 'auto'")], cfg.source)
+        out.append(float(values[0]) if len(values) == 1 else tuple(float(x) for x in values))
+    return out[0], out[1]
+
+
+def resolved_config(cfg: Config, data: Data) -> Config:
+    """``cfg`` with its data section as found: the normalization numbers in force (computed for
+    ``auto``), absolute paths, the format read and the class names. This is what the run
+    folder's config.yaml and every checkpoint record, so eval and predict use the same numbers."""
+    import dataclasses
+
+    mean, std = data.mean, data.std
+    if mean is None or std is None:
+        mean, std = resolve_normalization(cfg, data.train)
+    changes: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.resolved.items()}
+    changes.update(mean=mean, std=std)
+    if cfg.data.path is not None and "path" not in changes:
+        changes["path"] = str(resolve_data_path(cfg.data.path))
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **changes))
+
+
+def pixel_lut(mean: float | tuple[float, ...], std: float | tuple[float, ...], dtype=np.float32) -> np.ndarray:
+    """The normalized values (v/255 - mean)/std of a uint8 pixel v: a batch is one gather.
+
+    Returns:
+        ``(256,)`` for one mean and std; ``(C, 256)`` when either is a per-channel list.
+
+    Raises:
+        ValueError: If mean or std is not numeric (``auto`` must be resolved first).
+    """
+    if isinstance(mean, str) or isinstance(std, str):
+        raise ValueError(f"normalization {mean!r}/{std!r} is not resolved to numbers")
+    m = np.atleast_1d(np.asarray(mean, dtype=np.float64))
+    s = np.atleast_1d(np.asarray(std, dtype=np.float64))
+    levels = np.arange(256, dtype=np.float64) / 255.0
+    if m.size == 1 and s.size == 1:
+        return ((levels - m[0]) / s[0]).astype(dtype)
+    return ((levels[None, :] - m[:, None]) / s[:, None]).astype(dtype)
+
+
+def normalize_batch(lut: np.ndarray, images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 images (N, C, H, W) -> normalized floats through ``lut`` (see :func:`pixel_lut`),
+    written into ``out`` when given. A per-channel ``lut`` (C, 256) gathers each channel
+    from its own row."""
+    if lut.ndim == 1:
+        return np.take(lut, images, out=out)
+    if out is None:
+        out = np.empty(images.shape, dtype=lut.dtype)
+    if lut.shape[0] != images.shape[1]:
+        raise ValueError(f"normalization has {lut.shape[0]} channels, the images {images.shape[1]}")
+    for c in range(images.shape[1]):
+        np.take(lut[c], images[:, c], out=out[:, c])
+    return out
 
 
 # ------------------------------------------------------------------ model
@@ -150,15 +254,23 @@ def input_shape(cfg: Config) -> tuple[int, ...]:
     Raises:
         DataError: If the shape must come from the data and the data cannot be read.
     """
+    from cnncli import formats
+
     if cfg.model.input_shape is not None:
         return tuple(cfg.model.input_shape)
-    return load_split(resolve_data_path(cfg.data.path), "train", 1).image_shape
+    return formats.load(cfg.data, ("train",), train_limit=1).train.image_shape
 
 
 def make_rngs(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
     """Independent generators for (weights + dropout, shuffling) from one seed."""
     model_ss, shuffle_ss = np.random.SeedSequence(seed).spawn(2)
     return np.random.default_rng(model_ss), np.random.default_rng(shuffle_ss)
+
+
+def make_augment_rng(seed: int) -> np.random.Generator:
+    """The data-augmentation generator: the third child of the run seed (the first two are
+    :func:`make_rngs`'s, unchanged by it)."""
+    return np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
 
 
 def build_model(cfg: Config, input_shape: tuple[int, ...] | None = None, *, dtype=np.float32,
@@ -198,9 +310,55 @@ def build_model(cfg: Config, input_shape: tuple[int, ...] | None = None, *, dtyp
     return model
 
 
+def norm_param_keys(model: Model) -> set[str]:
+    """Keys of the parameters of normalization layers (batchnorm ``weight`` and ``bias``)."""
+    return {f"{i}.{n}" for i, layer in enumerate(model.layers) if "norm" in layer.type_name
+            for n in layer.params}
+
+
 def make_optimizer(cfg: Config, model: Model) -> Optimizer:
+    """The configured optimizer over ``model.params()`` (``exclude_bias_and_norm`` learns the
+    normalization layers' keys from the model)."""
     o = cfg.train.optimizer
-    return OPTIMIZERS[o.type](model.params(), **o.options)
+    return OPTIMIZERS[o.type](model.params(), **o.options, norm_keys=norm_param_keys(model))
+
+
+def make_schedule(cfg: Config, base_lr: float, n_train: int, has_val: bool = True) -> Schedule:
+    """The configured learning-rate schedule for ``n_train`` training images (a ``val_*``
+    monitor reads ``train_*`` when ``has_val`` is false)."""
+    from cnncli import schedules
+    from cnncli.callbacks import resolve_monitor
+
+    s = cfg.train.schedule
+    options = dict(s.options)
+    if "monitor" in options:
+        options["monitor"] = resolve_monitor(options["monitor"], has_val)
+    return schedules.make_schedule(s.type, options, base_lr, cfg.train.epochs,
+                                   schedules.steps_per_epoch(n_train, cfg.train.batch_size))
+
+
+def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float) -> tuple[dict[str, np.ndarray], float]:
+    """Scale all gradients together so that their global L2 norm is at most ``max_norm``,
+    as ``torch.nn.utils.clip_grad_norm_``: coef = max_norm / (total_norm + 1e-6), applied
+    only when coef < 1. The norm is accumulated in float64.
+
+    Args:
+        grads: ``{key: array}``; not modified.
+        max_norm: > 0.
+
+    Returns:
+        (grads, total_norm): scaled copies (or ``grads`` itself when no scaling is needed, or
+        when the norm is not finite: the NaN then shows up as a diverged loss).
+    """
+    sq = 0.0
+    for g in grads.values():
+        a = g.reshape(-1).astype(np.float64, copy=False)
+        sq += float(a @ a)
+    total = math.sqrt(sq)
+    coef = max_norm / (total + 1e-6)
+    if not math.isfinite(total) or coef >= 1.0:
+        return grads, total
+    return {k: g * g.dtype.type(coef) for k, g in grads.items()}, total
 
 
 # ------------------------------------------------------------------ the batch loop
@@ -224,13 +382,14 @@ class EvalResult:
 def run_batches(model: Model, ds: Dataset, batch_size: int, lut: np.ndarray, *, training: bool,
                 order: np.ndarray | None = None, optimizer: Optimizer | None = None,
                 label_smoothing: float = 0.0, on_batch: Callable[[int, int, float, float], None] | None = None,
-                keep_preds: bool = False):
+                keep_preds: bool = False, augment: Callable[[np.ndarray], np.ndarray] | None = None):
     """One pass over ``ds`` in ``order``: forward (and backward + step when training).
 
     Each batch is gathered from the uint8 images and normalized through ``lut`` into a
     reused float buffer. In training, a last batch of a single image is dropped (batchnorm
     cannot normalize one value per feature). ``on_batch(batch_index, n_batches, running_loss, running_acc)``
-    is called after each batch.
+    is called after each batch. ``augment`` (training only) maps each batch's uint8 images
+    (N, C, H, W) to augmented ones of the same shape before normalization.
 
     Returns:
         (mean_loss, accuracy, preds or None).
@@ -255,7 +414,10 @@ def run_batches(model: Model, ds: Dataset, batch_size: int, lut: np.ndarray, *, 
         for b in range(n_batches):
             idx = order[b * batch_size:(b + 1) * batch_size]
             x = buf[:len(idx)]
-            np.take(lut, ds.images[idx], out=x)
+            images = ds.images[idx]
+            if augment is not None:
+                images = augment(images)
+            normalize_batch(lut, images, out=x)
             y = ds.labels[idx]
             try:
                 logits = model.forward(x, training=training)
@@ -292,7 +454,7 @@ def evaluate(model: Model, ds: Dataset, batch_size: int, lut: np.ndarray,
 # ------------------------------------------------------------------ run folder
 
 #: What a run writes into its folder (removed first by ``--overwrite``).
-RUN_FILES = ("config.yaml", "metrics.jsonl", "best.npz", "last.npz", "interrupted.npz")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "timing.jsonl", "best.npz", "last.npz", "interrupted.npz")
 
 
 def new_run_dir(base: str | Path, overwrite: bool = False) -> Path:
@@ -322,6 +484,8 @@ def new_run_dir(base: str | Path, overwrite: bool = False) -> Path:
         if overwrite:
             for name in RUN_FILES:
                 (path / name).unlink(missing_ok=True)
+            for old in path.glob("epoch_*.npz"):
+                old.unlink(missing_ok=True)
             for tmp in path.glob(".*.tmp"):     # left by a run killed while saving
                 tmp.unlink(missing_ok=True)
         probe = path / ".write-test"
@@ -341,41 +505,281 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 # ------------------------------------------------------------------ fit
 
+class _Stepper:
+    """What :func:`run_batches` calls as its optimizer: clip the gradients' global norm, set
+    the scheduled lr for this step, then step the optimizer (so the batch loop needs to know
+    neither schedules nor clipping)."""
+
+    def __init__(self, optimizer: Optimizer, schedule: Schedule, clip_norm: float | None):
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.clip_norm = clip_norm
+        self.epoch = 0          # 0-based index of the epoch being trained
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.lr
+
+    def set_lr(self) -> None:
+        self.optimizer.lr = self.schedule.lr(self.epoch, self.optimizer.steps)
+
+    def step(self, grads: dict[str, np.ndarray]) -> None:
+        if self.clip_norm is not None:
+            grads, _ = clip_grad_norm(grads, self.clip_norm)
+        self.set_lr()
+        self.optimizer.step(grads)
+
+
+class _DeferredInterrupt:
+    """Ctrl-C during training: the first SIGINT lets the current batch finish (so the saved
+    state is one the optimizer completed, never a half-applied step) and :meth:`check` then
+    raises KeyboardInterrupt; a second SIGINT raises it at once. Only in the main thread
+    (elsewhere signals cannot be caught and KeyboardInterrupt behaves as usual)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous: Any = None
+        self._installed = False
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._previous = signal.signal(signal.SIGINT, self._handler)
+                self._installed = True
+            except (ValueError, OSError):      # pragma: no cover - e.g. embedded interpreters
+                self._installed = False
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
+            self._installed = False
+        return False
+
+
+def _layer_signature(item: Any) -> tuple[str, dict[str, Any]]:
+    """A ``model.layers`` item of ``Config.to_dict`` as (canonical type, every option with
+    defaults filled), so that ``- bn`` and ``- batchnorm: {eps: 1.0e-5}`` compare equal."""
+    from cnncli.layers import options, resolve
+
+    name, opts = (item, {}) if isinstance(item, str) else next(iter(item.items()))
+    try:
+        cls = resolve(name)
+    except KeyError:
+        return str(name), dict(opts or {})
+    full = {n: p.default for n, p in options(cls).items()}
+    full.update(opts or {})
+    return cls.type_name, full
+
+
+def check_resume(cfg: Config, ck: checkpoint.Checkpoint) -> int:
+    """Check that ``ck`` can continue the run ``cfg`` describes; return its finished epochs.
+
+    Raises:
+        CheckpointError: A checkpoint saved mid-epoch (only end-of-epoch states resume exactly),
+            one without resume metadata, a model that differs from ``cfg``'s layers, or a run
+            with nothing left to do (``train.epochs`` reached, or early stopping triggered).
+    """
+    from cnncli.callbacks import EarlyStopping, resolve_monitor
+    from cnncli.errors import CheckpointError
+
+    meta, path = ck.meta, ck.path
+    epoch = meta.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise CheckpointError(f"{path}: corrupt 'meta' entry: epoch is {epoch!r}; cannot resume from it")
+    if meta.get("interrupted"):
+        # it may hold a part of an epoch; last.npz holds the end of the last finished one
+        raise CheckpointError(f"{path}: the state where Ctrl-C stopped training; a run resumes exactly only from "
+                              f"the end of an epoch. Resume from {path.parent / 'last.npz'} (epoch {epoch})."
+                              if epoch else
+                              f"{path}: saved by Ctrl-C before the first epoch finished; there is nothing to "
+                              f"resume. Start the run again.")
+    if not isinstance(meta.get("rng"), dict) or "optimizer" not in meta:
+        raise CheckpointError(f"{path}: holds no training state (optimizer steps, random generators); it cannot "
+                              f"be resumed. Use RUN/last.npz of a run trained by this cnncli version.")
+    stored = (ck.config.get("model") or {}).get("layers") if isinstance(ck.config.get("model"), dict) else None
+    mine = cfg.to_dict()["model"]["layers"]
+    if not isinstance(stored, list):
+        raise CheckpointError(f"{path}: its stored config has no model.layers; cannot resume from it")
+    theirs_sig = [_layer_signature(x) for x in stored]
+    mine_sig = [_layer_signature(x) for x in mine]
+    if theirs_sig != mine_sig:
+        i = next((i for i, (a, b) in enumerate(zip(theirs_sig, mine_sig)) if a != b), min(len(stored), len(mine)))
+        what = (f"model.layers[{i}] is {mine[i]!r} in {cfg.source or 'the config'} but {stored[i]!r} in the checkpoint"
+                if i < min(len(stored), len(mine)) else
+                f"the checkpoint's model has {len(stored)} layers, {cfg.source or 'the config'} {len(mine)}")
+        raise CheckpointError(f"{path}: the checkpoint's model differs from the config's: {what}. Resume with "
+                              f"the config the run was trained with ({path.parent / 'config.yaml'}).")
+    shape = meta.get("input_shape")
+    if cfg.model.input_shape is not None and shape is not None and list(cfg.model.input_shape) != list(shape):
+        raise CheckpointError(f"{path}: the checkpoint's model takes input {shape}, the config's "
+                              f"model.input_shape is {list(cfg.model.input_shape)}")
+    total = cfg.train.epochs
+    if epoch >= total:
+        raise CheckpointError(f"{path}: the run has finished {epoch} epoch(s) and train.epochs is {total}: nothing "
+                              f"left to do. Raise the total to continue: --epochs N with N > {epoch}.")
+    es = cfg.train.early_stopping
+    state = meta.get("early_stopping")
+    if es is not None and isinstance(state, dict):
+        # the state names the metric read: es.monitor, or its train_* twin in a run without validation
+        monitor = state.get("monitor") if state.get("monitor") in (es.monitor, resolve_monitor(es.monitor, False)) \
+            else es.monitor
+        stopper = EarlyStopping(monitor, es.mode, es.patience, es.min_delta)
+        try:
+            stopper.load_state(state)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: corrupt early-stopping state ({e})") from None
+        if stopper.stopped:
+            raise CheckpointError(f"{path}: early stopping ended this run ({es.monitor} did not improve for "
+                                  f"{stopper.wait} epochs): nothing left to do. Raise "
+                                  f"train.early_stopping.patience above {stopper.wait} or remove "
+                                  f"train.early_stopping to continue.")
+    return epoch
+
+
+def _read_rows(path: Path, upto: int) -> list[dict[str, Any]]:
+    """The JSON lines of ``path`` for epochs 1..``upto`` (a resumed run rewrites the rest)."""
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return rows
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int) and 1 <= row["epoch"] <= upto:
+            rows.append(row)
+    return rows
+
+
 def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHandler,
-        shuffle_rng: np.random.Generator | None = None) -> RunEnded:
+        shuffle_rng: np.random.Generator | None = None,
+        resume: checkpoint.Checkpoint | None = None) -> RunEnded:
     """Train ``model`` for ``cfg.train.epochs`` epochs, checkpointing into ``run_dir``.
 
-    Writes ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON line per epoch),
-    ``last.npz`` every epoch and ``best.npz`` when validation accuracy improves
-    (training accuracy when there is no validation split). At the end the best
-    checkpoint is reloaded and evaluated on the test split.
+    Writes ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON line per epoch: losses,
+    accuracies, lr; no timings, so a run with the same config and seed writes the same
+    bytes), ``timing.jsonl`` (seconds and images/s per epoch), ``last.npz`` every epoch,
+    ``best.npz`` when ``train.checkpoint.monitor`` improves (its ``train_*`` counterpart when
+    there is no validation split) and ``epoch_{k}.npz`` every ``train.checkpoint.every``
+    epochs. Each epoch the lr follows ``train.schedule``, gradients are clipped to
+    ``train.grad_clip_norm`` and training batches pass through ``data.augment``; early
+    stopping may end the run. At the end the best checkpoint is reloaded and evaluated on
+    the test split.
+
+    With ``resume`` (an end-of-epoch checkpoint accepted by :func:`check_resume`), the run
+    continues after its epoch: parameters, buffers, optimizer state, schedule, best value,
+    early-stopping count and every random generator (weights/dropout, shuffle,
+    augmentation) are restored, so the result equals an uninterrupted run bit for bit, and
+    the metrics files keep their lines up to that epoch.
 
     Raises:
         TrainingError: NaN/inf loss (``last.npz`` keeps the last good epoch).
-        TrainingInterrupted: Ctrl-C (the current state is saved to ``interrupted.npz``;
-            ``last.npz`` keeps the last finished epoch).
+        TrainingInterrupted: Ctrl-C (after the current batch, the state is saved to
+            ``interrupted.npz``; ``last.npz`` keeps the last finished epoch).
+        CheckpointError: ``resume`` does not fit the model.
     """
     import yaml
 
+    from cnncli.augment import Augment
+    from cnncli.callbacks import EarlyStopping, Monitor, resolve_monitor
+    from cnncli.errors import CheckpointError
+
     t = cfg.train
     shuffle_rng = shuffle_rng if shuffle_rng is not None else make_rngs(t.seed)[1]
+    augment_rng = make_augment_rng(t.seed)
+    aug_cfg = cfg.data.augment
+    augment = Augment(aug_cfg.translate, aug_cfg.hflip, rng=augment_rng)
+    if aug_cfg.translate and len(model.input_shape) == 3 and aug_cfg.translate >= min(model.input_shape[1:]):
+        raise ConfigError([Problem("data.augment.translate", f"is {aug_cfg.translate}, but the images are only "
+                                   f"{model.input_shape[1]}x{model.input_shape[2]}; use at most "
+                                   f"{min(model.input_shape[1:]) - 1} (a few pixels is usual)")], cfg.source)
+    if augment.active and len(model.input_shape) != 3:
+        raise ConfigError([Problem("data.augment", f"needs images (C, H, W); the model's input is "
+                                   f"{list(model.input_shape)}")], cfg.source)
     optimizer = make_optimizer(cfg, model)
+    has_val = data.val is not None
+    schedule = make_schedule(cfg, optimizer.lr, len(data.train), has_val)
+    stepper = _Stepper(optimizer, schedule, t.grad_clip_norm)
+    # monitors name the metric actually read (train_* when there is no validation split)
+    ck_cfg = t.checkpoint
+    best_metric = resolve_monitor(ck_cfg.monitor, has_val)
+    best = Monitor(best_metric, ck_cfg.mode)
+    es_cfg = t.early_stopping
+    early_metric = resolve_monitor(es_cfg.monitor, has_val) if es_cfg else None
+    early = EarlyStopping(early_metric, es_cfg.mode, es_cfg.patience, es_cfg.min_delta) if es_cfg else None
+    cfg = resolved_config(cfg, data)   # numbers for data.mean/std: auto, computed once, is recorded for eval
     lut = pixel_lut(cfg.data.mean, cfg.data.std, model.dtype)
     resolved = cfg.to_dict()
-    resolved["data"]["path"] = str(resolve_data_path(cfg.data.path))
     resolved["model"]["input_shape"] = list(model.input_shape)
+    # record the metrics actually monitored (train_* when there is no validation split)
+    rt = resolved["train"]
+    rt["checkpoint"]["monitor"] = best_metric
+    if rt["early_stopping"] is not None:
+        rt["early_stopping"]["monitor"] = early_metric
+    if "monitor" in rt["schedule"]:
+        rt["schedule"]["monitor"] = resolve_monitor(rt["schedule"]["monitor"], has_val)
+    num_classes = model.output_shape[0]
+    best_path, last_path = run_dir / "best.npz", run_dir / "last.npz"
+    metrics_path, timing_path = run_dir / "metrics.jsonl", run_dir / "timing.jsonl"
+    rows: list[dict[str, Any]] = []
+    timing_rows: list[dict[str, Any]] = []
+    start_epoch, step = 0, 0
+
+    if resume is not None:
+        start_epoch = check_resume(cfg, resume)
+        meta = resume.meta
+        try:
+            model.load_arrays(resume.params, resume.buffers)
+            opt_meta = meta["optimizer"]
+            if opt_meta.get("type") != optimizer.type_name:
+                raise ValueError(f"it was trained with {opt_meta.get('type')}, the config says {optimizer.type_name}")
+            optimizer.load_state_arrays(resume.optim, opt_meta["steps"])
+            sched = meta.get("schedule") or {}
+            if sched.get("type") == t.schedule.type:
+                schedule.load_state(sched.get("state") or {})
+            best.load_state(meta.get("best") or {})
+            if early is not None:
+                early.load_state(meta.get("early_stopping") or {})
+            step = meta["step"]
+            if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+                raise ValueError(f"step is {step!r}")
+            rng = meta["rng"]
+            model.rng.bit_generator.state = rng["model"]
+            shuffle_rng.bit_generator.state = rng["shuffle"]
+            if "augment" in rng:
+                augment_rng.bit_generator.state = rng["augment"]
+            elif augment.active:
+                raise ValueError("it holds no augmentation generator state")
+        except (KeyError, TypeError, ValueError) as e:
+            what = f"missing {e}" if isinstance(e, KeyError) else str(e)
+            raise CheckpointError(f"{resume.path}: cannot resume from it: {what}") from None
+        rows = _read_rows(metrics_path, start_epoch)
+        timing_rows = _read_rows(timing_path, start_epoch)
+
     try:
         _write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     except OSError as e:
         raise TrainingError(f"cannot write {run_dir / 'config.yaml'} ({e.strerror or e})") from None
-    num_classes = model.output_shape[0]
-    best_path, last_path = run_dir / "best.npz", run_dir / "last.npz"
-    metrics_path = run_dir / "metrics.jsonl"
-    rows: list[dict[str, Any]] = []
     n_batches = math.ceil(len(data.train) / t.batch_size)
     on_event(RunStarted(run_dir, t.epochs, n_batches, len(data.train), len(data.val or ()),
-                        len(data.test or ()), model.num_params()))
-    best_score, best_epoch, step = -math.inf, 0, 0
+                        len(data.test or ()), model.num_params(), start_epoch))
     t_run = time.perf_counter()
 
     def save(path: Path, epoch: int, metrics: dict[str, Any], **extra) -> None:
@@ -389,71 +793,102 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
         checkpoint.save(path, params=model.params(), buffers=model.buffers(),
                         optim=optimizer.state_arrays(), config=resolved,
                         meta={"epoch": epoch, "step": step, "metrics": metrics,
-                              "optimizer": {"type": optimizer.type_name, "steps": optimizer.steps},
+                              "optimizer": {"type": optimizer.type_name, "steps": optimizer.steps,
+                                            "lr": optimizer.lr},
+                              "schedule": {"type": t.schedule.type, "state": schedule.state()},
+                              "best": best.state(),
+                              "early_stopping": early.state() if early is not None else None,
                               "rng": {"model": model.rng.bit_generator.state,
-                                      "shuffle": shuffle_rng.bit_generator.state},
+                                      "shuffle": shuffle_rng.bit_generator.state,
+                                      "augment": augment_rng.bit_generator.state},
                               "input_shape": list(model.input_shape), "num_classes": num_classes, **extra})
 
-    epoch, finished, finished_metrics = 0, 0, {}
+    def write_rows(path: Path, lines: list[dict[str, Any]]) -> None:
+        try:
+            _write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in lines))
+        except OSError as e:
+            raise TrainingError(f"cannot write {path} ({e.strerror or e}). "
+                                f"Free disk space or choose another --out.") from None
+
+    finished, finished_metrics = start_epoch, (rows[-1] if rows else {})
+    stopped_early = None
+    batch_done = 0
+    interrupt = _DeferredInterrupt()
     try:
-        for epoch in range(1, t.epochs + 1):
-            on_event(EpochStarted(epoch, t.epochs))
-            t0 = time.perf_counter()
-            order = shuffle_rng.permutation(len(data.train))
+        with interrupt:
+            for epoch in range(start_epoch + 1, t.epochs + 1):
+                on_event(EpochStarted(epoch, t.epochs))
+                t0 = time.perf_counter()
+                order = shuffle_rng.permutation(len(data.train))
+                stepper.epoch = epoch - 1
+                stepper.set_lr()
+                batch_done = 0
 
-            def on_batch(b, nb, loss, acc, _epoch=epoch, _t0=t0):
-                nonlocal step
-                step += 1
-                seen = min((b + 1) * t.batch_size, len(data.train))
-                on_event(BatchEnded(_epoch, b + 1, nb, loss, acc, seen / max(time.perf_counter() - _t0, 1e-9),
-                                    optimizer.lr))
+                def on_batch(b, nb, loss, acc, _epoch=epoch, _t0=t0):
+                    nonlocal step, batch_done
+                    step += 1
+                    batch_done = b + 1
+                    seen = min((b + 1) * t.batch_size, len(data.train))
+                    on_event(BatchEnded(_epoch, b + 1, nb, loss, acc,
+                                        seen / max(time.perf_counter() - _t0, 1e-9), optimizer.lr))
+                    interrupt.check()
 
-            try:
-                train_loss, train_acc, _ = run_batches(model, data.train, t.batch_size, lut, training=True,
-                                                       order=order, optimizer=optimizer,
-                                                       label_smoothing=t.label_smoothing, on_batch=on_batch)
-            except TrainingError as e:
-                kept = f"{last_path} keeps epoch {epoch - 1}" if epoch > 1 else "no checkpoint was written"
-                hint = f" Try a lower train.optimizer.lr (now {optimizer.lr:g})." \
-                    if isinstance(e, DivergedError) else ""
-                raise type(e)(f"epoch {epoch}, step {step + 1}: {e}. Training stopped; {kept}.{hint}") from None
-            train_seconds = time.perf_counter() - t0
-            metrics = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
-                       "lr": optimizer.lr}
-            if data.val is not None:
-                val = evaluate(model, data.val, t.eval_batch_size, lut, num_classes)
-                metrics.update(val_loss=val.loss, val_accuracy=val.accuracy)
-            seconds = time.perf_counter() - t0
-            metrics.update(train_seconds=round(train_seconds, 3), seconds=round(seconds, 3),
-                           images_per_s=round(len(data.train) / train_seconds, 1))
-            score = metrics.get("val_accuracy", train_acc)
-            is_best = score > best_score
-            save(last_path, epoch, metrics)
-            finished, finished_metrics = epoch, metrics      # what last.npz now holds
-            if is_best:
-                best_score, best_epoch = score, epoch
-                save(best_path, epoch, metrics)
-            rows.append(metrics)
-            try:
-                _write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
-            except OSError as e:
-                raise TrainingError(f"cannot write {metrics_path} ({e.strerror or e}). "
-                                    f"Free disk space or choose another --out.") from None
-            on_event(EpochEnded(epoch, t.epochs, metrics, seconds, is_best))
+                try:
+                    train_loss, train_acc, _ = run_batches(
+                        model, data.train, t.batch_size, lut, training=True, order=order, optimizer=stepper,
+                        label_smoothing=t.label_smoothing, on_batch=on_batch,
+                        augment=augment if augment.active else None)
+                except TrainingError as e:
+                    kept = f"{last_path} keeps epoch {finished}" if finished else "no checkpoint was written"
+                    hint = ""
+                    if isinstance(e, DivergedError):
+                        clip = (f"a lower train.grad_clip_norm (now {t.grad_clip_norm:g})" if t.grad_clip_norm
+                                else "train.grad_clip_norm (e.g. 1.0) to clip the gradients")
+                        hint = f" Try a lower train.optimizer.lr (now {optimizer.lr:g}) or set {clip}."
+                    raise type(e)(f"epoch {epoch}, step {step + 1}: {e}. Training stopped; {kept}.{hint}") from None
+                batch_done = 0
+                train_seconds = time.perf_counter() - t0
+                metrics = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+                           "lr": optimizer.lr}
+                if data.val is not None:
+                    val = evaluate(model, data.val, t.eval_batch_size, lut, num_classes)
+                    metrics.update(val_loss=val.loss, val_accuracy=val.accuracy)
+                seconds = time.perf_counter() - t0
+                ips = len(data.train) / max(train_seconds, 1e-9)
+                schedule.epoch_end(metrics)
+                is_best = best.update(metrics[best_metric], epoch)
+                stop = early.epoch_end(metrics[early_metric], epoch) if early is not None else False
+                save(last_path, epoch, metrics)
+                finished, finished_metrics = epoch, metrics      # what last.npz now holds
+                if is_best:
+                    save(best_path, epoch, metrics)
+                if ck_cfg.every and epoch % ck_cfg.every == 0:
+                    save(run_dir / f"epoch_{epoch}.npz", epoch, metrics)
+                rows.append(metrics)
+                timing_rows.append({"epoch": epoch, "train_seconds": round(train_seconds, 3),
+                                    "seconds": round(seconds, 3), "images_per_s": round(ips, 1)})
+                write_rows(metrics_path, rows)
+                write_rows(timing_path, timing_rows)
+                on_event(EpochEnded(epoch, t.epochs, metrics, seconds, is_best, ips))
+                if stop:
+                    stopped_early = early.reason(early_metric)
+                    break
+                interrupt.check()
     except KeyboardInterrupt:
-        # last.npz keeps the last finished epoch; the mid-epoch state goes beside it
-        # (meta epoch = epochs finished; a signal after last.npz was written counts that epoch)
+        # last.npz keeps the last finished epoch; the state where training stopped goes beside it
+        # (meta epoch = epochs finished, batch = batches of the next epoch done)
         stopped = run_dir / "interrupted.npz"
-        save(stopped, finished, finished_metrics, interrupted=True)
+        save(stopped, finished, finished_metrics, interrupted=True, batch=batch_done)
         kept = f"; {last_path} keeps epoch {finished}" if finished else ""
-        raise TrainingInterrupted(f"interrupted at step {step}, after {finished} finished epoch(s); the state "
-                                  f"was saved to {stopped}{kept}", stopped) from None
+        where = f"during epoch {finished + 1} (batch {batch_done})" if batch_done else f"after epoch {finished}"
+        raise TrainingInterrupted(f"interrupted at step {step}, {where}; the state was saved to {stopped}{kept}",
+                                  stopped, last_path if finished else None) from None
 
     test = None
     if data.test is not None:
-        ck = checkpoint.load(best_path)
+        ck = checkpoint.load(best_path if best_path.exists() else last_path)
         model.load_arrays(ck.params, ck.buffers)
         test = evaluate(model, data.test, t.eval_batch_size, lut, num_classes)
-    end = RunEnded(run_dir, best_epoch, best_path, last_path, test, time.perf_counter() - t_run)
+    end = RunEnded(run_dir, best.best_epoch, best_path, last_path, test, time.perf_counter() - t_run, stopped_early)
     on_event(end)
     return end

@@ -409,7 +409,7 @@ def test_sigkill_during_training_leaves_loadable_checkpoints(write_config, mnist
             loaded += 1
         # a write cut short leaves only its hidden temporary (.last.npz.XXXX.tmp), never a *.npz
         assert all(n.startswith(".") and n.endswith(".tmp") for n in names if n not in
-                   ("best.npz", "last.npz", "config.yaml", "metrics.jsonl")), names
+                   ("best.npz", "last.npz", "config.yaml", "metrics.jsonl", "timing.jsonl")), names
     assert loaded >= 6
 
 
