@@ -49,7 +49,7 @@ def time_ours(model, batch: int, repeats: int):
         dy = to_chwn(dy) if dy.ndim == 4 else dy
         fwd = _median_ms(lambda: layer.forward(x, True), repeats)
         both = _median_ms(lambda: (layer.forward(x, True), layer.backward(dy)), repeats)
-        rows.append((layer.type_name, tuple(out_shape), layer.flops(shape) * batch, fwd, both - fwd))
+        rows.append((layer.type_name, tuple(out_shape), layer.flops(shape) * batch, fwd, max(both - fwd, 0.0)))
         shape = out_shape
     return rows
 
@@ -73,7 +73,7 @@ def time_torch(cfg, model, batch: int, repeats: int, threads: int):
             mod(x).backward(dy)
         f = _median_ms(fwd, repeats)
         b = _median_ms(both, repeats)
-        rows.append((f, b - f))
+        rows.append((f, max(b - f, 0.0)))
         shape = out_shape
     return rows
 

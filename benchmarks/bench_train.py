@@ -4,8 +4,8 @@ side by side with the same network in PyTorch (``--vs-torch``, needs torch).
     python benchmarks/bench_train.py configs/mnist.yaml --batches 50 --repeats 3 --vs-torch
 
 Prints images/s for training steps (forward, backward, optimizer) and for evaluation
-(batch ``--eval-batch``), the median of ``--repeats`` timed runs after one warm-up, and
-the process's peak resident memory. Both frameworks use the same thread count
+(batch ``--eval-batch``), the median of ``--repeats`` timed runs after one warm-up, ours
+and PyTorch's timed in turn within each repeat, and the process's peak resident memory. Both frameworks use the same thread count
 (``--threads``; default: what NumPy's BLAS uses, via threadpoolctl when installed).
 """
 
@@ -27,8 +27,8 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def time_ours(cfg, images, labels, batches, batch, eval_batch, repeats):
-    """Through the trainer's own loop (``training.run_batches``): shuffled gather from the
+def runs_ours(cfg, images, labels, batches, batch, eval_batch):
+    """(train_run, eval_run) closures through the trainer's own loop (``training.run_batches``): shuffled gather from the
     uint8 images into a reused buffer, forward, loss, backward, optimizer step; evaluation
     in file order."""
     model = training.build_model(cfg, images.shape[1:], num_classes=10)
@@ -45,7 +45,7 @@ def time_ours(cfg, images, labels, batches, batch, eval_batch, repeats):
     def eval_run():
         training.run_batches(model, test_ds, eval_batch, lut, training=False)
 
-    return _median(train_run, repeats, batches * batch), _median(eval_run, repeats, len(images))
+    return train_run, eval_run
 
 
 def torch_model(cfg, in_shape):
@@ -79,7 +79,8 @@ def torch_model(cfg, in_shape):
     return nn.Sequential(*mods)
 
 
-def time_torch(cfg, images, labels, batches, batch, eval_batch, repeats, threads):
+def runs_torch(cfg, images, labels, batches, batch, eval_batch, threads):
+    """(train_run, eval_run) closures for the same network in PyTorch."""
     import torch
 
     torch.set_num_threads(threads)
@@ -106,17 +107,21 @@ def time_torch(cfg, images, labels, batches, batch, eval_batch, repeats, threads
             for b in range(0, len(timgs), eval_batch):
                 net(lut[timgs[b:b + eval_batch]])
 
-    return _median(train_run, repeats, batches * batch), _median(eval_run, repeats, len(timgs))
+    return train_run, eval_run
 
 
-def _median(fn, repeats, n_images):
-    fn()                                       # warm-up
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def alternate(fns: dict, repeats: int, n_images: dict) -> dict:
+    """Median images/s of each function, timed in turn within every repeat (after one
+    warm-up each), so a slow spell of the machine hits both sides alike."""
+    for fn in fns.values():
         fn()
-        rates.append(n_images / (time.perf_counter() - t0))
-    return statistics.median(rates)
+    rates = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            rates[k].append(n_images[k] / (time.perf_counter() - t0))
+    return {k: statistics.median(v) for k, v in rates.items()}
 
 
 def blas_threads() -> int:
@@ -142,15 +147,21 @@ def main() -> None:
     ds = load_split(training.resolve_data_path(cfg.data.path), "train", max(args.batches * batch, 10000))
     images, labels = ds.images, ds.labels
     threads = args.threads or blas_threads()
-    ours = time_ours(cfg, images, labels, args.batches, batch, args.eval_batch, args.repeats)
-    print(f"cnncli   train {ours[0]:8.0f} img/s   eval {ours[1]:8.0f} img/s   "
-          f"(batch {batch}, eval batch {args.eval_batch}, {threads} threads, median of {args.repeats})")
-    print(f"peak RSS so far: {peak_rss_mib():.0f} MiB")
+    fns = dict(zip(("ours train", "ours eval"), runs_ours(cfg, images, labels, args.batches, batch, args.eval_batch)))
     if args.vs_torch:
-        theirs = time_torch(cfg, images, labels, args.batches, batch, args.eval_batch, args.repeats, threads)
-        print(f"pytorch  train {theirs[0]:8.0f} img/s   eval {theirs[1]:8.0f} img/s")
-        print(f"ratio (pytorch / cnncli): train {theirs[0] / ours[0]:.2f}x, eval {theirs[1] / ours[1]:.2f}x")
-
+        fns.update(zip(("torch train", "torch eval"),
+                       runs_torch(cfg, images, labels, args.batches, batch, args.eval_batch, threads)))
+    n_images = {k: args.batches * batch if k.endswith("train") else len(images) for k in fns}
+    order = [k for k in ("ours train", "torch train", "ours eval", "torch eval") if k in fns]
+    r = alternate({k: fns[k] for k in order}, args.repeats, n_images)
+    print(f"cnncli   train {r['ours train']:8.0f} img/s   eval {r['ours eval']:8.0f} img/s   "
+          f"(batch {batch}, eval batch {args.eval_batch}, {threads} threads, median of {args.repeats}, "
+          f"alternating runs)")
+    if args.vs_torch:
+        print(f"pytorch  train {r['torch train']:8.0f} img/s   eval {r['torch eval']:8.0f} img/s")
+        print(f"ratio (pytorch / cnncli): train {r['torch train'] / r['ours train']:.2f}x, "
+              f"eval {r['torch eval'] / r['ours eval']:.2f}x")
+    print(f"peak RSS of this process: {peak_rss_mib():.0f} MiB (both frameworks; see README for a training run's)")
 
 if __name__ == "__main__":
     main()
