@@ -1,7 +1,8 @@
 """The command line (typer). Thin: parse argv, call the library, map errors to exit codes.
 
 Exit codes: 0 success, 1 a failed check (gradcheck) or a diverged run, 2 bad input
-(config, data, checkpoint), 130 interrupted. User errors print one message and no
+(config, data, checkpoint, a batch size the model cannot take, out of memory, an output
+that cannot be written), 130 interrupted. User errors print one message and no
 traceback; ``--debug`` shows it.
 """
 
@@ -73,7 +74,7 @@ def user_errors(ctx: typer.Context):
         from cnncli.report import print_error
 
         print_error("out of memory; use a smaller model, train.batch_size or train.eval_batch_size")
-        raise typer.Exit(code=1) from None
+        raise typer.Exit(code=2) from None
 
 
 def _overrides(sets: list[str] | None, **shortcuts) -> list[str]:
@@ -83,12 +84,15 @@ def _overrides(sets: list[str] | None, **shortcuts) -> list[str]:
     as written (``run #2``, ``null`` and ``2024`` are folder names there)."""
     import json
 
+    from cnncli.config import Override
+
     out = list(sets or [])
     keys = {"epochs": "train.epochs", "seed": "train.seed", "batch_size": "train.batch_size",
             "lr": "train.optimizer.lr", "out": "output.dir"}
     for name, value in shortcuts.items():
         if value is not None:
-            out.append(f"{keys[name]}={json.dumps(value) if isinstance(value, str) else repr(value)}")
+            text = f"{keys[name]}={json.dumps(value) if isinstance(value, str) else repr(value)}"
+            out.append(Override(text, "--" + name.replace("_", "-")))
     return out
 
 
@@ -125,22 +129,25 @@ def train(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object per epoch and one at the end."),
     resume: Optional[Path] = typer.Option(None, "--resume", metavar="CHECKPOINT",
                                           help="Continue the run of CHECKPOINT (RUN/last.npz) in its folder, exactly "
-                                               "where it stopped; --epochs may raise the total."),
+                                               "where it stopped; --epochs may raise the total. With --out NEWDIR "
+                                               "the run continues in a new folder (e.g. from an earlier epoch_K.npz)."),
 ) -> None:
     """Train the network of CONFIG; write checkpoints and metrics to a run folder.
 
     Example: cnncli train configs/mnist.yaml --epochs 2 --out runs/first
     Resume:  cnncli train configs/mnist.yaml --resume runs/first/last.npz --epochs 4
+    Branch:  cnncli train configs/mnist.yaml --resume runs/first/epoch_2.npz --out runs/from-epoch-2
     Other data (IDX, NPZ, CSV, image folders, or a name): --set data.path=digits.npz  or  --set data.name=kmnist
     """
     with user_errors(ctx):
         from cnncli import config as C
         from cnncli import report, training
 
-        if resume is not None and (out is not None or overwrite):
+        if resume is not None and overwrite:
             from cnncli.errors import CnncliError
 
-            raise CnncliError("--resume continues the run in the checkpoint's own folder; drop --out and --overwrite")
+            raise CnncliError("--resume never overwrites a run folder: drop --overwrite (without --out the run "
+                              "continues in the checkpoint's own folder; with --out NEWDIR in a new one)")
         overrides = _overrides(sets, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, out=out)
         cfg = C.load(config, overrides)
         ck = None
@@ -149,11 +156,18 @@ def train(
 
             ck = checkpoint.load(resume)
             training.check_resume(cfg, ck)        # a wrong or finished checkpoint fails before data is read
+            if out is None:
+                training.check_resume_in_place(ck)   # never overwrite another folder's files nor rewind a run
         if cfg.model.input_shape is not None:
             training.build_model(cfg)             # bad geometry fails before any data is read
         data = training.prepare_data(cfg)
         model = training.build_model(cfg, data.train.image_shape, num_classes=data.num_classes)
-        run_dir = ck.path.parent if ck is not None else training.new_run_dir(cfg.output.dir, overwrite=overwrite)
+        if ck is not None and out is None:
+            run_dir = ck.path.parent
+        else:
+            run_dir = training.new_run_dir(cfg.output.dir, overwrite=overwrite)
+            if ck is not None:
+                training.start_branch(ck, run_dir)     # a resumed run branched into a new folder
         reporter = report.TrainReporter("json" if json_out else "quiet" if quiet else None)
         try:
             training.fit(cfg, model, data, run_dir, reporter, resume=ck)
@@ -232,9 +246,16 @@ def predict(
         model, cfg, _ = load_model(checkpoint)
         k = min(top_k, model.output_shape[0])
         rows = []
+        from cnncli.errors import CnncliError
+
         for path in inputs:
-            images = read_images(path, channels=model.input_shape[0] if len(model.input_shape) == 3 else 1)
-            probs = predict_proba(model, cfg, images)
+            try:
+                images = read_images(path, channels=model.input_shape[0] if len(model.input_shape) == 3 else 1)
+                probs = predict_proba(model, cfg, images)
+            except CnncliError as e:
+                if str(path) not in str(e):        # every message names the file that failed
+                    e.args = (f"{path}: {e}",)
+                raise
             names = cfg.data.classes
             for i, p in enumerate(probs):
                 order = np.argsort(-p, kind="stable")[:k]
@@ -344,7 +365,21 @@ def time_(
         cfg = C.load(config, _overrides(sets))
         model = training.build_model(cfg, training.input_shape(cfg))
         optimizer = training.make_optimizer(cfg, model)
-        result = time_model(model, optimizer, batch_size or cfg.train.batch_size, iterations, warmup)
+        n = batch_size or cfg.train.batch_size
+        what = "--batch-size" if batch_size else "train.batch_size"
+        i = training.batchnorm_index(model)
+        if n < 2 and i is not None:
+            from cnncli.errors import ConfigError, Problem
+
+            raise ConfigError([Problem(what, f"is 1, but model.layers[{i}] (batchnorm) needs more than one value "
+                                             f"per channel in training; use --batch-size 2 or more")],
+                              None if batch_size else str(config))
+        try:
+            result = time_model(model, optimizer, n, iterations, warmup)
+        except MemoryError:
+            from cnncli.errors import BatchError
+
+            raise BatchError(f"a batch of {n} images does not fit in memory; use a smaller {what}") from None
         threads = blas_threads()
         if json_out:
             import dataclasses

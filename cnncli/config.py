@@ -37,6 +37,9 @@ from cnncli.model import LayerSpec, check_options, check_specs
 
 # ------------------------------------------------------------------ YAML with lines
 
+DEFAULT_OPTIMIZER = "adam"
+
+
 class LineDict(dict):
     """A mapping that remembers the 1-based line of each key (``lines``) and of itself (``line``)."""
 
@@ -448,7 +451,7 @@ SECTIONS: dict[str, dict[str, tuple[Any, Callable]]] = {
         "batch_size": (128, _batch_size("batch_size")),
         "eval_batch_size": (1000, _batch_size("eval_batch_size")),
         "seed": (0, _non_negative_int("seed")),
-        "optimizer": ({"type": "adam"}, None),  # checked by _optimizer
+        "optimizer": ({"type": DEFAULT_OPTIMIZER}, None),  # checked by _optimizer
         "label_smoothing": (0.0, lambda v: check_float("label_smoothing", v, 0.0, 1.0)),
         "schedule": (None, None),         # checked by _schedule
         "grad_clip_norm": (None, lambda v: None if v is None else check_float("grad_clip_norm", v, 0.0,
@@ -584,6 +587,8 @@ def _schedule(raw, container, problems: list[Problem], optimizer: OptimizerConfi
         epochs = epochs if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 1 else 10
         try:
             make_schedule(name, opts, float(lr), epochs, 1)
+            if name == "cosine":
+                _cosine_limits(opts, raw, line, float(lr), epochs, problems)
         except (ValueError, TypeError, OverflowError) as e:
             msg = str(e)
             bad = next((k for k in sorted(opts, key=len, reverse=True) if re.match(rf"{re.escape(k)}\b", msg)), None)
@@ -591,6 +596,23 @@ def _schedule(raw, container, problems: list[Problem], optimizer: OptimizerConfi
                 msg = msg[len(bad) + 1:]
             problems.append(Problem(f"{path}.{bad}" if bad else path, msg, (_line(raw, bad) if bad else None) or line))
     return ScheduleConfig(name, opts)
+
+
+def _cosine_limits(opts: dict[str, Any], raw: Any, line: int | None, lr: float, epochs: int,
+                   problems: list[Problem]) -> None:
+    """A cosine schedule must anneal: ``eta_min`` at most the optimizer's lr, and the warmup
+    shorter than the run (else the run ends inside it and the cosine never starts)."""
+    path = "train.schedule"
+    eta_min = opts.get("eta_min", 0.0)
+    if eta_min > lr:
+        problems.append(Problem(f"{path}.eta_min", f"is {eta_min:g}, above train.optimizer.lr {lr:g}: the lr would "
+                                f"rise instead of anneal. Use a final lr below the start, e.g. eta_min: {lr / 100:g}",
+                                _line(raw, "eta_min") or line))
+    warmup = opts.get("warmup_epochs", 0)
+    if warmup and warmup >= epochs:
+        problems.append(Problem(f"{path}.warmup_epochs", f"is {warmup}, but train.epochs is {epochs}: the run would "
+                                f"end inside the warmup and never anneal. Use fewer warmup epochs (at most "
+                                f"{max(epochs - 1, 0)}) or more epochs", _line(raw, "warmup_epochs") or line))
 
 
 def _augment(raw, container, problems: list[Problem]) -> AugmentConfig:
@@ -788,9 +810,16 @@ def validate(raw: Any, source: str | None = None, stem: str = "run") -> Config:
     _data_source(values["data"], raw.get("data"), problems, "data" in raw, getattr(raw, "overridden", ()))
     if problems:
         # a value that came from --set is reported as such, not at the file line it replaced
-        overridden = getattr(raw, "overridden", ())
-        problems = [Problem(p.path, f"{p.message} (set by --set)", None)
-                    if any(p.path == o or p.path.startswith((o + ".", o + "[")) for o in overridden) else p
+        overridden = getattr(raw, "overridden", {})
+        origins = getattr(raw, "origins", {})
+
+        def origin(path: str) -> str | None:
+            for o in sorted(overridden, key=len, reverse=True):
+                if path == o or path.startswith((o + ".", o + "[")):
+                    return origins.get(o, "--set")
+            return None
+
+        problems = [Problem(p.path, f"{p.message} (set by {origin(p.path)})", None) if origin(p.path) else p
                     for p in problems]
         problems.sort(key=lambda p: (p.line or 0))
         raise ConfigError(problems, source)
@@ -837,6 +866,18 @@ def _forget_lines(value: Any) -> Any:
     return value
 
 
+class Override(str):
+    """A ``key.path=value`` override made by a command-line flag (``--lr``): ``flag`` names it in
+    messages instead of ``--set``."""
+
+    flag: str = "--set"
+
+    def __new__(cls, text: str, flag: str = "--set"):
+        self = super().__new__(cls, text)
+        self.flag = flag
+        return self
+
+
 def apply_overrides(raw: Any, overrides: list[str]) -> Any:
     """Apply ``key.path=value`` overrides (value parsed as YAML) to a parsed config.
 
@@ -850,8 +891,10 @@ def apply_overrides(raw: Any, overrides: list[str]) -> Any:
         raw = LineDict()
     problems = []
     overridden: set[str] = set(getattr(raw, "overridden", ()))
+    origins: dict[str, str] = dict(getattr(raw, "origins", {}))
     for item in overrides:
-        where = f"--set {item}"
+        flag = getattr(item, "flag", "--set")
+        where = f"--set {item}" if flag == "--set" else f"{flag} ({item})"
         if "=" not in item:
             problems.append(Problem(where, "expected key.path=value, e.g. --set train.epochs=3"))
             continue
@@ -868,8 +911,11 @@ def apply_overrides(raw: Any, overrides: list[str]) -> Any:
             problems.append(Problem(where, e.problems[0].message))
             continue
         node = raw
+        created: list[str] = []
+        prefix = ""
         try:
             for k, next_key in zip(keys[:-1], keys[1:]):
+                prefix = f"{prefix}[{k}]" if isinstance(k, int) else (f"{prefix}.{k}" if prefix else k)
                 if isinstance(k, int):
                     if not isinstance(node, list):
                         raise TypeError
@@ -877,7 +923,10 @@ def apply_overrides(raw: Any, overrides: list[str]) -> Any:
                 else:
                     if not isinstance(node, dict):
                         raise TypeError
-                    node.setdefault(k, LineDict())
+                    if k not in node:            # a key the file does not have: --set creates it
+                        created.append(prefix)
+                        # --lr on a config without an optimizer sets the lr of the default one
+                        node[k] = LineDict(type=DEFAULT_OPTIMIZER) if prefix == "train.optimizer" else LineDict()
                     node = _child(node, k, next_key)
             last = keys[-1]
             if isinstance(last, int) and isinstance(node, list):
@@ -889,14 +938,18 @@ def apply_overrides(raw: Any, overrides: list[str]) -> Any:
         except (TypeError, IndexError, KeyError):
             problems.append(Problem(where, f"'{path}' does not lead to a key of the config"))
             continue
-        overridden.add(path)
+        for o in [path, *created]:
+            overridden.add(o)
+            origins[o] = flag
         layer_option = re.fullmatch(r"(model\.layers\[\d+\])\.[^.\[]+\.(.+)", path)
         if layer_option:       # problems name layer options without the type: model.layers[0].stride
             overridden.add(f"{layer_option[1]}.{layer_option[2]}")
+            origins[f"{layer_option[1]}.{layer_option[2]}"] = flag
     if problems:
         raise ConfigError(problems)
     if isinstance(raw, LineDict):
         raw.overridden = overridden
+        raw.origins = origins
     return raw
 
 

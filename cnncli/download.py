@@ -130,7 +130,12 @@ def check_mirror(mirror: str) -> str:
     Raises:
         DownloadError: Otherwise.
     """
-    parts = urllib.parse.urlsplit(mirror)
+    try:
+        parts = urllib.parse.urlsplit(mirror)
+        parts.port          # raises ValueError for a port that is not a number (http://host:x/)
+    except ValueError as e:
+        raise DownloadError(f"invalid --mirror URL {mirror!r} ({e}); give the base URL that serves the dataset's "
+                            f"files, e.g. --mirror https://example.org/mnist/ (IPv6: http://[::1]:8000/)") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise DownloadError(f"mirror {mirror!r} is not an http:// or https:// URL; give the base URL that serves "
                             f"the dataset's files, e.g. --mirror https://example.org/mnist/")

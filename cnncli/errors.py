@@ -93,3 +93,10 @@ class TrainingError(CnncliError):
 
 class DivergedError(TrainingError):
     """The loss became NaN or infinite."""
+
+
+class BatchError(TrainingError):
+    """A layer refused a batch or a batch does not fit in memory: bad input (e.g. batchnorm with
+    batch size 1, a batch size too large), so exit 2 as every other user error."""
+
+    exit_code = 2

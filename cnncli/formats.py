@@ -491,6 +491,8 @@ def read_folder(folder: str | os.PathLike, classes: Sequence[str] | None = None,
     Image = _pillow(folder)
     index = {c: i for i, c in enumerate(classes)}
     entries = []
+    derived = classes == tuple(found)       # the class list is these folders: an empty one adds a phantom class
+    empty: list[tuple[Path, str]] = []
     for name in found:
         cdir = folder / name
         try:
@@ -504,9 +506,16 @@ def read_folder(folder: str | os.PathLike, classes: Sequence[str] | None = None,
                 raise DataError(f"{p}: a folder inside the class folder '{name}'; class folders hold image "
                                 f"files only ({folder}/CLASS/IMAGE.png).")
             entries.append((natural_key(p.name), index[name], p))
+        if derived and not any(not p.name.startswith(".") for p in children):
+            empty.append((cdir, name))
     if not entries:
         raise DataError(f"{folder}: the class folders ({', '.join(found[:_MAX_LISTED])}) hold no images; the "
                         f"{split} split is empty.")
+    if empty:
+        cdir, name = empty[0]
+        raise DataError(f"{cdir}: the class folder '{name}' holds no images, so class {index[name]} would have "
+                        f"no examples. Add its images or remove the empty folder (or list the classes in "
+                        f"data.classes).")
     entries.sort(key=lambda e: (e[0], e[1]))
     if limit is not None:
         entries = entries[:limit]
@@ -544,10 +553,37 @@ def _sniff(path: Path) -> bytes:
     return head
 
 
+#: Files that are certainly not datasets: say so rather than try to read them as CSV.
+NOT_DATASET_SUFFIXES = (".yaml", ".yml", ".json", ".toml", ".ini", ".cfg", ".md", ".rst", ".py", ".sh",
+                        ".html", ".xml", ".log", ".jsonl")
+
+
+def _not_a_dataset(path: Path, what: str) -> DataError:
+    return DataError(f"{path}: not a dataset file ({what}). A dataset is an IDX pair (train-images-idx3-ubyte.gz, "
+                     f"...), an .npz archive, a .csv file, or a folder of class folders"
+                     + (" - a YAML file is a config: cnncli train CONFIG." if path.suffix.lower() in (".yaml", ".yml")
+                        else "."))
+
+
 def _file_format(path: Path) -> str:
+    """The format of a dataset file: by its name first (``.npz``, ``.csv``, ``-ubyte``), checked
+    against its first bytes; a name that says nothing is decided by the bytes."""
+    name = path.name.lower()
+    inner = name[:-3] if name.endswith(".gz") else name
+    suffix = Path(inner).suffix
+    if suffix in NOT_DATASET_SUFFIXES:
+        raise _not_a_dataset(path, f"a {suffix} file")
     head = _sniff(path)
     if not head:
         raise DataError(f"{path}: the file is empty.")
+    text = head.decode("utf-8-sig", errors="ignore")
+    is_text = bool(text.strip()) and all(ch.isprintable() or ch in "\r\n\t" for ch in text)
+    if suffix == ".npz" and head[:2] != b"PK":
+        what = "it holds text" if is_text else f"it starts with {head[:8].hex(' ')}"
+        raise DataError(f"{path}: named .npz but not an NPZ archive (a zip written by numpy.savez): {what}. "
+                        f"Check the file, or rename it if it is another kind.")
+    if inner.endswith(CSV_SUFFIXES) or suffix == ".csv":
+        return "csv"
     if head[:2] == b"PK":
         return "npz"
     if head[:6] == b"\x93NUMPY":
@@ -558,9 +594,10 @@ def _file_format(path: Path) -> str:
     if head[:8] == b"\x89PNG\r\n\x1a\n" or head[:3] == b"\xff\xd8\xff":
         raise DataError(f"{path}: a single image; an image dataset is a folder of class folders "
                         f"(train/CLASS/IMAGE.png).")
-    text = head.decode("utf-8-sig", errors="ignore")
-    if text.strip() and all(ch.isprintable() or ch in "\r\n\t" for ch in text):
-        return "csv"
+    if is_text:
+        if suffix in ("", ".txt", ".tsv", ".data") or "," in text.splitlines()[0]:
+            return "csv"
+        raise _not_a_dataset(path, f"a text file named {suffix} that is not comma-separated")
     raise DataError(f"{path}: cannot tell the format (not IDX, NPZ or CSV: it starts with {head[:8].hex(' ')}). "
                     f"Set data.format, or check the file.")
 
@@ -787,6 +824,7 @@ def load(d: Any, splits: Iterable[str] = ("train", "test"), train_limit: int | N
     formats = set()
     if "train" in splits:
         train, names, f = _read_location(train_loc, "train", fmt, d, train_limit, classes, True)
+        _check_image_shape(train, d.image_shape)
         formats.add(f)
         classes = names if names is not None else classes
     if "test" in splits and test_loc is not None:
@@ -794,8 +832,18 @@ def load(d: Any, splits: Iterable[str] = ("train", "test"), train_limit: int | N
             # the test split's labels follow the training split's class folders
             classes = tuple(class_folders(_class_root(Path(train_loc).expanduser())))
         test, names, f = _read_location(test_loc, "test", fmt, d, test_limit, classes, explicit_test or fmt != "npz")
+        _check_image_shape(test, d.image_shape)
         formats.add(f)
         classes = names if names is not None else classes
+    for ds in (train, test):
+        check_label_range(ds, getattr(d, "num_classes", None), classes)
+    if train is not None and test is not None and {train.image_shape[0], test.image_shape[0]} == {1, 3} \
+            and "folder" in formats:
+        # image folders: one colour image makes a split RGB; then both splits are read as RGB
+        grey = "train" if train.image_shape[0] == 1 else "test"
+        ds = train if grey == "train" else test
+        ds = Dataset(np.repeat(ds.images, 3, axis=1), ds.labels, ds.source)
+        train, test = (ds, test) if grey == "train" else (train, ds)
     if classes is None and catalog_classes is not None:
         classes = tuple(catalog_classes)
     if classes is not None:
@@ -810,6 +858,53 @@ def load(d: Any, splits: Iterable[str] = ("train", "test"), train_limit: int | N
         fmt = formats.pop()
     resolved["format"] = fmt
     return Loaded(train, test, classes, fmt, where, resolved)
+
+
+#: Without data.num_classes, a label above this is taken for a mistake (a class count this large
+#: would not fit a classifier's output layer anyway).
+MAX_LABEL = 65535
+
+
+def check_label_range(ds: Dataset | None, num_classes: int | None = None,
+                      classes: Sequence[str] | None = None) -> None:
+    """Call out a stray label before it becomes the class count: with neither ``data.num_classes``
+    nor class names, a label above :data:`MAX_LABEL`, or one above 1000 and more than ten times
+    the next largest label, is reported with its sample (labels beyond ``data.num_classes`` are
+    checked by the trainer).
+
+    Raises:
+        DataError: Naming the sample, its label and the fix.
+    """
+    if ds is None or not len(ds) or num_classes is not None or classes is not None:
+        return
+    top = int(ds.labels.max())
+    if top <= 1000:
+        return
+    below = ds.labels[ds.labels < top]
+    second = int(below.max()) if below.size else -1
+    if top > MAX_LABEL or top > 10 * (second + 1):
+        i = int(np.argmax(ds.labels == top))
+        others = f"the other labels are at most {second}" if second >= 0 else "it is the only label"
+        raise DataError(f"{label_where(ds, i)}: label {top} looks like a mistake ({others}); it would make "
+                        f"{top + 1} classes. Check the labels, or set data.num_classes if there really are "
+                        f"that many classes.")
+
+
+def _check_image_shape(ds: Dataset | None, image_shape: Sequence[int] | None) -> None:
+    """``data.image_shape`` shapes flat data; data that has a shape of its own must agree with it.
+
+    Raises:
+        DataError: Naming data.image_shape and the shape found.
+    """
+    if ds is None or image_shape is None:
+        return
+    shape = tuple(int(s) for s in image_shape)
+    want = (1, *shape) if len(shape) == 2 else shape
+    if tuple(ds.image_shape) != want:
+        found = list(ds.image_shape)
+        raise DataError(f"{ds.source}: images are {found} (C, H, W), but data.image_shape is {list(shape)}. "
+                        f"data.image_shape only shapes flat data (CSV rows, flat NPZ arrays); set it to "
+                        f"{found if len(shape) == 3 else found[1:]} or remove it.")
 
 
 def _class_root(path: Path) -> Path:

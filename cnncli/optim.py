@@ -73,13 +73,20 @@ class Optimizer:
         """Flat ``{"key/name": array}`` of the optimizer state, for checkpoints."""
         return {f"{k}/{n}": a for k, s in self.state.items() for n, a in s.items()}
 
+    def needed_state(self) -> tuple[str, ...]:
+        """The state names every parameter holds after a step, with these options."""
+        return self.state_names
+
     def load_state_arrays(self, arrays: dict[str, np.ndarray], steps: int) -> None:
         """Restore what :meth:`state_arrays` returned and the step count (for resuming).
 
-        Arrays are copied in the parameters' dtype; nothing changes unless all fit.
+        Arrays are copied in the parameters' dtype; nothing changes unless all fit. After
+        steps > 0 every parameter must hold all of :meth:`needed_state` (an option such as
+        ``momentum`` or ``centered`` added since the run began needs state it never kept).
 
         Raises:
-            ValueError: Naming an entry for an unknown parameter or state, or of the wrong shape.
+            ValueError: Naming an entry for an unknown parameter or state, of the wrong shape,
+                or a missing one.
         """
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"optimizer step count must be an integer >= 0, got {steps!r}")
@@ -93,6 +100,15 @@ class Optimizer:
             if np.shape(a) != p.shape:
                 raise ValueError(f"optimizer state {name!r} has shape {np.shape(a)}, the parameter {p.shape}")
             state[key][what] = np.array(a, dtype=p.dtype, copy=True)
+        if steps > 0:
+            for key, st in state.items():
+                missing = [n for n in self.needed_state() if n not in st]
+                if missing:
+                    raise ValueError(f"it holds no optimizer state '{missing[0]}' for parameter {key} (entry "
+                                     f"optim/{key}/{missing[0]}), which {self.type_name} with the config's options "
+                                     f"needs. Either the checkpoint is damaged, or train.optimizer changed since the "
+                                     f"run began (e.g. momentum or centered added). Keep the run's train.optimizer "
+                                     f"options, or start a new run")
         self.state = state
         self.steps = steps
 
@@ -125,6 +141,9 @@ class SGD(Optimizer):
         self.nesterov = check_bool("nesterov", nesterov)
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("nesterov needs momentum > 0 and dampening 0")
+
+    def needed_state(self) -> tuple[str, ...]:
+        return ("momentum_buffer",) if self.momentum else ()
 
     def _update(self, key, p, g):
         wd = self.decay(key)
@@ -255,6 +274,10 @@ class RMSprop(Optimizer):
         self.eps = check_float("eps", eps, 0.0)
         self.momentum = check_float("momentum", momentum, 0.0)
         self.centered = check_bool("centered", centered)
+
+    def needed_state(self) -> tuple[str, ...]:
+        return ("square_avg", *(("momentum_buffer",) if self.momentum else ()),
+                *(("grad_avg",) if self.centered else ()))
 
     def _update(self, key, p, g):
         t = p.dtype.type

@@ -172,7 +172,7 @@ class Cosine(Schedule):
     Args:
         eta_min: Final learning rate (>= 0). Default: 0.
         warmup_epochs: Epochs of linear warmup (with ``train.epochs`` or more, the whole run
-            is warmup). Default: 0.
+            is warmup; a config refuses that, and an ``eta_min`` above the lr). Default: 0.
 
     References:
         Loshchilov & Hutter 2016 (SGDR), https://arxiv.org/abs/1608.03983;

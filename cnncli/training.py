@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -18,8 +19,8 @@ import numpy as np
 from cnncli import checkpoint
 from cnncli.config import Config
 from cnncli.datasets import Dataset
-from cnncli.errors import (CnncliError, ConfigError, DataError, DivergedError, OutputError, Problem,
-                           TrainingError)
+from cnncli.errors import (BatchError, CnncliError, ConfigError, DataError, DivergedError, OutputError,
+                           Problem, TrainingError)
 from cnncli.losses import softmax_cross_entropy
 from cnncli.metrics import confusion_matrix
 from cnncli.model import Model, build
@@ -310,6 +311,26 @@ def build_model(cfg: Config, input_shape: tuple[int, ...] | None = None, *, dtyp
     return model
 
 
+def batchnorm_index(model: Model) -> int | None:
+    """Index of the first batchnorm layer (which needs batches of more than one value per channel)."""
+    return next((i for i, layer in enumerate(model.layers) if "batchnorm" in layer.type_name), None)
+
+
+def check_batch_size(cfg: Config, model: Model, flag: str | None = None) -> None:
+    """Refuse a training batch size of 1 for a model with batchnorm (as PyTorch's "expected more
+    than 1 value per channel when training"). ``flag`` names the command-line option that set it.
+
+    Raises:
+        ConfigError: Naming ``train.batch_size`` (or ``flag``) and the batchnorm layer.
+    """
+    i = batchnorm_index(model)
+    if i is None or cfg.train.batch_size > 1:
+        return
+    msg = (f"is 1, but model.layers[{i}] (batchnorm) needs more than one value per channel in training "
+           f"(a batch of one has no batch statistics); use 2 or more")
+    raise ConfigError([Problem(flag or "train.batch_size", msg)], None if flag else cfg.source)
+
+
 def norm_param_keys(model: Model) -> set[str]:
     """Keys of the parameters of normalization layers (batchnorm ``weight`` and ``bias``)."""
     return {f"{i}.{n}" for i, layer in enumerate(model.layers) if "norm" in layer.type_name
@@ -422,9 +443,9 @@ def run_batches(model: Model, ds: Dataset, batch_size: int, lut: np.ndarray, *, 
             try:
                 logits = model.forward(x, training=training)
             except ValueError as e:          # e.g. batchnorm refusing a batch of one in training
-                raise TrainingError(f"batch {b + 1} of {len(idx)} images: {e}") from None
+                raise BatchError(f"batch {b + 1} of {len(idx)} images: {e}") from None
             except MemoryError:
-                raise TrainingError(f"batch {b + 1} of {len(idx)} images does not fit in memory; lower "
+                raise BatchError(f"batch {b + 1} of {len(idx)} images does not fit in memory; lower "
                                     f"train.batch_size or train.eval_batch_size") from None
             loss, dlogits = softmax_cross_entropy(logits, y, label_smoothing)
             if not math.isfinite(loss):
@@ -603,6 +624,14 @@ def check_resume(cfg: Config, ck: checkpoint.Checkpoint) -> int:
         raise CheckpointError(f"{path}: corrupt 'meta' entry: epoch is {epoch!r}; cannot resume from it")
     if meta.get("interrupted"):
         # it may hold a part of an epoch; last.npz holds the end of the last finished one
+        last = path.parent / "last.npz"
+        if last.is_file():
+            try:
+                current = checkpoint.load(last).meta.get("epoch")
+                if isinstance(current, int) and not isinstance(current, bool):
+                    epoch = current
+            except CheckpointError:
+                pass
         raise CheckpointError(f"{path}: the state where Ctrl-C stopped training; a run resumes exactly only from "
                               f"the end of an epoch. Resume from {path.parent / 'last.npz'} (epoch {epoch})."
                               if epoch else
@@ -649,6 +678,99 @@ def check_resume(cfg: Config, ck: checkpoint.Checkpoint) -> int:
                                   f"train.early_stopping.patience above {stopper.wait} or remove "
                                   f"train.early_stopping to continue.")
     return epoch
+
+
+RUN_HEADER = "# cnncli run "
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _header_run_id(folder: Path) -> str | None:
+    """The run id on the first line of ``folder/config.yaml`` (None if absent or not ours)."""
+    try:
+        with open(folder / "config.yaml", encoding="utf-8") as f:
+            first = f.readline()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return first[len(RUN_HEADER):].strip() or None if first.startswith(RUN_HEADER) else None
+
+
+def check_resume_in_place(ck: checkpoint.Checkpoint) -> None:
+    """Refuse to resume ``ck`` in its own folder unless that folder verifiably holds its run
+    and ``ck`` is the run's latest state. Resuming in place rewrites config.yaml,
+    metrics.jsonl, last.npz and best.npz, so it must never hit a folder of other files
+    (a checkpoint copied into a project folder) nor rewind a run past later checkpoints.
+
+    Verified means: the folder's ``last.npz`` has the checkpoint's run id and the same epoch
+    and step, and ``config.yaml`` names that run id on its first line. (A checkpoint from
+    before run ids is accepted only as the folder's own ``last.npz`` beside a config.yaml.)
+
+    Raises:
+        CheckpointError: With the way out: ``--out NEWDIR`` continues the run in a new folder.
+    """
+    from cnncli.errors import CheckpointError
+
+    path, folder = ck.path, ck.path.parent
+    fix = (f"To continue from this checkpoint, branch into a new run folder: add --out NEWDIR "
+           f"(nothing in {folder} is changed).")
+    last = folder / "last.npz"
+    if not last.is_file():
+        raise CheckpointError(f"{path}: its folder {folder} is not this checkpoint's run folder (no last.npz "
+                              f"there); resuming in place would overwrite config.yaml, metrics.jsonl and best.npz "
+                              f"in it. {fix}")
+    same_file = _same_folder(path, last)
+    try:
+        latest = ck if same_file else checkpoint.load(last)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: cannot check that {folder} is its run folder: {e}. {fix}") from None
+    run_id = ck.meta.get("run_id")
+    if run_id is None and same_file:             # written before checkpoints recorded run ids
+        if (folder / "config.yaml").is_file():
+            return
+    if run_id is None or latest.meta.get("run_id") != run_id:
+        raise CheckpointError(f"{path}: {last} belongs to another run, so {folder} is not this checkpoint's run "
+                              f"folder; resuming in place would overwrite that run's files. {fix}")
+    if (latest.meta.get("epoch"), latest.meta.get("step")) != (ck.meta.get("epoch"), ck.meta.get("step")):
+        raise CheckpointError(f"{path}: holds epoch {ck.meta.get('epoch')} of the run in {folder}, whose latest "
+                              f"checkpoint {last} holds epoch {latest.meta.get('epoch')}; resuming in place would "
+                              f"rewind the run and overwrite its later checkpoints and metrics. Resume from {last}, "
+                              f"or branch from epoch {ck.meta.get('epoch')} into a new run folder: add --out NEWDIR "
+                              f"(nothing in {folder} is changed).")
+    if _header_run_id(folder) != run_id:
+        raise CheckpointError(f"{path}: {folder / 'config.yaml'} is not the config of this checkpoint's run; "
+                              f"resuming in place would overwrite it. {fix}")
+
+
+def start_branch(ck: checkpoint.Checkpoint, run_dir: Path) -> None:
+    """Prepare the new run folder ``run_dir`` of a run continued from ``ck`` elsewhere
+    (``--resume CK --out NEWDIR``): the metrics and timing lines of epochs 1..k and the
+    best checkpoint so far are carried over when ``ck``'s folder verifiably holds its run."""
+    import shutil
+
+    src = ck.path.parent
+    run_id = ck.meta.get("run_id")
+    if run_id is None or _header_run_id(src) != run_id:
+        return
+    epoch = ck.meta.get("epoch")
+    for name in ("metrics.jsonl", "timing.jsonl"):
+        rows = _read_rows(src / name, epoch)
+        if rows:
+            _write_text_atomic(run_dir / name, "".join(json.dumps(r) + "\n" for r in rows))
+    best_epoch = (ck.meta.get("best") or {}).get("best_epoch")
+    if best_epoch == epoch:
+        shutil.copyfile(ck.path, run_dir / "best.npz")
+    elif (src / "best.npz").is_file():
+        try:
+            best = checkpoint.load(src / "best.npz")
+        except Exception:  # noqa: BLE001 - a damaged best.npz is simply not carried over
+            return
+        if best.meta.get("run_id") == run_id and best.meta.get("epoch") == best_epoch:
+            shutil.copyfile(src / "best.npz", run_dir / "best.npz")
 
 
 def _read_rows(path: Path, upto: int) -> list[dict[str, Any]]:
@@ -713,6 +835,7 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
     if augment.active and len(model.input_shape) != 3:
         raise ConfigError([Problem("data.augment", f"needs images (C, H, W); the model's input is "
                                    f"{list(model.input_shape)}")], cfg.source)
+    check_batch_size(cfg, model)
     optimizer = make_optimizer(cfg, model)
     has_val = data.val is not None
     schedule = make_schedule(cfg, optimizer.lr, len(data.train), has_val)
@@ -735,8 +858,15 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
         rt["early_stopping"]["monitor"] = early_metric
     if "monitor" in rt["schedule"]:
         rt["schedule"]["monitor"] = resolve_monitor(rt["schedule"]["monitor"], has_val)
+    # the folder actually written (a taken output.dir gives runs/x-2; a resumed run keeps its folder)
+    resolved["output"]["dir"] = str(run_dir)
     num_classes = model.output_shape[0]
     best_path, last_path = run_dir / "best.npz", run_dir / "last.npz"
+    # a run id ties a folder's files together: checkpoints record it, config.yaml's first line names it;
+    # resuming in the checkpoint's own folder keeps it, a new folder (or a branch) gets a new one
+    in_place = resume is not None and _same_folder(resume.path.parent, run_dir)
+    run_id = resume.meta.get("run_id") if in_place and isinstance(resume.meta.get("run_id"), str) \
+        else uuid.uuid4().hex
     metrics_path, timing_path = run_dir / "metrics.jsonl", run_dir / "timing.jsonl"
     rows: list[dict[str, Any]] = []
     timing_rows: list[dict[str, Any]] = []
@@ -774,9 +904,11 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
         timing_rows = _read_rows(timing_path, start_epoch)
 
     try:
-        _write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        _write_text_atomic(run_dir / "config.yaml", RUN_HEADER + run_id + "\n"
+                           + yaml.safe_dump(resolved, sort_keys=False))
     except OSError as e:
-        raise TrainingError(f"cannot write {run_dir / 'config.yaml'} ({e.strerror or e})") from None
+        raise OutputError(f"cannot write {run_dir / 'config.yaml'} ({e.strerror or e}). Free disk space or "
+                          f"choose another --out.", getattr(e, "errno", None), getattr(e, "strerror", None)) from None
     n_batches = math.ceil(len(data.train) / t.batch_size)
     on_event(RunStarted(run_dir, t.epochs, n_batches, len(data.train), len(data.val or ()),
                         len(data.test or ()), model.num_params(), start_epoch))
@@ -786,13 +918,14 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
         try:
             _save(path, epoch, metrics, **extra)
         except OSError as e:
-            raise TrainingError(f"cannot write {path} ({e.strerror or e}); the previous file there, if any, "
-                                f"is intact. Free disk space or choose another --out.") from None
+            raise OutputError(f"cannot write {path} ({e.strerror or e}); the previous file there, if any, "
+                              f"is intact. Free disk space or choose another --out.", e.errno, e.strerror) from None
 
     def _save(path: Path, epoch: int, metrics: dict[str, Any], **extra) -> None:
         checkpoint.save(path, params=model.params(), buffers=model.buffers(),
                         optim=optimizer.state_arrays(), config=resolved,
                         meta={"epoch": epoch, "step": step, "metrics": metrics,
+                              "run_id": run_id, "run_dir": str(run_dir.resolve()),
                               "optimizer": {"type": optimizer.type_name, "steps": optimizer.steps,
                                             "lr": optimizer.lr},
                               "schedule": {"type": t.schedule.type, "state": schedule.state()},
@@ -807,8 +940,8 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
         try:
             _write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in lines))
         except OSError as e:
-            raise TrainingError(f"cannot write {path} ({e.strerror or e}). "
-                                f"Free disk space or choose another --out.") from None
+            raise OutputError(f"cannot write {path} ({e.strerror or e}). "
+                              f"Free disk space or choose another --out.", e.errno, e.strerror) from None
 
     finished, finished_metrics = start_epoch, (rows[-1] if rows else {})
     stopped_early = None
@@ -860,6 +993,8 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
                 stop = early.epoch_end(metrics[early_metric], epoch) if early is not None else False
                 save(last_path, epoch, metrics)
                 finished, finished_metrics = epoch, metrics      # what last.npz now holds
+                # a Ctrl-C state from before is now older than last.npz: it would only mislead
+                (run_dir / "interrupted.npz").unlink(missing_ok=True)
                 if is_best:
                     save(best_path, epoch, metrics)
                 if ck_cfg.every and epoch % ck_cfg.every == 0:

@@ -160,7 +160,8 @@ def test_cli_resume_raises_the_epoch_total_and_refuses_what_it_cannot_continue(w
     out = refused("--resume", str(split / "last.npz"), "--epochs", "4",
                   "--set", "model.layers[1].conv2d.out_channels=5")
     assert "differs from the config's: model.layers[1]" in out
-    assert "drop --out" in refused("--resume", str(split / "last.npz"), "--out", str(tmp_path / "x"))
+    assert "drop --overwrite" in refused("--resume", str(split / "last.npz"), "--out", str(tmp_path / "x"),
+                                         "--overwrite")
     assert "not found" in refused("--resume", str(tmp_path / "nope.npz"))
 
 
