@@ -509,21 +509,32 @@ def _layers(raw, problems: list[Problem], line: int | None = None) -> tuple[Laye
     return tuple(specs)
 
 
+def _typed(raw, path: str, line: int | None, registry: dict, what: str, example: str,
+           problems: list[Problem]) -> dict | None:
+    """A bare registered name or a mapping with a registered ``type``, as a mapping; None
+    (after recording the problem) otherwise."""
+    if isinstance(raw, str):
+        raw = {"type": raw}
+    if not isinstance(raw, dict) or "type" not in raw:
+        problems.append(Problem(path, f"must be a name ({', '.join(registry)}) or a mapping with 'type', "
+                                f"e.g. {example}", line))
+        return None
+    name = raw["type"]
+    if not isinstance(name, str) or name not in registry:
+        problems.append(Problem(f"{path}.type", f"unknown {what} {name!r}.{did_you_mean(str(name), registry)} "
+                                f"Choose one of {', '.join(registry)}.", _line(raw, "type") or line))
+        return None
+    return raw
+
+
 def _optimizer(raw, container, problems: list[Problem]) -> OptimizerConfig:
     from cnncli.optim import OPTIMIZERS
 
     path, line = "train.optimizer", _line(container, "optimizer")
-    if isinstance(raw, str):
-        raw = {"type": raw}
-    if not isinstance(raw, dict) or "type" not in raw:
-        problems.append(Problem(path, f"must be a name ({', '.join(OPTIMIZERS)}) or a mapping "
-                                f"with 'type', e.g. {{type: adam, lr: 0.001}}", line))
+    raw = _typed(raw, path, line, OPTIMIZERS, "optimizer", "{type: adam, lr: 0.001}", problems)
+    if raw is None:
         return OptimizerConfig()
     name = raw["type"]
-    if not isinstance(name, str) or name not in OPTIMIZERS:
-        problems.append(Problem(f"{path}.type", f"unknown optimizer {name!r}.{did_you_mean(str(name), OPTIMIZERS)} "
-                                f"Choose one of {', '.join(OPTIMIZERS)}.", _line(raw, "type") or line))
-        return OptimizerConfig()
     cls = OPTIMIZERS[name]
     opts = {k: plain(v) for k, v in raw.items() if k != "type"}
     # keyword-only arguments (norm_keys) are filled by the trainer, not options
@@ -557,17 +568,10 @@ def _schedule(raw, container, problems: list[Problem], optimizer: OptimizerConfi
     path, line = "train.schedule", _line(container, "schedule")
     if raw is None:
         return ScheduleConfig()
-    if isinstance(raw, str):
-        raw = {"type": raw}
-    if not isinstance(raw, dict) or "type" not in raw:
-        problems.append(Problem(path, f"must be a name ({', '.join(SCHEDULES)}) or a mapping with 'type', "
-                                f"e.g. {{type: cosine, warmup_epochs: 1}}", line))
+    raw = _typed(raw, path, line, SCHEDULES, "schedule", "{type: cosine, warmup_epochs: 1}", problems)
+    if raw is None:
         return ScheduleConfig()
     name = raw["type"]
-    if not isinstance(name, str) or name not in SCHEDULES:
-        problems.append(Problem(f"{path}.type", f"unknown schedule {name!r}.{did_you_mean(str(name), SCHEDULES)} "
-                                f"Choose one of {', '.join(SCHEDULES)}.", _line(raw, "type") or line))
-        return ScheduleConfig()
     opts = {k: plain(v) for k, v in raw.items() if k != "type"}
     allowed = schedule_options(SCHEDULES[name])
     ok = True

@@ -22,12 +22,19 @@ from cnncli.layers.base import check_bool, check_float
 OPTIMIZERS: dict[str, type] = {}
 
 
-def register(name: str):
-    def add(cls):
-        OPTIMIZERS[name] = cls
-        cls.type_name = name
-        return cls
-    return add
+def registrar(table: dict[str, type]):
+    """A ``@register(name)`` class decorator filling ``table`` and setting ``type_name``
+    (shared by optimizers and schedules)."""
+    def register(name: str):
+        def add(cls):
+            table[name] = cls
+            cls.type_name = name
+            return cls
+        return add
+    return register
+
+
+register = registrar(OPTIMIZERS)
 
 
 class Optimizer:

@@ -37,16 +37,10 @@ from typing import Any
 
 from cnncli.callbacks import MODES, MONITORS, Monitor, resolve_monitor
 from cnncli.layers.base import check_choice, check_float, check_int
+from cnncli.optim import registrar
 
 SCHEDULES: dict[str, type] = {}
-
-
-def register(name: str):
-    def add(cls):
-        SCHEDULES[name] = cls
-        cls.type_name = name
-        return cls
-    return add
+register = registrar(SCHEDULES)
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
