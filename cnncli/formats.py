@@ -282,11 +282,16 @@ def _csv_head(path: Path) -> tuple[int, int, str]:
 
 def _csv_lines(path: Path):
     """(line number, stripped line) of every non-blank line."""
+    number = 0
     with _open_text(path) as f:
-        for number, line in enumerate(f, 1):
-            s = line.strip()
-            if s:
-                yield number, s
+        try:
+            for number, line in enumerate(f, 1):
+                s = line.strip()
+                if s:
+                    yield number, s
+        except UnicodeDecodeError:
+            raise DataError(f"{path}:{number + 1}: not UTF-8 text; a CSV dataset must be a text file "
+                            f"of label,pixel,pixel,... lines.") from None
 
 
 def _csv_line_of_row(path: Path, header: int, row: int) -> int:
@@ -351,10 +356,10 @@ def read_csv(path: str | os.PathLike, image_shape: Sequence[int] | None = None, 
                 warnings.simplefilter("ignore")          # "input contained no data": reported below
                 table = np.loadtxt(rows, delimiter=",", dtype=dtype, comments=None, max_rows=limit, ndmin=2)
             break
+        except UnicodeDecodeError:        # a ValueError too: catch it first
+            raise DataError(f"{path}: not a text file (not UTF-8).") from None
         except ValueError:
             continue
-        except UnicodeDecodeError:
-            raise DataError(f"{path}: not a text file (not UTF-8).") from None
         except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"{path}: cannot read the file ({getattr(e, 'strerror', None) or e}); it may be "
                             f"truncated.") from None

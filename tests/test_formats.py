@@ -405,3 +405,12 @@ def test_an_interrupted_download_is_reported_as_such(tmp_path):
     (tmp_path / "kmnist" / "train-images-idx3-ubyte.gz.part").write_bytes(b"\x1f\x8b")
     raises(f"incomplete.*interrupted download.*cnncli data download kmnist --to {tmp_path}", load,
            name="kmnist", root=str(tmp_path))
+
+
+def test_csv_with_bytes_that_are_not_utf8_after_the_header_is_a_data_error(tmp_path):
+    """Found by the any-bytes property test: a UnicodeDecodeError is a ValueError, which the
+    reader once took for "try another dtype", then re-raised while locating the bad line."""
+    path = tmp_path / "data.csv"
+    path.write_bytes(b"label,pixel0,pixel1,pixel2,pixel3\n\xc2")
+    with pytest.raises(DataError, match=r"data.csv:2: not UTF-8 text"):
+        load(path=str(path))
