@@ -321,12 +321,17 @@ def _val_split(v):
     return check_float("val_split", v, 0.0, 1.0, high_open=True)
 
 
-def _input_shape(v):
-    if not isinstance(v, list) or len(v) not in (1, 3):
-        raise ValueError(f"input_shape must be [C, H, W] or [F], got {v!r}")
-    shape = tuple(check_int("input_shape", s, 1) for s in v)
-    check_size("an input", shape)
+def _shape(v, name: str, lengths: tuple[int, ...], forms: str, what: str) -> tuple[int, ...]:
+    """A list of ``lengths`` positive ints holding at most ``MAX_ELEMENTS`` values, as a tuple."""
+    if not isinstance(v, list) or len(v) not in lengths:
+        raise ValueError(f"{name} must be {forms}, got {v!r}")
+    shape = tuple(check_int(name, s, 1) for s in v)
+    check_size(what, shape)
     return shape
+
+
+def _input_shape(v):
+    return _shape(v, "input_shape", (1, 3), "[C, H, W] or [F]", "an input")
 
 
 def _output_dir(v):
@@ -367,13 +372,7 @@ def _data_format(v):
 
 
 def _image_shape(v):
-    if v is None:
-        return None
-    if not isinstance(v, list) or len(v) not in (2, 3):
-        raise ValueError(f"image_shape must be [H, W] or [C, H, W], got {v!r}")
-    shape = tuple(check_int("image_shape", s, 1) for s in v)
-    check_size("an image", shape)
-    return shape
+    return None if v is None else _shape(v, "image_shape", (2, 3), "[H, W] or [C, H, W]", "an image")
 
 
 def _npz_keys(v):
@@ -634,15 +633,17 @@ def _callbacks(values: dict[str, Any], container, problems: list[Problem]
                ) -> tuple[EarlyStoppingConfig | None, CheckpointConfig]:
     """``train.early_stopping`` (absent/null: off) and ``train.checkpoint``; a ``val_*`` monitor
     given explicitly is refused when ``data.val_split`` is 0 (there is no validation split)."""
-    from cnncli.callbacks import MODES, MONITORS
+    from cnncli.callbacks import MODES, MONITORS, resolve_monitor
     from cnncli.layers.base import check_choice
 
     mode = ("auto", lambda v: check_choice("mode", v, MODES))
+    no_val = values["data"].get("val_split") == 0
 
     def monitor(default):
-        return default, lambda v: check_choice("monitor", v, MONITORS)
+        # without a validation split the default reads the training metric, and says so in
+        # the resolved config (which must validate again as it is)
+        return resolve_monitor(default, not no_val), lambda v: check_choice("monitor", v, MONITORS)
 
-    no_val = values["data"].get("val_split") == 0
     train = values["train"]
     early = None
     es_raw = train.get("early_stopping")

@@ -42,6 +42,15 @@ def test_round_trip_through_dict(write_config):
     assert again.to_dict() == cfg.to_dict()
 
 
+def test_default_monitors_without_validation_split_round_trip(write_config):
+    """Found by the fuzz test: with data.val_split 0 the default checkpoint monitor was
+    written out as val_accuracy, which validation then refuses as given explicitly."""
+    cfg = C.load(write_config(GOOD), ["data.val_split=0", "train.early_stopping={}"])
+    assert cfg.train.checkpoint.monitor == "train_accuracy"
+    assert cfg.train.early_stopping.monitor == "train_loss"
+    assert C.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
+
+
 def test_unknown_layer_type_names_path_line_and_hint(write_config):
     path = write_config(GOOD.replace("- relu", "- rleu"))
     with pytest.raises(ConfigError) as e:
