@@ -526,6 +526,19 @@ def _typed(raw, path: str, line: int | None, registry: dict, what: str, example:
     return raw
 
 
+def _known_options(raw, opts: dict, allowed, path: str, name: str, line: int | None,
+                   problems: list[Problem]) -> bool:
+    """Record an "unknown option" problem (with the closest name) for each key of ``opts``
+    not in ``allowed``; True when there was none."""
+    ok = True
+    for k in opts:
+        if k not in allowed:
+            ok = False
+            problems.append(Problem(f"{path}.{k}", f"unknown option '{k}' for {name}.{did_you_mean(str(k), allowed)} "
+                                    f"Options: {', '.join(allowed) or 'none'}.", _line(raw, k) or line))
+    return ok
+
+
 def _optimizer(raw, container, problems: list[Problem]) -> OptimizerConfig:
     from cnncli.optim import OPTIMIZERS
 
@@ -539,13 +552,7 @@ def _optimizer(raw, container, problems: list[Problem]) -> OptimizerConfig:
     # keyword-only arguments (norm_keys) are filled by the trainer, not options
     allowed = [n for n, p in inspect.signature(cls.__init__).parameters.items()
                if n not in ("self", "params") and p.kind is not p.KEYWORD_ONLY]
-    ok = True
-    for k in opts:
-        if k not in allowed:
-            ok = False
-            problems.append(Problem(f"{path}.{k}", f"unknown option '{k}' for {name}.{did_you_mean(k, allowed)} "
-                                    f"Options: {', '.join(allowed)}.", _line(raw, k) or line))
-    if ok:
+    if _known_options(raw, opts, allowed, path, name, line, problems):
         try:
             cls({}, **opts)
         except (ValueError, TypeError) as e:
@@ -573,12 +580,7 @@ def _schedule(raw, container, problems: list[Problem], optimizer: OptimizerConfi
     name = raw["type"]
     opts = {k: plain(v) for k, v in raw.items() if k != "type"}
     allowed = schedule_options(SCHEDULES[name])
-    ok = True
-    for k in opts:
-        if k not in allowed:
-            ok = False
-            problems.append(Problem(f"{path}.{k}", f"unknown option '{k}' for {name}.{did_you_mean(str(k), allowed)} "
-                                    f"Options: {', '.join(allowed) or 'none'}.", _line(raw, k) or line))
+    ok = _known_options(raw, opts, allowed, path, name, line, problems)
     for k, default in allowed.items():
         if default is inspect.Parameter.empty and k not in opts:
             ok = False

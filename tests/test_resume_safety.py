@@ -4,7 +4,6 @@ past later checkpoints; --out NEWDIR branches instead. Also the optimizer-state 
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 
 import numpy as np
