@@ -189,10 +189,12 @@ class Model:
     def _run(self, x: np.ndarray, training: bool) -> np.ndarray:
         if x.ndim == 4:
             x = to_chwn(x)
+        if not training:                   # nothing kept for a backward pass
+            for layer in self.layers:
+                x = layer.infer(x)
+            return x
         for layer in self.layers:
-            x = layer.forward(x, training)
-            if not training:
-                layer._cache = None        # free what only a backward pass would need
+            x = layer.forward(x, True)
         return x
 
     def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:

@@ -92,6 +92,22 @@ def test_chunked_evaluation_equals_one_pass():
     assert all(layer._cache is None for layer in model.layers)
 
 
+@pytest.mark.parametrize("n", [3, 200])
+def test_conv_evaluation_path_matches_forward(n):
+    """``Conv2d.infer`` lowers by rows (MEC) for large batches and falls back to the
+    im2col forward for small ones; both give forward's values, dtype and CHWN order."""
+    from cnncli.layers.conv import Conv2d
+    rng = np.random.default_rng(6)
+    for dtype in (np.float64, np.float32):
+        conv = Conv2d(3, 5, 3, stride=(1, 2), padding=1, dtype=dtype, rng=rng)
+        x = rng.normal(size=(n, 3, 10, 12)).astype(dtype)
+        assert conv.lowers_by_rows(3, 6, n) == (n == 200)
+        y = conv.infer(x)
+        assert y.dtype == dtype and is_chwn(y) and conv._cache is None
+        tol = 1e-12 if dtype == np.float64 else 1e-5
+        np.testing.assert_allclose(y, conv.forward(x, False), rtol=tol, atol=tol)
+
+
 def test_batch_statistics_in_evaluation_are_not_chunked():
     specs = [("conv2d", {"out_channels": 2, "kernel_size": 3}),
              ("batchnorm", {"track_running_stats": False}), ("flatten", {}), ("linear", {"out_features": 3})]

@@ -24,6 +24,7 @@ from cnncli.layers.dropout import Dropout, Dropout2d  # noqa: E402
 from cnncli.layers.norm import BatchNorm  # noqa: E402
 from cnncli.layers.pool import AvgPool2d, MaxPool2d  # noqa: E402
 from cnncli.layers.registry import options  # noqa: E402
+from cnncli.layers.windows import to_chwn  # noqa: E402
 
 try:  # tests/ is a rootdir (no __init__.py); fall back if it ever becomes a package
     from layer_cases import CASES, build_layer, make_input, randomize_state
@@ -275,6 +276,27 @@ def test_conv_geometry_sweep_matches_torch():
         m.load_state_dict({k_: torch.tensor(v) for k_, v in layer.params.items()})
         checked += _same_geometry(layer, m, (2, size, size + 2), rng, (size, k, s, p, d))
     assert checked > 300
+
+
+@pytest.mark.parametrize("C, O, k, s, p, d, hw", [
+    (1, 6, 5, 1, 2, 1, (28, 28)),            # LeNet-5's C1
+    (6, 16, 5, 1, 0, 1, (14, 14)),           # LeNet-5's C3
+    (3, 4, (3, 2), (2, 3), (1, 0), (1, 2), (11, 17)),
+    (2, 3, 3, 1, "same", 1, (9, 8)),
+])
+def test_conv_evaluation_by_row_lowering_matches_torch(C, O, k, s, p, d, hw):
+    """``Conv2d.infer`` (MEC lowering, the path a model's evaluation takes for large batches)."""
+    rng = np.random.default_rng(5)
+    layer = Conv2d(C, O, k, stride=s, padding=p, dilation=d, dtype=np.float64, rng=rng)
+    m = nn.Conv2d(C, O, k, stride=s, padding=p, dilation=d, dtype=F64)
+    m.load_state_dict({k_: torch.tensor(v) for k_, v in layer.params.items()})
+    n = 256
+    x = rng.normal(0.0, 1.0, (n, C, *hw))
+    assert layer.lowers_by_rows(C, layer.output_shape((C, *hw))[2], n)
+    with torch.no_grad():
+        expected = m(torch.tensor(x)).numpy()
+    np.testing.assert_allclose(layer.infer(x), expected, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(layer.infer(to_chwn(x)), expected, rtol=RTOL, atol=ATOL)
 
 
 # ------------------------------------------------------------------ dropout semantics

@@ -52,6 +52,14 @@ class Layer:
     def backward(self, dy: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """Evaluation forward pass that no backward will follow: the same values as
+        ``forward(x, training=False)``, with nothing cached. Layers may override it with a
+        path that is faster because it keeps nothing for backward (``Conv2d``)."""
+        y = self.forward(x, False)
+        self._cache = None
+        return y
+
     # Layers with parameters may also define ``backward_params(dy) -> None``: fill ``grads``
     # without computing the input gradient (used for a model's first layer in training).
 

@@ -167,6 +167,59 @@ class Conv2d(Layer):
         # (O, H_out, W_out, N) memory = logically NCHW stored CHWN: no transpose copy
         return y.reshape(O, H_out, W_out, N).transpose(3, 0, 1, 2)
 
+    def infer(self, x):
+        """Evaluation forward with nothing cached, by MEC lowering (Cho & Brand 2017,
+        "MEC: Memory-efficient Convolution for Deep Neural Network", ICML).
+
+        Instead of the full im2col matrix (cg*kh*kw rows), the padded input is lowered
+        along W only: ``L[h, c, b, j, n] = x_padded[n, c, h, j*sw + b*dw]``, kh times
+        smaller. For output row i, the rows (a, c, b) of its im2col block are then
+        ``L[i*sh + a, c, b]``: one constant stride, so BLAS reads them straight from L
+        and each output row is one GEMM with the weight taken in (a, c, b) order.
+        Values equal ``forward``'s up to float rounding (the sum over a kernel runs in
+        that order). Used when :meth:`lowers_by_rows`; otherwise as ``forward``.
+
+        Shape and dtype as ``forward``: (N, C, H, W) in, (N, out_channels, H_out, W_out)
+        out, stored CHWN. The extra memory is L, (H + pad) * C * kw * W_out * N values.
+        """
+        N, C, H, W = x.shape
+        O = self.out_channels
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        H_out, W_out = self._out_hw(H, W)
+        row = W_out * N                                               # GEMM columns per output row
+        if not self.lowers_by_rows(C, W_out, N):
+            return super().infer(x)
+        t, b, l, r = self.pads
+        xc = chwn(x)                                                  # (C, H, W, N)
+        if t or b or l or r:
+            xp = np.zeros((C, H + t + b, W + l + r, N), dtype=x.dtype)
+            xp[:, t:t + H, l:l + W] = xc
+        else:
+            xp = xc
+        sC, sH, sW, sN = xp.strides
+        L = np.empty((xp.shape[1], C, kw, W_out, N), dtype=x.dtype)
+        np.copyto(L, np.lib.stride_tricks.as_strided(
+            xp, shape=L.shape, strides=(sH, sC, sW * dw, sW * sw, sN), writeable=False))
+        K = kh * C * kw
+        w = self.params["weight"].transpose(0, 2, 1, 3).reshape(O, K)   # (O, a, c, b)
+        y = np.empty((O, H_out, row), dtype=x.dtype)
+        step = L.strides[2]                                           # from (a, c, b) to the next
+        for i in range(H_out):
+            block = np.lib.stride_tricks.as_strided(L[i * sh:], shape=(K, row), strides=(step, x.itemsize),
+                                                    writeable=False)
+            np.matmul(w, block, out=y[:, i])
+        if "bias" in self.params:
+            y += self.params["bias"].reshape(O, 1, 1)
+        return y.reshape(O, H_out, W_out, N).transpose(3, 0, 1, 2)
+
+    def lowers_by_rows(self, C: int, W_out: int, N: int) -> bool:
+        """True if :meth:`infer` uses MEC lowering for this input: one group, no vertical
+        dilation, at least 16 weights per output and at least 1024 GEMM columns
+        (W_out * N) per output row. Below that, one GEMM over the whole im2col matrix is
+        faster than a GEMM per output row (measured; ``benchmarks/README.md``)."""
+        kh, kw = self.kernel_size
+        return self.groups == 1 and self.dilation[0] == 1 and C * kh * kw >= 16 and W_out * N >= 1024
+
     def _param_grads(self, dy):
         """Fill ``grads``; return dy as (g, og, H_out*W_out*N) for the input gradient."""
         _, cols = self._cached()

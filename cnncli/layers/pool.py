@@ -243,9 +243,10 @@ class AvgPool2d(_Pool2d):
                                                                                   divisor_override, 1, MAX_ELEMENTS)
 
     def _divisor(self, H, W, H_out, W_out, dtype):
-        """(H_out, W_out) window divisors, per torch ``avg_pool2d_out_frame``."""
+        """(H_out, W_out) window divisors, per torch ``avg_pool2d_out_frame``; a scalar of
+        ``dtype`` when every window has the same one."""
         if self.divisor_override is not None:
-            return np.full((H_out, W_out), self.divisor_override, dtype=dtype)
+            return np.dtype(dtype).type(self.divisor_override)
 
         def counts(size, n_out, k, s, p):
             start = np.arange(n_out) * s - p
@@ -257,7 +258,9 @@ class AvgPool2d(_Pool2d):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         rows = counts(H, H_out, kh, sh, ph)
         cols = counts(W, W_out, kw, sw, pw)
-        return np.outer(rows, cols).astype(dtype)
+        div = np.outer(rows, cols).astype(dtype)
+        # one divisor for every window (the usual case): a scalar divides faster than a broadcast array
+        return div.flat[0] if (div == div.flat[0]).all() else div
 
     def forward(self, x, training=False):
         H, W = x.shape[2:]
