@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from cnncli.datasets import Dataset
 from cnncli.layers.windows import is_chwn
@@ -182,3 +184,23 @@ def test_time_command_reports_every_layer(tmp_path):
     assert table.exit_code == 0 and "images/s" in table.output and "maxpool2d" in table.output
     bad = CliRunner().invoke(app, ["time", str(tmp_path / "missing.yaml")])
     assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+@settings(max_examples=60, deadline=None)
+@given(C=st.integers(2, 4), O=st.integers(1, 5), kh=st.integers(2, 4), kw=st.integers(2, 4),
+       sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 2), pw=st.integers(0, 2),
+       dw=st.integers(1, 2), H=st.integers(4, 9), W=st.integers(4, 9), bias=st.booleans())
+def test_conv_evaluation_by_rows_equals_forward_for_any_geometry(C, O, kh, kw, sh, sw, ph, pw, dw, H, W, bias):
+    """Property: wherever MEC lowering applies, ``infer`` gives ``forward``'s values (float64)."""
+    from cnncli.layers.conv import Conv2d
+    assume(C * kh * kw >= 16)
+    conv = Conv2d(C, O, (kh, kw), stride=(sh, sw), padding=(ph, pw), dilation=(1, dw), bias=bias,
+                  dtype=np.float64, rng=np.random.default_rng(0))
+    try:
+        _, H_out, W_out = conv.output_shape((C, H, W))
+    except ValueError:
+        assume(False)                                 # no output: the config check refuses it
+    n = -(-1024 // W_out)                             # the smallest batch that takes the MEC path
+    assert conv.lowers_by_rows(C, W_out, n)
+    x = np.random.default_rng(1).normal(size=(n, C, H, W))
+    np.testing.assert_allclose(conv.infer(x), conv.forward(x, False), rtol=1e-12, atol=1e-12)
