@@ -335,6 +335,12 @@ def summary(
         from cnncli.report import render_summary
 
         render_summary(rows, shape, cfg.train.batch_size, str(config))
+        from cnncli.errors import BatchError
+
+        try:
+            training.check_batch_memory(model, cfg.train.batch_size, "train.batch_size")
+        except BatchError as e:
+            typer.echo(f"warning: training would stop: {e}", err=True)
 
 
 @app.command("time")
@@ -371,9 +377,10 @@ def time_(
         if n < 2 and i is not None:
             from cnncli.errors import ConfigError, Problem
 
-            raise ConfigError([Problem(what, f"is 1, but model.layers[{i}] (batchnorm) needs more than one value "
-                                             f"per channel in training; use --batch-size 2 or more")],
+            raise ConfigError([Problem(what, f"is 1, but model.layers[{i}] (batchnorm) then has one value per "
+                                             f"channel in training (no batch statistics); use 2 or more")],
                               None if batch_size else str(config))
+        training.check_batch_memory(model, n, what)
         try:
             result = time_model(model, optimizer, n, iterations, warmup)
         except MemoryError:

@@ -11,6 +11,7 @@ padded input or activation may exceed ``layers.base.MAX_ELEMENTS`` values.
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -158,6 +159,19 @@ class Model:
     @property
     def output_shape(self) -> tuple[int, ...]:
         return self.shapes[-1] if self.shapes else self.input_shape
+
+    def training_bytes_per_image(self) -> int:
+        """Rough bytes one image adds to a training step: every layer's output and its
+        gradient, plus each convolution's im2col matrix (in_channels/groups * kh * kw values
+        per output pixel, kept for backward), at the model's dtype. A lower bound used to
+        refuse batches that cannot fit before any memory is touched."""
+        values = 0
+        for layer, out in zip(self.layers, self.shapes):
+            values += 2 * math.prod(out)
+            if layer.type_name == "conv2d":
+                kh, kw = layer.kernel_size
+                values += layer.in_channels // layer.groups * kh * kw * math.prod(out[1:])
+        return values * self.dtype.itemsize
 
     #: Evaluation runs large batches in chunks of this many images (bounded memory: a conv's
     #: im2col matrix grows with the batch), unless a layer mixes samples in evaluation.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -312,13 +313,17 @@ def build_model(cfg: Config, input_shape: tuple[int, ...] | None = None, *, dtyp
 
 
 def batchnorm_index(model: Model) -> int | None:
-    """Index of the first batchnorm layer (which needs batches of more than one value per channel)."""
-    return next((i for i, layer in enumerate(model.layers) if "batchnorm" in layer.type_name), None)
+    """Index of the first batchnorm layer that sees one value per channel per image (features
+    (N, F), or 1x1 maps): in training it needs batches of two or more, as PyTorch's "expected
+    more than 1 value per channel when training". None if there is no such layer."""
+    shapes = [model.input_shape, *model.shapes]
+    return next((i for i, layer in enumerate(model.layers)
+                 if "batchnorm" in layer.type_name and math.prod(shapes[i][1:]) == 1), None)
 
 
 def check_batch_size(cfg: Config, model: Model, flag: str | None = None) -> None:
-    """Refuse a training batch size of 1 for a model with batchnorm (as PyTorch's "expected more
-    than 1 value per channel when training"). ``flag`` names the command-line option that set it.
+    """Refuse a training batch size of 1 for a model whose batchnorm would see one value per
+    channel (see :func:`batchnorm_index`). ``flag`` names the command-line option that set it.
 
     Raises:
         ConfigError: Naming ``train.batch_size`` (or ``flag``) and the batchnorm layer.
@@ -326,9 +331,46 @@ def check_batch_size(cfg: Config, model: Model, flag: str | None = None) -> None
     i = batchnorm_index(model)
     if i is None or cfg.train.batch_size > 1:
         return
-    msg = (f"is 1, but model.layers[{i}] (batchnorm) needs more than one value per channel in training "
-           f"(a batch of one has no batch statistics); use 2 or more")
+    msg = (f"is 1, but model.layers[{i}] (batchnorm) then has one value per channel in training "
+           f"(no batch statistics); use 2 or more")
     raise ConfigError([Problem(flag or "train.batch_size", msg)], None if flag else cfg.source)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``; else free
+    physical pages), or None when the system does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_batch_memory(model: Model, batch_size: int, what: str) -> None:
+    """Refuse a training batch whose activations alone (:meth:`Model.training_bytes_per_image`)
+    exceed the memory available now: on Linux such a batch is not refused by the allocator but
+    killed by the out-of-memory killer halfway through. ``what`` names the setting to lower.
+
+    Raises:
+        BatchError: With the estimate, the memory available and the largest batch that fits.
+    """
+    avail = available_memory()
+    per_image = model.training_bytes_per_image()
+    if avail is None or per_image * batch_size <= avail:
+        return
+    fits = avail // per_image
+
+    def size(b: int) -> str:
+        return f"{b / 2**30:,.1f} GiB" if b >= 2**30 else f"{b / 2**20:,.0f} MiB"
+    raise BatchError(f"a batch of {batch_size:,} images does not fit in memory: its activations need about "
+                     f"{size(per_image * batch_size)} and {size(avail)} is available; "
+                     f"use a smaller {what}" + (f" (at most about {fits:,})" if fits >= 1 else ""))
 
 
 def norm_param_keys(model: Model) -> set[str]:
@@ -836,6 +878,7 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
         raise ConfigError([Problem("data.augment", f"needs images (C, H, W); the model's input is "
                                    f"{list(model.input_shape)}")], cfg.source)
     check_batch_size(cfg, model)
+    check_batch_memory(model, min(t.batch_size, len(data.train)), "train.batch_size")
     optimizer = make_optimizer(cfg, model)
     has_val = data.val is not None
     schedule = make_schedule(cfg, optimizer.lr, len(data.train), has_val)

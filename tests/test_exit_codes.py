@@ -73,3 +73,50 @@ def test_a_full_disk_while_saving_exits_2(write_config, mnist_slice, tmp_path, m
 def test_invalid_mirror_url_exits_2(tmp_path, url):
     r = runner.invoke(app, ["data", "download", "mnist", "--to", str(tmp_path / "x"), "--mirror", url])
     user_error(r, "invalid --mirror URL")
+
+
+BN2D = """\
+data: {{path: {data}}}
+model:
+  layers:
+    - conv2d: {{out_channels: 4, kernel_size: 3}}
+    - batchnorm
+    - relu
+    - flatten
+    - linear: {{out_features: 10}}
+train: {{epochs: 1}}
+"""
+
+
+def test_batch_size_1_is_fine_for_batchnorm_over_feature_maps(write_config, mnist_slice, tmp_path):
+    """A 26x26 map gives 676 values per channel even for one image (PyTorch accepts it too)."""
+    cfg = write_config(BN2D.format(data=mnist_slice))
+    r = runner.invoke(app, ["time", str(cfg), "--batch-size", "1", "-n", "1"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["train", str(cfg), "--batch-size", "1", "--out", str(tmp_path / "r"),
+                            "--set", "data.train_limit=30", "--set", "data.val_split=0"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "r" / "last.npz").exists()
+
+
+@pytest.mark.parametrize("command", ["time", "train"])
+def test_a_batch_whose_activations_exceed_available_memory_is_refused_first(command, write_config, mnist_slice,
+                                                                         tmp_path, monkeypatch):
+    """Linux overcommits: such a batch is not a MemoryError but an out-of-memory kill, so it
+    is refused from the model's own estimate before anything is allocated."""
+    from cnncli import training
+    from cnncli.config import load
+
+    monkeypatch.setattr(training, "available_memory", lambda: 50 * 2**20)
+    cfg = write_config(BN2D.format(data=mnist_slice))
+    per_image = training.build_model(load(str(cfg)), (1, 28, 28)).training_bytes_per_image()
+    # conv output 4x26x26 and its gradient, im2col 9 values per output pixel, then the rest
+    assert per_image >= 4 * (2 * 4 * 26 * 26 + 9 * 26 * 26)
+    fits = 50 * 2**20 // per_image
+    args = ([command, str(cfg), "--batch-size", str(fits + 1)] +
+            (["-n", "1"] if command == "time" else ["--out", str(tmp_path / "r")]))
+    flag = "--batch-size" if command == "time" else "train.batch_size"
+    out = user_error(runner.invoke(app, args), "does not fit in memory", flag, f"at most about {fits:,}",
+                     "50 MiB is available")
+    assert "Traceback" not in out
+    assert not (tmp_path / "r" / "last.npz").exists()
