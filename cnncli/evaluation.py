@@ -88,7 +88,14 @@ def evaluate_checkpoint(path: str | Path, data_path: str | None = None,
 
     model, cfg, ck = load_model(path)
     d = cfg.data if data_path is None else data_location(cfg.data, data_path)
-    loaded = formats.load(d, ("test",), test_limit=limit if limit is not None else cfg.data.test_limit)
+    test_limit = limit if limit is not None else cfg.data.test_limit
+    loaded = formats.load(d, ("test",), test_limit=test_limit)
+    if loaded.test is None and data_path is not None and Path(data_path).expanduser().is_file():
+        # one file given to evaluate on: its images are the test set, whatever its name says
+        import dataclasses
+
+        d = dataclasses.replace(d, path=None, train=data_path, test=data_path)
+        loaded = formats.load(d, ("test",), test_limit=test_limit)
     test, where = loaded.test, loaded.where
     if test is None:
         raise DataError(f"{where}: has no test split to evaluate on. Give one with --data (a dataset folder or "

@@ -627,6 +627,17 @@ def _split_dir(folder: Path, split: str) -> Path | None:
     return None
 
 
+def _check_exists(path: Path) -> None:
+    """Raise DataError for a dataset path that does not exist (with a dataset name it may mean)."""
+    if not _exists(path):
+        from cnncli.catalog import NAMES
+
+        kind = "file" if path.suffix else "folder"
+        hint = did_you_mean(str(path), NAMES) if len(path.parts) == 1 else ""
+        raise DataError(f"dataset {kind} not found: {path} (absolute: {path.absolute()}).{hint} Relative paths are "
+                        f"taken from the current directory; check the path, or download the dataset there.")
+
+
 def detect_format(path: str | os.PathLike) -> str:
     """``idx``, ``npz``, ``csv`` or ``folder`` for a dataset file or folder.
 
@@ -638,13 +649,7 @@ def detect_format(path: str | os.PathLike) -> str:
         DataError: Missing path, or nothing recognizable (the folder's contents are listed).
     """
     path = Path(path)
-    if not _exists(path):
-        from cnncli.catalog import NAMES
-
-        kind = "file" if path.suffix else "folder"
-        hint = did_you_mean(str(path), NAMES) if len(path.parts) == 1 else ""
-        raise DataError(f"dataset {kind} not found: {path} (absolute: {path.absolute()}).{hint} Relative paths are "
-                        f"taken from the current directory; check the path, or download the dataset there.")
+    _check_exists(path)
     if path.is_file():
         return _file_format(path)
     try:
@@ -810,6 +815,7 @@ def load(d: Any, splits: Iterable[str] = ("train", "test"), train_limit: int | N
         locations = None
     elif d.path:
         root = Path(d.path).expanduser()
+        _check_exists(root)                      # also when data.format is given (no detection)
         resolved["path"] = _abs(root)
         where = str(root)
         locations = None

@@ -100,3 +100,23 @@ def test_class_names_of_image_folders_reach_predict(slice_, write_config, tmp_pa
     assert plain.exit_code == 0 and any(n in plain.output for n in names)
     # evaluation maps the test folders through the checkpoint's class order
     assert runner.invoke(app, ["eval", str(tmp_path / "run" / "best.npz"), "--json"]).exit_code == 0
+
+
+def test_eval_data_may_be_one_file_of_test_images(mnist_slice, tmp_path):
+    """``eval --data FILE``: a file with no test split of its own is the test set; a missing
+    path says so (it used to say "has no test split")."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text((REPO / "configs" / "tiny.yaml").read_text().replace("path: data/mnist", f"path: {mnist_slice}"))
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["train", str(cfg), "--out", str(run), "--epochs", "1"]).exit_code == 0
+    whole = json.loads(runner.invoke(app, ["eval", str(run / "best.npz"), "--json"]).output)
+    one = runner.invoke(app, ["eval", str(run / "best.npz"), "--json",
+                              "--data", str(mnist_slice / "t10k-images-idx3-ubyte.gz")])
+    assert one.exit_code == 0, one.output
+    assert json.loads(one.output)["accuracy"] == whole["accuracy"]            # the same 200 test images
+    train_file = runner.invoke(app, ["eval", str(run / "best.npz"), "--json",
+                                     "--data", str(mnist_slice / "train-images-idx3-ubyte.gz")])
+    assert train_file.exit_code == 0, train_file.output
+    assert np.array(json.loads(train_file.output)["confusion_matrix"]).sum() == 600
+    missing = runner.invoke(app, ["eval", str(run / "best.npz"), "--data", str(tmp_path / "moved-away")])
+    assert missing.exit_code == 2 and "dataset folder not found" in missing.output and "moved-away" in missing.output
