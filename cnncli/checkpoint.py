@@ -94,7 +94,7 @@ def save(path: Path, *, params: dict[str, np.ndarray], buffers: dict[str, np.nda
         for key, a in arrays.items():
             if np.asarray(a).dtype.kind in "fc" and not np.isfinite(a).all():
                 raise DivergedError(f"{path} not written: {kind} {key} holds NaN or infinite values "
-                                    f"(training diverged); the previous checkpoint is kept")
+                                    f"(training diverged); an earlier file of that name, if any, is kept")
     arrays = {f"param/{k}": v for k, v in params.items()}
     arrays.update({f"buffer/{k}": v for k, v in buffers.items()})
     arrays.update({f"optim/{k}": v for k, v in optim.items()})

@@ -336,6 +336,18 @@ def check_batch_size(cfg: Config, model: Model, flag: str | None = None) -> None
     raise ConfigError([Problem(flag or "train.batch_size", msg)], None if flag else cfg.source)
 
 
+def _check_finite(model: Model) -> None:
+    """Raise DivergedError naming the first parameter or buffer that holds NaN or infinity
+    (batchnorm's running statistics can overflow while the loss, computed with batch
+    statistics, stays finite)."""
+    for kind, arrays in (("parameter", model.params()), ("buffer", model.buffers())):
+        for key, a in arrays.items():
+            if not np.isfinite(a).all():
+                e = DivergedError(f"{kind} {key} became NaN or infinite by the end of the epoch")
+                e.end_of_epoch = True
+                raise e
+
+
 def available_memory() -> int | None:
     """Bytes of memory available to a new allocation (Linux ``MemAvailable``; else free
     physical pages), or None when the system does not say."""
@@ -1014,6 +1026,7 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
                         model, data.train, t.batch_size, lut, training=True, order=order, optimizer=stepper,
                         label_smoothing=t.label_smoothing, on_batch=on_batch,
                         augment=augment if augment.active else None)
+                    _check_finite(model)
                 except TrainingError as e:
                     kept = f"{last_path} keeps epoch {finished}" if finished else "no checkpoint was written"
                     hint = ""
@@ -1021,7 +1034,8 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
                         clip = (f"a lower train.grad_clip_norm (now {t.grad_clip_norm:g})" if t.grad_clip_norm
                                 else "train.grad_clip_norm (e.g. 1.0) to clip the gradients")
                         hint = f" Try a lower train.optimizer.lr (now {optimizer.lr:g}) or set {clip}."
-                    raise type(e)(f"epoch {epoch}, step {step + 1}: {e}. Training stopped; {kept}.{hint}") from None
+                    at = f"epoch {epoch}" if getattr(e, "end_of_epoch", False) else f"epoch {epoch}, step {step + 1}"
+                    raise type(e)(f"{at}: {e}. Training stopped; {kept}.{hint}") from None
                 batch_done = 0
                 train_seconds = time.perf_counter() - t0
                 metrics = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -292,3 +293,21 @@ def test_resume_command_printed_on_interrupt_is_runnable(write_config, mnist_sli
     resumed = runner.invoke(app, args[1:] + ["-q"])
     assert resumed.exit_code == 0, resumed.output
     assert [json.loads(l)["epoch"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_batchnorm_statistics_that_overflow_stop_the_epoch_with_the_divergence_hint(write_config, mnist_slice,
+                                                                                    tmp_path):
+    """With sgd at lr 1e4, batchnorm's running variance overflows while the loss (batch
+    statistics) stays finite; the run stops at the end of that epoch with the divergence
+    message, not a failed checkpoint save that claims a previous checkpoint exists."""
+    text = (Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml").read_text()
+    cfg = write_config(text.replace("path: data/mnist", f"path: {mnist_slice}"))
+    out = tmp_path / "r"
+    result = runner.invoke(app, ["train", str(cfg), "--out", str(out), "--epochs", "3",
+                                 "--set", "train.optimizer=sgd", "--lr", "1e4"])
+    msg = " ".join(result.output.split())
+    assert result.exit_code == 1 and "Traceback" not in result.output, msg
+    assert re.search(r"epoch 1: (buffer 2\.running_\w+|parameter [\w.]+) became NaN or infinite", msg) or \
+        re.search(r"epoch 1, step \d+: the loss became", msg), msg
+    assert "no checkpoint was written" in msg and "lower train.optimizer.lr" in msg
+    assert "previous checkpoint is kept" not in msg and not (out / "last.npz").exists()
