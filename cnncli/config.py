@@ -885,10 +885,33 @@ class Override(str):
         return self
 
 
+def _layer_option_path(raw: Any, path: str) -> str:
+    """``model.layers[i].OPTION`` (the form error messages print) as the full
+    ``model.layers[i].TYPE.OPTION`` of that layer's item; a bare ``- relu`` item becomes
+    ``- relu: {}`` to take it. Other paths are returned unchanged."""
+    m = re.fullmatch(r"model\.layers\[(\d+)\]\.([A-Za-z_][\w-]*)", path)
+    layers = raw.get("model", {}).get("layers") if isinstance(raw, dict) and isinstance(raw.get("model"), dict) \
+        else None
+    if not m or not isinstance(layers, list) or int(m[1]) >= len(layers):
+        return path
+    i, option = int(m[1]), m[2]
+    item = layers[i]
+    if isinstance(item, str) and item != option:
+        layers[i] = item = LineDict({item: LineDict()})
+    if isinstance(item, dict) and len(item) == 1 and option not in item:
+        kind = next(iter(item))
+        if item[kind] is None:
+            item[kind] = LineDict()
+        if isinstance(item[kind], dict):
+            return f"model.layers[{i}].{kind}.{option}"
+    return path
+
+
 def apply_overrides(raw: Any, overrides: list[str]) -> Any:
     """Apply ``key.path=value`` overrides (value parsed as YAML) to a parsed config.
 
-    ``model.layers[0].conv2d.out_channels=16`` reaches into lists. Missing mappings
+    ``model.layers[0].conv2d.out_channels=16`` reaches into lists; so does
+    ``model.layers[0].out_channels=16``, the form error messages print. Missing mappings
     are created.
 
     Raises:
@@ -911,6 +934,7 @@ def apply_overrides(raw: Any, overrides: list[str]) -> Any:
             problems.append(Problem(where, f"'{path}' is not a key path; write it like train.epochs or "
                                     f"model.layers[0].conv2d.out_channels"))
             continue
+        path = _layer_option_path(raw, path)
         keys = [m.group(1) if m.group(1) is not None else int(m.group(2)) for m in _KEY.finditer(path)]
         try:
             value = _forget_lines(parse_yaml(text)) if text.strip() else None

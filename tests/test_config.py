@@ -188,6 +188,19 @@ def test_overrides_reach_shorthand_layers_and_optimizers(write_config):
     assert cfg.train.optimizer.type == "adam" and cfg.train.optimizer.options == {"lr": 0.01}
 
 
+def test_overrides_take_the_layer_option_paths_that_errors_print(write_config):
+    """``model.layers[i].OPTION`` (as in "model.layers[0].kernal_size: unknown option")
+    reaches the layer's options without its type name; a bare layer takes options too."""
+    text = GOOD.replace("- relu", "- batchnorm")
+    cfg = C.load(write_config(text), ["model.layers[0].out_channels=7", "model.layers[1].eps=0.001"])
+    assert cfg.model.layers[0].options["out_channels"] == 7 and cfg.model.layers[0].type == "conv2d"
+    assert cfg.model.layers[1].type == "batchnorm" and cfg.model.layers[1].options == {"eps": 0.001}
+    with pytest.raises(ConfigError) as e:
+        C.load(write_config(text), ["model.layers[0].out_channel=7"])
+    msg = str(e.value)
+    assert "model.layers[0].out_channel" in msg and "Did you mean 'out_channels'" in msg and "--set" in msg
+
+
 @pytest.mark.parametrize("item", ["train..epochs=2", "model.layers[0]conv2d.out_channels=2",
                                   "model.layers[]=relu", "=3", " .x=1"])
 def test_malformed_override_paths_are_refused(write_config, item):
