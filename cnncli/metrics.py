@@ -25,3 +25,19 @@ def per_class(cm: np.ndarray) -> dict[str, np.ndarray]:
         recall = np.where(support > 0, tp / support, 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     return {"precision": precision, "recall": recall, "f1": f1, "support": support}
+
+
+def macro_average(cm: np.ndarray) -> dict[str, float | int | None]:
+    """Unweighted means of per-class precision, recall and F1, over the classes that occur
+    in the labels or the predictions (scikit-learn's ``classification_report`` default).
+
+    A class with no support and no predictions (absent from a small test slice) is left
+    out instead of counting as 0; a class that is predicted but absent from the labels
+    still counts, with recall 0. ``classes`` is how many were averaged; the means are
+    None when there are none (an empty matrix).
+    """
+    pc = per_class(cm)
+    present = (pc["support"] > 0) | (cm.sum(axis=0) > 0)
+    n = int(present.sum())
+    means = {k: (float(pc[k][present].mean()) if n else None) for k in ("precision", "recall", "f1")}
+    return {**means, "classes": n}

@@ -60,8 +60,8 @@ def _metrics_column():
 
 
 def _n(count: int, noun: str) -> str:
-    """``1 epoch``, ``2 epochs``, ``1 batch``, ``3 batches``."""
-    plural = {"batch": "batches"}.get(noun, noun + "s")
+    """``1 epoch``, ``2 epochs``, ``1 batch``, ``3 batches``, ``5 classes``."""
+    plural = {"batch": "batches", "class": "classes"}.get(noun, noun + "s")
     return f"{count:,} {noun if count == 1 else plural}"
 
 
@@ -74,14 +74,20 @@ def _num(v: float | None) -> str:
 
 
 def plot_lines(series: dict[str, list[float]], height: int = 8, width: int = 40,
-               fmt: str = "{:.3f}") -> list[str]:
+               fmt: str = "{:.3f}", epochs: list[int] | None = None) -> list[str]:
     """A text chart of one or more series over epochs: marker per series (``*``, ``o``, ``+``),
-    ``#`` where two meet, y labels at the top and bottom, epochs along x."""
+    ``#`` where two meet, y labels at the top and bottom, epochs along x.
+
+    ``epochs`` numbers the points (the ``epoch`` field of the metrics rows, so a resumed
+    run's plot of epochs 5-6 says so); default 1, 2, ... The x axis is labelled with the
+    first and last epoch.
+    """
     markers = "*o+x"
     values = [v for s in series.values() for v in s if v is not None]
     n = max(len(s) for s in series.values())
     if not values or n < 2:
         return []
+    first, last = (epochs[0], epochs[n - 1]) if epochs is not None else (1, n)
     lo, hi = min(values), max(values)
     span = (hi - lo) or 1.0
     grid = [[" "] * width for _ in range(height)]
@@ -98,7 +104,8 @@ def plot_lines(series: dict[str, list[float]], height: int = 8, width: int = 40,
         label = fmt.format(hi) if r == 0 else (fmt.format(lo) if r == height - 1 else "")
         lines.append(f"{label:>{label_w}} |{''.join(row)}")
     lines.append(" " * label_w + " +" + "-" * width)
-    lines.append(" " * label_w + f"  epoch 1{'':>{width - 13 - len(str(n))}}epoch {n}")
+    left, right = f"epoch {first}", f"epoch {last}"
+    lines.append(" " * label_w + f"  {left}{'':>{width - len(left) - len(right)}}{right}")
     lines.append(" " * label_w + "  " + "  ".join(f"{m} {name}" for m, name in zip(markers, series)))
     return lines
 
@@ -113,7 +120,7 @@ class TrainReporter:
         self.mode = mode or ("plain" if plain_requested() else "rich")
         self.progress = None
         self.epoch_task = self.batch_task = None
-        self.history: list[dict[str, float]] = []
+        self.history: list[dict[str, float]] = []    # this session's metrics rows, with "epoch"
 
     def __call__(self, event: Any) -> None:
         if self.mode == "json":
@@ -146,6 +153,10 @@ class TrainReporter:
                            f"{_n(e.batches_per_epoch, 'batch')}")
         if e.start_epoch:
             self.console.print(f"resuming after epoch {e.start_epoch} of {e.epochs}")
+        if e.changes:
+            self.console.print("settings that differ from the checkpoint's run (the run goes on with these; "
+                               "--set KEY=VALUE keeps the run's): " + "; ".join(e.changes), markup=False,
+                               highlight=False)
         if self.mode == "rich":
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                        TimeElapsedColumn, TimeRemainingColumn)
@@ -169,7 +180,7 @@ class TrainReporter:
 
     def on_EpochEnded(self, e: T.EpochEnded) -> None:
         m = e.metrics
-        self.history.append(m)
+        self.history.append({**m, "epoch": e.epoch})
         if self.progress:
             self.progress.update(self.epoch_task, completed=e.epoch)
         if self.mode == "quiet":
@@ -192,7 +203,7 @@ class TrainReporter:
                 if "val_accuracy" in h[0]:
                     series["validation"] = [r[f"val_{key}"] * scale for r in h]
                 self.console.print(title)
-                for line in plot_lines(series, fmt=fmt):
+                for line in plot_lines(series, fmt=fmt, epochs=[r["epoch"] for r in h]):
                     self.console.print(line)
             self.console.print(f"best epoch: {e.best_epoch}")
         if e.test is not None:
@@ -211,23 +222,35 @@ class TrainReporter:
 
 
 def render_eval(result: T.EvalResult, checkpoint_path: str, console: Console | None = None) -> None:
-    """Test loss and accuracy, a per-class precision/recall/F1 table and the confusion matrix."""
-    from cnncli.metrics import per_class
+    """Test loss and accuracy, a per-class precision/recall/F1 table and the confusion matrix.
+
+    A class with no test images and no predictions shows ``-`` and is left out of the
+    macro average (:func:`cnncli.metrics.macro_average`), which a caption then says.
+    """
+    from cnncli.metrics import macro_average, per_class
 
     console = console or make_console()
     console.print(f"checkpoint: {checkpoint_path}")
     console.print(f"test accuracy {_pct(result.accuracy)}  loss {result.loss:.4f}  "
                   f"({result.labels.size:,} images)")
     pc = per_class(result.confusion)
+    macro = macro_average(result.confusion)
     k = result.num_classes
-    table = Table(title="per class")
+    absent = k - macro["classes"]
+    caption = None
+    if absent:
+        caption = (f"macro avg over the {_n(macro['classes'], 'class')} in the labels or predictions; "
+                   f"{_n(absent, 'class')} with no test images and no predictions (-) left out")
+    table = Table(title="per class", caption=caption)
     for col in ("class", "precision", "recall", "F1", "support"):
         table.add_column(col, justify="right")
+    predicted = result.confusion.sum(axis=0)
     for i in range(k):
-        table.add_row(str(i), _pct(pc["precision"][i]), _pct(pc["recall"][i]), _pct(pc["f1"][i]),
-                      f"{int(pc['support'][i]):,}")
-    table.add_row("macro avg", _pct(pc["precision"].mean()), _pct(pc["recall"].mean()),
-                  _pct(pc["f1"].mean()), f"{int(pc['support'].sum()):,}", style="bold")
+        seen = pc["support"][i] > 0 or predicted[i] > 0
+        p, r, f1 = ((pc["precision"][i], pc["recall"][i], pc["f1"][i]) if seen else (None, None, None))
+        table.add_row(str(i), _pct(p), _pct(r), _pct(f1), f"{int(pc['support'][i]):,}")
+    table.add_row("macro avg", _pct(macro["precision"]), _pct(macro["recall"]), _pct(macro["f1"]),
+                  f"{int(pc['support'].sum()):,}", style="bold")
     console.print(table)
     cm = Table(title="confusion matrix (rows: true, columns: predicted)")
     cm.add_column("", justify="right", style="bold")
@@ -251,29 +274,38 @@ def render_eval(result: T.EvalResult, checkpoint_path: str, console: Console | N
 
 
 def render_gradcheck(results: list, tol: float, console: Console | None = None) -> None:
-    """Table of relative errors per layer and tensor, with PASS/FAIL against ``tol``."""
-    console = console or make_console()
-    from cnncli.gradcheck import ZERO_ATOL
+    """Table of relative errors per layer and tensor, with PASS/FAIL against ``tol``.
 
-    table = Table(title=f"gradient check (float64, central differences; pass if rel. error <= {tol:g} "
-                        f"or max abs error <= {ZERO_ATOL:g})")
+    ``PASS (zero)`` marks a vanishing gradient (both sides within rounding noise, see
+    :mod:`cnncli.gradcheck`). The summary's worst relative error is over the other rows,
+    the ones judged by relative error; the vanishing ones are counted apart.
+    """
+    console = console or make_console()
+    from cnncli.gradcheck import ZERO_NOISE
+
+    table = Table(title=f"gradient check (float64, central differences; pass if rel. error <= {tol:g}; "
+                        f"PASS (zero): a zero gradient, both sides within {ZERO_NOISE:g}x rounding noise)")
     for col, just in (("layer", "left"), ("tensor", "left"), ("checked", "right"),
                       ("rel. error", "right"), ("max abs error", "right"), ("", "left")):
         table.add_column(col, justify=just)
-    def vanishing(r) -> bool:
-        return r.max_abs_error <= ZERO_ATOL and r.rel_error > tol
-
     for r in results:
         ok = r.passed(tol)
-        verdict = "PASS (zero)" if vanishing(r) else ("PASS" if ok else "FAIL")
+        verdict = "PASS (zero)" if r.vanishing else ("PASS" if ok else "FAIL")
         table.add_row(r.layer, r.tensor, f"{r.checked}/{r.size}", f"{r.rel_error:.2e}", f"{r.max_abs_error:.2e}",
                       Text(verdict, style="green" if ok else "bold red"))
     console.print(table)
-    worst = max(results, key=lambda r: 0.0 if vanishing(r) else r.rel_error)
+    judged = [r for r in results if not r.vanishing]
+    zeros = len(results) - len(judged)
     failed = sum(not r.passed(tol) for r in results)
     verdict = "all passed" if not failed else f"{failed} FAILED"
-    console.print(f"{len(results)} tensors checked, {verdict}; worst {worst.rel_error:.2e} "
-                  f"({worst.layer} {worst.tensor})")
+    if judged:
+        worst = max(judged, key=lambda r: math.inf if math.isnan(r.rel_error) else r.rel_error)
+        worst_text = (f"worst relative error {worst.rel_error:.2e} ({worst.layer} {worst.tensor}) "
+                      f"over the {_n(len(judged), 'non-zero gradient')}")
+    else:
+        worst_text = "no non-zero gradient to compare"
+    zero_text = f"; {_n(zeros, 'zero gradient')} (PASS (zero)) not counted" if zeros else ""
+    console.print(f"{len(results)} tensors checked, {verdict}; {worst_text}{zero_text}")
 
 
 def _si(n: float) -> str:

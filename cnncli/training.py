@@ -41,6 +41,7 @@ class RunStarted:
     n_test: int
     num_params: int
     start_epoch: int = 0          # epochs already finished (a resumed run)
+    changes: tuple[str, ...] = ()  # settings that differ from the resumed checkpoint's run
 
 
 @dataclass(frozen=True)
@@ -754,6 +755,35 @@ def _header_run_id(folder: Path) -> str | None:
     return first[len(RUN_HEADER):].strip() or None if first.startswith(RUN_HEADER) else None
 
 
+#: Settings compared between a resumed run's stored config and the config it resumes with.
+_RESUME_KEYS = ("data.path", "data.name", "data.train_limit", "data.val_split", "data.test_limit", "data.augment",
+                "train.epochs", "train.batch_size", "train.seed", "train.optimizer", "train.schedule",
+                "train.grad_clip_norm", "train.label_smoothing")
+
+
+def resume_changes(cfg: Config, ck: checkpoint.Checkpoint) -> list[str]:
+    """The data and training settings of ``cfg`` that differ from those the checkpoint's run
+    was trained with, as ``key: old -> new`` strings (a resumed run takes the config's)."""
+    import os
+
+    mine, theirs = cfg.to_dict(), ck.config if isinstance(ck.config, dict) else {}
+
+    def get(d, key):
+        for part in key.split("."):
+            if not isinstance(d, dict) or part not in d:
+                return None
+            d = d[part]
+        return d
+    out = []
+    for key in _RESUME_KEYS:
+        new, old = get(mine, key), get(theirs, key)
+        if key == "data.path" and new is not None and old is not None:
+            new = os.path.abspath(os.path.expanduser(str(new)))
+        if new != old:
+            out.append(f"{key}: {json.dumps(old)} -> {json.dumps(new)}")
+    return out
+
+
 def check_resume_in_place(ck: checkpoint.Checkpoint) -> None:
     """Refuse to resume ``ck`` in its own folder unless that folder verifiably holds its run
     and ``ck`` is the run's latest state. Resuming in place rewrites config.yaml,
@@ -966,7 +996,8 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
                           f"choose another --out.", getattr(e, "errno", None), getattr(e, "strerror", None)) from None
     n_batches = math.ceil(len(data.train) / t.batch_size)
     on_event(RunStarted(run_dir, t.epochs, n_batches, len(data.train), len(data.val or ()),
-                        len(data.test or ()), model.num_params(), start_epoch))
+                        len(data.test or ()), model.num_params(), start_epoch,
+                        tuple(resume_changes(cfg, resume)) if resume is not None else ()))
     t_run = time.perf_counter()
 
     def save(path: Path, epoch: int, metrics: dict[str, Any], **extra) -> None:

@@ -374,3 +374,71 @@ def test_predict_reads_png_with_pillow(trained, tmp_path, mnist_slice):
     npy = runner.invoke(app, ["predict", str(out / "best.npz"), str(tmp_path / "d.npy"), "--json"])
     assert png.exit_code == 0, png.output
     assert json.loads(png.output)["top"] == json.loads(npy.output)["top"]
+
+
+def test_eval_macro_average_skips_classes_absent_from_the_slice():
+    from rich.console import Console
+
+    from cnncli.metrics import confusion_matrix
+    from cnncli.report import render_eval
+    from cnncli.training import EvalResult
+
+    labels = np.array([7, 2, 1, 0, 4])
+    result = EvalResult(0.01, 1.0, labels, labels, 10, confusion_matrix(labels, labels, 10))
+    console = Console(record=True, width=200, no_color=True)
+    render_eval(result, "best.npz", console)
+    text = console.export_text()
+    macro = next(line for line in text.splitlines() if "macro avg" in line and "%" in line)
+    assert re.findall(r"\d+\.\d+%", macro) == ["100.00%"] * 3, text
+    assert re.search(r"│\s+3 │\s+- │\s+- │\s+- │\s+0 │", text), text
+    assert "5 classes with no test images and no predictions (-) left out" in " ".join(text.split())
+
+
+def test_plot_lines_labels_the_real_epochs():
+    from cnncli.report import plot_lines
+
+    lines = plot_lines({"train": [1.0, 0.5]}, epochs=[5, 6])
+    assert lines[-2].split() == ["epoch", "5", "epoch", "6"]
+    assert len(lines[-2]) == len(lines[-3])        # "epoch 6" ends under the axis' last column
+    assert plot_lines({"train": [1.0, 0.5, 0.2]})[-2].split() == ["epoch", "1", "epoch", "3"]
+
+
+def test_resumed_run_plots_its_real_epoch_numbers(write_config, mnist_slice, tmp_path):
+    cfg = tiny_config(write_config, mnist_slice)
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["train", str(cfg), "--out", str(out), "--epochs", "2", "-q"]).exit_code == 0
+    result = runner.invoke(app, ["train", str(cfg), "--resume", str(out / "last.npz"), "--epochs", "4"])
+    assert result.exit_code == 0, result.output
+    axes = [line.split() for line in result.output.splitlines() if line.strip().startswith("epoch ")
+            and "/" not in line]
+    assert axes == [["epoch", "3", "epoch", "4"]] * 2, result.output      # loss and accuracy plots
+
+
+def test_gradcheck_strict_tol_fails_non_zero_gradients():
+    result = runner.invoke(app, ["gradcheck", str(REPO / "configs" / "tiny.yaml"), "--tol", "1e-15"])
+    assert result.exit_code == 1, result.output
+    # only the conv bias before batchnorm (zero in exact arithmetic) is rescued; the other 20 fail
+    assert result.output.count("PASS (zero) │") == 1 and result.output.count("│ FAIL") == 20, result.output
+    summary = result.output.strip().splitlines()[-1]
+    assert summary.startswith("21 tensors checked, 20 FAILED; worst relative error ")
+    assert "(model input) over the 20 non-zero gradients; 1 zero gradient" in summary
+
+
+def test_gradcheck_worst_is_over_the_non_zero_gradients():
+    from rich.console import Console
+
+    from cnncli.gradcheck import CheckResult
+    from cnncli.report import render_gradcheck
+
+    results = [CheckResult("1 conv2d", "weight", 5.0e-11, 3.2e-9, 36, 36, max_abs_grad=32.0, noise=6e-9),
+               CheckResult("model", "input", 1.65e-8, 5.0e-10, 256, 3136, max_abs_grad=0.016, noise=5.7e-10),
+               CheckResult("model: 1 conv2d", "bias", 1.0, 5.6e-16, 4, 4, max_abs_grad=5.6e-16, noise=5.7e-10)]
+    assert [r.vanishing for r in results] == [False, False, True]
+    assert [r.passed(1e-15) for r in results] == [False, False, True]   # a small abs error rescues nothing
+    assert all(r.passed(1e-6) for r in results)
+    console = Console(record=True, width=250, no_color=True)
+    render_gradcheck(results, 1e-15, console)
+    text = console.export_text()
+    assert text.count("PASS (zero) │") == 1 and text.count("│ FAIL") == 2
+    assert text.strip().splitlines()[-1] == ("3 tensors checked, 2 FAILED; worst relative error 1.65e-08 (model input) "
+                                             "over the 2 non-zero gradients; 1 zero gradient (PASS (zero)) not counted")

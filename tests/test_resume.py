@@ -148,6 +148,9 @@ def test_cli_resume_raises_the_epoch_total_and_refuses_what_it_cannot_continue(w
     assert result.exit_code == 0, result.output
     assert "resuming after epoch 2 of 3" in result.output and "epoch 3/3" in result.output
     assert "epoch 1/3" not in result.output
+    changed = " ".join(result.output.split())
+    assert "differ from the checkpoint's run" in changed and "train.epochs: 2 -> 3" in changed
+    assert "data." not in changed.split("differ from the checkpoint's run")[1].split("epoch 3/3")[0]
     assert_same_state(straight / "last.npz", split / "last.npz")
     assert (straight / "metrics.jsonl").read_bytes() == (split / "metrics.jsonl").read_bytes()
     assert not (tmp_path / "split-2").exists()
@@ -311,3 +314,14 @@ def test_batchnorm_statistics_that_overflow_stop_the_epoch_with_the_divergence_h
         re.search(r"epoch 1, step \d+: the loss became", msg), msg
     assert "no checkpoint was written" in msg and "lower train.optimizer.lr" in msg
     assert "previous checkpoint is kept" not in msg and not (out / "last.npz").exists()
+
+
+def test_resume_lists_the_settings_that_differ_from_the_checkpoints_run(write_config, mnist_slice, tmp_path):
+    cfg = make_config(write_config, mnist_slice, epochs=3, setup="adamw-cosine-warmup",
+                      schedule="{type: step, step_size: 1, gamma: 0.5}")
+    run_fit(cfg, tmp_path / "r", overrides=["data.train_limit=300", "train.epochs=2"])
+    ck = checkpoint.load(tmp_path / "r" / "last.npz")
+    assert training.resume_changes(C.load(cfg, ["data.train_limit=300", "train.epochs=2"]), ck) == []
+    changes = training.resume_changes(C.load(cfg, ["train.optimizer.lr=0.5"]), ck)
+    assert changes[:2] == ["data.train_limit: 300 -> null", "train.epochs: 2 -> 3"]
+    assert len(changes) == 3 and changes[2].startswith("train.optimizer: ") and '"lr": 0.5' in changes[2]

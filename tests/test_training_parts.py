@@ -111,6 +111,24 @@ def test_confusion_and_per_class_by_hand():
     np.testing.assert_allclose(pc["f1"], [0.5, 0.8, 0.0])
 
 
+def test_macro_average_leaves_out_classes_with_no_support_and_no_predictions():
+    from cnncli.metrics import macro_average
+
+    # class 3 is only predicted (counts, recall 0); class 4 never occurs (left out)
+    cm = confusion_matrix(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 3]), 5)
+    # precision [1, 2/3, 0, 0], recall [1/2, 1, 0, 0], F1 [2/3, 4/5, 0, 0] over classes 0-3
+    m = macro_average(cm)
+    assert m["classes"] == 4
+    assert m["precision"] == pytest.approx(5 / 12)
+    assert m["recall"] == pytest.approx(3 / 8)
+    assert m["f1"] == pytest.approx(11 / 30)
+    # all 5 images right, 5 of 10 classes in the slice: 100%, not 50%
+    labels = np.array([7, 2, 1, 0, 4])
+    perfect = macro_average(confusion_matrix(labels, labels, 10))
+    assert perfect == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "classes": 5}
+    assert macro_average(np.zeros((3, 3), dtype=np.int64))["f1"] is None
+
+
 # ------------------------------------------------------------------ checkpoints
 
 def _save(path, w=None):
