@@ -161,6 +161,9 @@ def _check_array(path: Path, key: str, a: np.ndarray) -> None:
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         raise CheckpointError(f"{path}: entry {key!r} holds NaN or infinite values; this checkpoint is "
                               f"unusable. Use an earlier checkpoint of the run.")
+    if kind == "buffer" and key.endswith("running_var") and a.size and a.min() < 0:
+        raise CheckpointError(f"{path}: entry {key!r} holds a negative variance ({float(a.min()):g}); a "
+                              f"variance is never negative, so the file is corrupt or was not written by cnncli.")
 
 
 def load(path: str | os.PathLike) -> Checkpoint:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import numbers
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -413,12 +414,23 @@ def _normalizer(name: str, positive: bool):
             return "auto"
         if isinstance(v, str):
             raise ValueError(f"{name} must be a number, a list of numbers (one per channel) or 'auto', got {v!r}")
-        low = dict(low=0.0, low_open=True) if positive else {}
+        # pixels are scaled to [0, 1] before normalizing: a mean outside it, or a std above 1,
+        # is almost surely given in 0-255 units
+        bounds = dict(low=0.0, low_open=True, high=1.0) if positive else dict(low=0.0, high=1.0)
+
+        def one(x):
+            try:
+                return check_float(name, x, **bounds)
+            except ValueError as e:
+                if isinstance(x, numbers.Real) and not isinstance(x, bool) and x > 1:
+                    raise ValueError(f"{e}: {name} is for pixels scaled to [0, 1] (MNIST: mean 0.1307, std "
+                                     f"0.3081); for a value in 0-255 units divide it by 255, or use 'auto'") from None
+                raise
         if isinstance(v, list):
             if not v:
                 raise ValueError(f"{name} must list one number per channel, got []")
-            return tuple(check_float(name, x, **low) for x in v)
-        return check_float(name, v, **low)
+            return tuple(one(x) for x in v)
+        return one(v)
     return check
 
 
@@ -497,7 +509,7 @@ def _layers(raw, problems: list[Problem], line: int | None = None) -> tuple[Laye
                 opts = {}
             if not isinstance(opts, dict):
                 problems.append(Problem(path, f"options of '{name}' must be a mapping like "
-                                        f"{{kernel_size: 3}}, got {opts!r}", line))
+                                        f"{_options_example(str(name))}, got {opts!r}", line))
                 continue
             specs.append(LayerSpec(str(name), plain(opts), path, line, {k: _line(opts, k) for k in opts}))
             continue
@@ -616,8 +628,9 @@ def _cosine_limits(opts: dict[str, Any], raw: Any, line: int | None, lr: float, 
     warmup = opts.get("warmup_epochs", 0)
     if warmup and warmup >= epochs:
         problems.append(Problem(f"{path}.warmup_epochs", f"is {warmup}, but train.epochs is {epochs}: the run would "
-                                f"end inside the warmup and never anneal. Use fewer warmup epochs (at most "
-                                f"{max(epochs - 1, 0)}) or more epochs", _line(raw, "warmup_epochs") or line))
+                                f"end inside the warmup and never anneal. " + (
+                                f"Use fewer warmup epochs (at most {epochs - 1}) or more epochs" if epochs > 1 else
+                                "Use warmup_epochs: 0 (no warmup) or more epochs"), _line(raw, "warmup_epochs") or line))
 
 
 def _augment(raw, container, problems: list[Problem]) -> AugmentConfig:
@@ -883,6 +896,19 @@ class Override(str):
         self = super().__new__(cls, text)
         self.flag = flag
         return self
+
+
+def _options_example(name: str) -> str:
+    """An options mapping for layer ``name`` to show in a message: its required options (or its
+    first option) with placeholder values, e.g. ``{out_features: ...}``."""
+    from cnncli.layers.registry import options, resolve
+
+    try:
+        opts = options(resolve(name))
+    except KeyError:
+        return "{kernel_size: 3}"
+    required = [n for n, p in opts.items() if p.default is inspect.Parameter.empty] or list(opts)[:1]
+    return "{" + ", ".join(f"{n}: ..." for n in required) + "}" if required else "{}"
 
 
 def _layer_option_path(raw: Any, path: str) -> str:

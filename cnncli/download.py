@@ -198,8 +198,8 @@ def fetch(url: str, dest: Path, remote: RemoteFile, on_event: EventHandler = _ig
                 continue
             raise DownloadError(f"{url}: the server answered HTTP {e.code} {e.reason}.{_resume_hint(part)}") from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-            raise DownloadError(f"cannot download {url}: {_reason(e)}. Check the network connection (or use "
-                                f"--mirror URL).{_resume_hint(part)}") from None
+            raise DownloadError(f"cannot download {url}: {_reason(e)}. Check the network connection."
+                                f"{_resume_hint(part)}") from None
         with response:
             status = getattr(response, "status", 200)
             length = response.headers.get("Content-Length")

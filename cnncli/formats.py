@@ -129,11 +129,12 @@ def to_labels(a: np.ndarray, where: str) -> np.ndarray:
     if a.dtype.kind == "f":
         if a.size and (not np.isfinite(a).all() or not np.array_equal(a, np.round(a))):
             i = int(np.argmax(~np.isfinite(a) | (a != np.round(a))))
-            raise DataError(f"{where}: label {i} is {a[i]!r}; labels must be whole numbers (class indices).")
+            raise DataError(f"{where}: the label at index {i} is {a[i].item()!r}; labels must be whole numbers "
+                            f"(class indices).")
     labels = a.astype(np.int64)
     if labels.size and labels.min() < 0:
         i = int(np.argmax(labels < 0))
-        raise DataError(f"{where}: label {i} is {int(labels[i])}; labels must be class indices >= 0.")
+        raise DataError(f"{where}: the label at index {i} is {int(labels[i])}; labels must be class indices >= 0.")
     return labels
 
 

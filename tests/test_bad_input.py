@@ -429,3 +429,19 @@ def test_list_valued_options_reach_config_yaml_and_the_checkpoint(write_config, 
     assert saved["train"]["optimizer"]["betas"] == [0.9, 0.99]
     model, _, _ = load_model(tmp_path / "run" / "last.npz")
     assert model.layers[0].stride == (1, 2)
+
+
+def test_a_negative_running_variance_is_a_corrupt_checkpoint(tmp_path):
+    """Evaluating it would give NaN (sqrt of a negative): refuse it at load, exit 2, instead of a
+    "loss became nan" divergence message."""
+    from cnncli.errors import CheckpointError
+
+    path = tmp_path / "x.npz"
+    checkpoint.save(path, params={"0.weight": np.ones(3, np.float32)},
+                    buffers={"0.running_var": np.array([1.0, -0.5, 2.0], np.float32)}, optim={}, config={},
+                    meta={"epoch": 1})
+    with pytest.raises(CheckpointError, match=r"'buffer/0.running_var' holds a negative variance \(-0.5\)"):
+        checkpoint.load(path)
+    with pytest.raises(CheckpointError) as e:
+        checkpoint.load(path)
+    assert e.value.exit_code == 2

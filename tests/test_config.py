@@ -227,3 +227,19 @@ def test_a_non_mapping_file_is_reported_even_with_overrides(write_config):
     for overrides in ([], ["train.epochs=2"]):
         with pytest.raises(ConfigError, match="this file has a list"):
             C.load(path, overrides)
+
+
+@pytest.mark.parametrize("sets, where, fragment", [
+    (["data.mean=33.3"], "data.mean", "divide it by 255"),
+    (["data.std=[0.3, 78.6, 0.3]"], "data.std", "divide it by 255"),
+    (["train.epochs=1", "train.schedule={type: cosine, warmup_epochs: 1}"], "train.schedule.warmup_epochs",
+     "Use warmup_epochs: 0 (no warmup) or more epochs"),
+    (["model.layers[3]={linear: 10}"], "model.layers[3]", "a mapping like {out_features: ...}, got 10"),
+    (["model.layers[0].conv2d.padding_mode=reflect"], "model.layers[0].padding_mode",
+     "pads with zeros only"),
+])
+def test_messages_for_common_slips_say_what_to_write(write_config, sets, where, fragment):
+    with pytest.raises(ConfigError) as e:
+        C.load(write_config(GOOD), sets)
+    msg = " ".join(str(e.value).split())
+    assert where in msg and fragment in msg, msg

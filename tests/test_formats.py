@@ -248,7 +248,7 @@ def test_bad_npz_files(tmp_path, gray):
     np.savez(path, x_train=x[:, 0].astype(np.int16) * 2, y_train=y)
     raises("0..255", formats.read_npz, path, "train", where=path)
     np.savez(path, x_train=x[:, 0], y_train=-y - 1)
-    raises("label 0 is -6", formats.read_npz, path, "train", where=path)
+    raises("the label at index 0 is -6", formats.read_npz, path, "train", where=path)
     np.savez(path, x_train=np.array([x[0, 0], "a"], dtype=object), y_train=y[:2])
     raises("pickled", formats.read_npz, path, "train", where=path)
     np.savez(path, x_train=x[:, 0], y_train=y)

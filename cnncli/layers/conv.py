@@ -79,6 +79,10 @@ class Conv2d(Layer):
         self.stride = check_pair("stride", stride, 1)
         self.dilation = check_pair("dilation", dilation, 1)
         self.groups = check_int("groups", groups, 1)
+        if padding_mode in ("reflect", "replicate", "circular"):
+            raise ValueError(f"padding_mode {padding_mode!r} is not supported: cnncli pads with zeros only "
+                             f"(PyTorch's reflect, replicate and circular modes are not implemented); "
+                             f"use padding_mode: zeros or leave it out")
         self.padding_mode = check_choice("padding_mode", padding_mode, ("zeros",))
         self.pads = conv_padding(padding, self.kernel_size, self.dilation, self.stride)
         self.padding = padding
