@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 1 a failed check (gradcheck) or a diverged run, 2 bad input
 (config, data, checkpoint, a batch size the model cannot take, out of memory, an output
-that cannot be written), 130 interrupted. User errors print one message and no
+that cannot be written), 130 interrupted, 141 the reader of stdout went away (a closed
+pipe, ``| head``; quietly, as grep or git). User errors print one message and no
 traceback; ``--debug`` shows it.
 """
 
@@ -14,10 +15,37 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from cnncli import __version__
 
+
+@contextlib.contextmanager
+def _pipe_closed_quietly():
+    """A reader that went away (``cnncli eval CKPT | head -2``) ends the command with no
+    message and exit 141, as grep or git do (typer alone would exit 1)."""
+    try:
+        yield
+    except BrokenPipeError:
+        from cnncli.report import stdout_closed
+
+        stdout_closed()
+
+
+class _Group(TyperGroup):
+    """The command group: every command (and --help) runs under :func:`_pipe_closed_quietly`."""
+
+    def make_context(self, *args, **kwargs):
+        with _pipe_closed_quietly():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _pipe_closed_quietly():
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="cnncli",
     help="Train, evaluate and gradient-check small convolutional networks defined in YAML (pure NumPy).\n\n"
          "Example: cnncli train configs/mnist.yaml --epochs 2",
@@ -125,7 +153,8 @@ def train(
     out: Optional[str] = typer.Option(None, "--out", metavar="FOLDER", help="Run folder (override output.dir)."),
     sets: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY.PATH=VALUE", help=SET_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Reuse the run folder even if it holds a run."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final test accuracy."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print one line at the end: the test accuracy (if "
+                               "there is a test split) and the path of the best checkpoint, last."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object per epoch and one at the end."),
     resume: Optional[Path] = typer.Option(None, "--resume", metavar="CHECKPOINT",
                                           help="Continue the run of CHECKPOINT (RUN/last.npz) in its folder, exactly "
@@ -195,13 +224,16 @@ def eval_(
 ) -> None:
     """Measure a checkpoint on the test split: loss, accuracy, per-class figures, confusion matrix.
 
+    Classes are shown with the checkpoint's class names, if it has them (image folders,
+    data.classes). --json adds "classes" (the names or null), "per_class" and "macro_avg"
+    (precision, recall, F1 averaged over the classes in the labels or predictions).
     Example: cnncli eval runs/mnist/best.npz   (or: --data data/other-digits.npz)
     """
     with user_errors(ctx):
         import json
 
         from cnncli.evaluation import evaluate_checkpoint
-        from cnncli.metrics import per_class
+        from cnncli.metrics import macro_average, per_class
 
         if data is not None and not data.strip():
             from cnncli.errors import DataError
@@ -209,30 +241,35 @@ def eval_(
             raise DataError("--data is empty; give a dataset folder, file or name")
         limit = None if test_limit is None else (test_limit or 10**12)
         result, cfg, ck, test = evaluate_checkpoint(checkpoint, data, batch_size, limit)
+        classes = list(cfg.data.classes) if cfg.data.classes else None    # the checkpoint's class names
         if json_out:
             pc = per_class(result.confusion)
             typer.echo(json.dumps({"checkpoint": str(checkpoint), "epoch": ck.meta.get("epoch"),
-                                   **result.to_dict(),
-                                   "per_class": {k: v.tolist() for k, v in pc.items()}}))
+                                   **result.to_dict(), "classes": classes,
+                                   "per_class": {k: v.tolist() for k, v in pc.items()},
+                                   "macro_avg": macro_average(result.confusion)}))
             return
         from cnncli.report import render_eval, render_misclassified
 
-        render_eval(result, str(checkpoint))
-        render_misclassified(result, test.images, show_errors)
+        render_eval(result, str(checkpoint), classes=classes)
+        render_misclassified(result, test.images, show_errors, classes=classes)
 
 
 @app.command()
 def predict(
     ctx: typer.Context,
     checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT", help="A checkpoint, e.g. runs/mnist/best.npz."),
-    inputs: List[Path] = typer.Argument(..., metavar="IMAGE...", help="Image files: .npy, IDX, PGM, or PNG and other "
-                                        "formats (needs cnncli[images]); RGB for a model trained on colour images."),
+    inputs: List[Path] = typer.Argument(..., metavar="IMAGE...", help="Image files (not folders): .npy, IDX, PGM, or "
+                                        "PNG and other formats (needs cnncli[images]); RGB for a model trained on "
+                                        "colour images."),
     top_k: int = typer.Option(1, "--top-k", "-k", min=1, help="Show the k most likely classes."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object per image."),
 ) -> None:
     """Classify images with a checkpoint: predicted class and probability.
 
-    Images must have the model's size (28x28 for MNIST), grayscale, light digit on dark background.
+    Images must have the model's size and channels (28x28 grayscale for MNIST, light digit on
+    dark background). A .npy file holds one image, (H, W), (H, W, C) or (C, H, W), or a stack,
+    (N, H, W), (N, H, W, C) or (N, C, H, W); (H, W) forms only for grayscale models.
     Example: cnncli predict runs/mnist/best.npz digit.pgm --top-k 3
     """
     with user_errors(ctx):
@@ -250,7 +287,7 @@ def predict(
 
         for path in inputs:
             try:
-                images = read_images(path, channels=model.input_shape[0] if len(model.input_shape) == 3 else 1)
+                images = read_images(path, input_shape=model.input_shape)
                 probs = predict_proba(model, cfg, images)
             except CnncliError as e:
                 if str(path) not in str(e):        # every message names the file that failed

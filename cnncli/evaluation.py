@@ -147,8 +147,11 @@ def predict_proba(model: Model, cfg: Config, images: np.ndarray, batch_size: int
         DataError: If the images' shape differs from the model's input shape.
     """
     if tuple(images.shape[1:]) != tuple(model.input_shape):
-        raise DataError(f"images of shape {tuple(images.shape[1:])}, but the model takes {tuple(model.input_shape)}"
-                        f"; resize or convert them first (grayscale, same height and width)")
+        from cnncli.images import fix_hint
+
+        shape = tuple(model.input_shape)
+        raise DataError(f"images of shape {tuple(images.shape[1:])}, but the model takes {shape}"
+                        + (f" (channels, height, width); {fix_hint(shape)}" if len(shape) == 3 else ""))
     try:
         lut = pixel_lut(cfg.data.mean, cfg.data.std, np.float32)
     except ValueError:

@@ -1,7 +1,8 @@
 """Reading single images for ``cnncli predict``: .npy, IDX, PGM (binary P5 / text P2) and,
 with the optional ``images`` extra (Pillow), PNG and other formats Pillow reads.
 
-Every reader returns uint8 images (N, C, H, W).
+Every reader returns uint8 images (N, C, H, W). Given the model's input shape (C, H, W),
+``read_images`` reads a .npy array in whichever of the layouts training accepts fits it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def _to_uint8(a: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _to_nchw(a: np.ndarray, path: Path) -> np.ndarray:
+    """Without a model to fit: (H, W) and (N, H, W) are grey, 4-D is (N, C, H, W)."""
     if a.ndim == 2:            # (H, W)
         return a[None, None]
     if a.ndim == 3:            # (N, H, W)
@@ -43,6 +45,50 @@ def _to_nchw(a: np.ndarray, path: Path) -> np.ndarray:
     if a.ndim == 4:            # (N, C, H, W)
         return a
     raise DataError(f"{path}: expected an image (H, W), a stack (N, H, W) or (N, C, H, W), got shape {a.shape}")
+
+
+def accepted_shapes(input_shape: tuple[int, int, int]) -> str:
+    """The .npy shapes that fit a model taking (C, H, W) images, as a phrase for messages."""
+    c, h, w = input_shape
+    one = [(h, w, c), (c, h, w)]
+    many = [f"(N, {h}, {w}, {c})", f"(N, {c}, {h}, {w})"]
+    if c == 1:
+        one.insert(0, (h, w))
+        many.insert(0, f"(N, {h}, {w})")
+    return (f"one image as {', '.join(map(str, one[:-1]))} or {one[-1]}, "
+            f"or a stack of N images as {', '.join(many[:-1])} or {many[-1]}")
+
+
+def fix_hint(input_shape: tuple[int, int, int]) -> str:
+    """How to make images fit a model taking (C, H, W): ``resize or convert images to 32x32 RGB first``."""
+    c, h, w = input_shape
+    colour = "grayscale" if c == 1 else "RGB" if c == 3 else f"{c} channels"
+    return f"resize or convert images to {h}x{w} {colour} first"
+
+
+def _fit_model(a: np.ndarray, input_shape: tuple[int, int, int], path: Path) -> np.ndarray:
+    """(N, C, H, W) from an array in any layout training accepts, read against the model's
+    (C, H, W): one image (H, W) (grey models), (H, W, C) or (C, H, W); a stack (N, H, W)
+    (grey models), (N, H, W, C) or (N, C, H, W). When both fit (C == H == W), channels first."""
+    c, h, w = input_shape
+    s = tuple(a.shape)
+    if a.ndim == 2 and c == 1 and s == (h, w):
+        return a[None, None]
+    if a.ndim == 3:
+        if s == (c, h, w):
+            return a[None]
+        if s == (h, w, c):
+            return np.ascontiguousarray(a.transpose(2, 0, 1))[None]
+        if c == 1 and s[1:] == (h, w):
+            return a[:, None]
+    if a.ndim == 4:
+        if s[1:] == (c, h, w):
+            return a
+        if s[1:] == (h, w, c):
+            return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
+    raise DataError(f"{path}: an array of shape {s}, but the model takes {tuple(input_shape)} images "
+                    f"(channels, height, width): give {accepted_shapes(input_shape)}; "
+                    f"{fix_hint(input_shape)}")
 
 
 def _read_pgm(path: Path) -> np.ndarray:
@@ -126,29 +172,50 @@ def _read_npy(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not a readable .npy array ({type(e).__name__}: {e})") from None
 
 
-def read_images(path: str | Path, channels: int = 1) -> np.ndarray:
+def read_images(path: str | Path, channels: int | None = None,
+                input_shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Read one file of images as uint8 (N, C, H, W).
 
-    ``.npy``: (H, W), (N, H, W) or (N, C, H, W), uint8 0..255 or float in [0, 1] / [0, 255]
-    (read with ``allow_pickle=False``); ``.pgm``/``.pnm``: 8-bit graymap; IDX (any name,
-    ``.gz`` or not): as ``datasets.read_idx``; anything else through Pillow, converted to
-    grayscale, or to RGB when ``channels`` is 3 (a model trained on colour images).
+    ``.npy``: uint8 0..255 or float in [0, 1] / [0, 255] (read with ``allow_pickle=False``).
+    With ``input_shape`` (the model's (C, H, W)) the array may be one image (H, W) (grey
+    models), (H, W, C) or (C, H, W), or a stack (N, H, W) (grey models), (N, H, W, C) or
+    (N, C, H, W), as training accepts; channels first when both fit. Without it: (H, W),
+    (N, H, W) or (N, C, H, W). ``.pgm``/``.pnm``: 8-bit graymap; IDX (any name, ``.gz`` or
+    not): as ``datasets.read_idx``; anything else through Pillow, converted to grayscale,
+    or to RGB when ``channels`` (default: ``input_shape[0]``, else 1) is 3.
 
     Raises:
-        DataError: Missing or unreadable file, or pixels out of range.
+        DataError: A folder, a missing or unreadable file, a file holding no images,
+            pixels out of range, or (given ``input_shape``) images the model cannot take.
     """
     from cnncli.datasets import load_images
 
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; predict reads image files (.npy, IDX, PGM, or PNG and others "
+                        f"with cnncli[images]): give the files themselves, e.g. {path / '*.png'}")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    shape = tuple(input_shape) if input_shape is not None and len(input_shape) == 3 else None
+    if channels is None:
+        channels = shape[0] if shape else 1
     suffix = path.suffix.lower()
     name = path.name.lower()
     if suffix == ".npy":
-        return _to_nchw(_to_uint8(_read_npy(path), path), path)
-    if suffix in (".pgm", ".pnm"):
-        return _read_pgm(path)[None, None]
-    if "idx" in name or "ubyte" in name:
-        return load_images(path)
-    image = _read_pillow(path, channels)
-    return image[None] if image.ndim == 3 else image[None, None]
+        a = _to_uint8(_read_npy(path), path)
+        if a.size == 0:
+            raise DataError(f"{path}: holds no images (an empty array of shape {a.shape})")
+        images = _to_nchw(a, path) if shape is None else _fit_model(a, shape, path)
+    elif suffix in (".pgm", ".pnm"):
+        images = _read_pgm(path)[None, None]
+    elif "idx" in name or "ubyte" in name:
+        images = load_images(path)
+    else:
+        image = _read_pillow(path, channels)
+        images = image[None] if image.ndim == 3 else image[None, None]
+    if len(images) == 0:
+        raise DataError(f"{path}: holds no images")
+    if shape is not None and tuple(images.shape[1:]) != shape:
+        raise DataError(f"{path}: images of shape {tuple(images.shape[1:])}, but the model takes {shape} "
+                        f"(channels, height, width); {fix_hint(shape)}")
+    return images

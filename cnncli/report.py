@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -29,12 +30,42 @@ def plain_requested() -> bool:
         os.environ.get("CI", "").lower() not in ("", "0", "false")
 
 
+EXIT_PIPE_CLOSED = 141   # 128 + SIGPIPE: what the shell reports for grep or git writing to a closed pipe
+
+
+def stdout_closed() -> NoReturn:
+    """End the command quietly because the reader of its output went away (``cnncli eval
+    CKPT | head -2``), as grep or git do: no message, exit :data:`EXIT_PIPE_CLOSED`.
+
+    stdout is pointed at the null device first, so that the interpreter's final flush of
+    the unwritten rest cannot fail again (the recipe of the Python docs' note on SIGPIPE,
+    https://docs.python.org/3/library/signal.html#note-on-sigpipe).
+    """
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # no file descriptor (a test runner's buffer)
+        fd = None
+    if fd is not None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    raise SystemExit(EXIT_PIPE_CLOSED)
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich's own handler exits 1, like a failure; a closed pipe is not one
+        self.quiet = True
+        stdout_closed()
+
+
 def make_console(stderr: bool = False) -> Console:
-    """A console that is plain (no colour, no cursor moves) when :func:`plain_requested`."""
+    """A console that is plain (no colour, no cursor moves) when :func:`plain_requested`.
+    A closed pipe ends the command quietly (:func:`stdout_closed`)."""
     plain = plain_requested()
     # markup off: messages and docstrings hold [brackets] (model.layers[3], [kh, kw])
-    return Console(stderr=stderr, no_color=plain, force_terminal=False if plain else None,
-                   highlight=False, emoji=False, markup=False, soft_wrap=plain)
+    return _Console(stderr=stderr, no_color=plain, force_terminal=False if plain else None,
+                    highlight=False, emoji=False, markup=False, soft_wrap=plain)
 
 
 def print_error(message: str, console: Console | None = None) -> None:
@@ -112,8 +143,9 @@ def plot_lines(series: dict[str, list[float]], height: int = 8, width: int = 40,
 
 class TrainReporter:
     """Subscribes to training events. ``mode``: ``rich`` (live bars), ``plain`` (a line per
-    epoch), ``quiet`` (the final test accuracy only) or ``json`` (one JSON object per epoch
-    and one at the end, nothing else)."""
+    epoch), ``quiet`` (one line at the end: the test accuracy, if there is a test split, and
+    the best checkpoint's path) or ``json`` (one JSON object per epoch and one at the end,
+    nothing else)."""
 
     def __init__(self, mode: str | None = None, console: Console | None = None):
         self.console = console or make_console()
@@ -206,11 +238,16 @@ class TrainReporter:
                 for line in plot_lines(series, fmt=fmt, epochs=[r["epoch"] for r in h]):
                     self.console.print(line)
             self.console.print(f"best epoch: {e.best_epoch}")
+        if self.mode == "quiet":
+            # one line, even with no test split: the run folder may not be the one asked for
+            # (a taken name gets -2, -3, ...), so scripts find the checkpoint here; path last
+            test = ("" if e.test is None else f"test accuracy {_pct(e.test.accuracy)} (loss {e.test.loss:.4f}) "
+                                              f"on {_n(e.test.labels.size, 'image')}, ")
+            self.console.print(f"{test}best checkpoint (epoch {e.best_epoch}): {e.best_path}")
+            return
         if e.test is not None:
             self.console.print(f"test accuracy {_pct(e.test.accuracy)} (loss {e.test.loss:.4f}) "
                                f"on {_n(e.test.labels.size, 'image')}, best checkpoint (epoch {e.best_epoch})")
-        if self.mode == "quiet":
-            return
         self.console.print(f"checkpoints: {e.best_path} (best), {e.last_path} (last); "
                            f"metrics: {e.run_dir / 'metrics.jsonl'}; {e.seconds:.1f}s in all")
         self.console.print(f"next:  cnncli eval {e.best_path}   |   cnncli predict {e.best_path} IMAGE.pgm")
@@ -221,11 +258,20 @@ class TrainReporter:
             self.progress = None
 
 
-def render_eval(result: T.EvalResult, checkpoint_path: str, console: Console | None = None) -> None:
+def class_label(i: int, classes: Sequence[str] | None) -> str:
+    """``7``, or ``7 seven`` when the class has a name other than its number (as predict prints)."""
+    name = classes[i] if classes and i < len(classes) else None
+    return f"{i} {name}" if name is not None and name != str(i) else str(i)
+
+
+def render_eval(result: T.EvalResult, checkpoint_path: str, console: Console | None = None,
+                classes: Sequence[str] | None = None) -> None:
     """Test loss and accuracy, a per-class precision/recall/F1 table and the confusion matrix.
 
-    A class with no test images and no predictions shows ``-`` and is left out of the
-    macro average (:func:`cnncli.metrics.macro_average`), which a caption then says.
+    Classes are labelled with their number and, given ``classes`` (the checkpoint's class
+    names), their name (``2 zebra``). A class with no test images and no predictions shows
+    ``-`` and is left out of the macro average (:func:`cnncli.metrics.macro_average`), which
+    a caption then says.
     """
     from cnncli.metrics import macro_average, per_class
 
@@ -248,14 +294,14 @@ def render_eval(result: T.EvalResult, checkpoint_path: str, console: Console | N
     for i in range(k):
         seen = pc["support"][i] > 0 or predicted[i] > 0
         p, r, f1 = ((pc["precision"][i], pc["recall"][i], pc["f1"][i]) if seen else (None, None, None))
-        table.add_row(str(i), _pct(p), _pct(r), _pct(f1), f"{int(pc['support'][i]):,}")
+        table.add_row(class_label(i, classes), _pct(p), _pct(r), _pct(f1), f"{int(pc['support'][i]):,}")
     table.add_row("macro avg", _pct(macro["precision"]), _pct(macro["recall"]), _pct(macro["f1"]),
                   f"{int(pc['support'].sum()):,}", style="bold")
     console.print(table)
     cm = Table(title="confusion matrix (rows: true, columns: predicted)")
     cm.add_column("", justify="right", style="bold")
     for j in range(k):
-        cm.add_column(str(j), justify="right")
+        cm.add_column(class_label(j, classes), justify="right")
     off = result.confusion - np.diag(np.diag(result.confusion))
     peak = max(int(off.max()), 1)
     for i in range(k):
@@ -269,7 +315,7 @@ def render_eval(result: T.EvalResult, checkpoint_path: str, console: Console | N
             else:  # colour grades with the share of the worst confusion
                 style = "red" if v >= 0.5 * peak else ("yellow" if v >= 0.1 * peak else "")
             cells.append(Text(str(v), style=style))
-        cm.add_row(str(i), *cells)
+        cm.add_row(class_label(i, classes), *cells)
     console.print(cm)
 
 
@@ -383,8 +429,9 @@ def image_lines(img: np.ndarray) -> list[str]:
 
 
 def render_misclassified(result: T.EvalResult, images: np.ndarray, count: int,
-                         console: Console | None = None) -> None:
-    """Draw the first ``count`` misclassified test images with their true and predicted class."""
+                         console: Console | None = None, classes: Sequence[str] | None = None) -> None:
+    """Draw the first ``count`` misclassified test images with their true and predicted class
+    (number and, given ``classes``, name)."""
     from rich.columns import Columns
 
     wrong = np.flatnonzero(result.preds != result.labels)[:count]
@@ -393,7 +440,8 @@ def render_misclassified(result: T.EvalResult, images: np.ndarray, count: int,
     console = console or make_console()
     panels = []
     for i in wrong:
-        head = f"#{i}: true {result.labels[i]}, predicted {result.preds[i]}"
+        head = (f"#{i}: true {class_label(int(result.labels[i]), classes)}, "
+                f"predicted {class_label(int(result.preds[i]), classes)}")
         panels.append(Text("\n".join([head, *image_lines(images[i, 0])])))
     console.print(f"first {len(wrong)} misclassified test images:")
     console.print(Columns(panels, padding=(1, 3)))
