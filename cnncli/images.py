@@ -69,23 +69,24 @@ def fix_hint(input_shape: tuple[int, int, int]) -> str:
 def _fit_model(a: np.ndarray, input_shape: tuple[int, int, int], path: Path) -> np.ndarray:
     """(N, C, H, W) from an array in any layout training accepts, read against the model's
     (C, H, W): one image (H, W) (grey models), (H, W, C) or (C, H, W); a stack (N, H, W)
-    (grey models), (N, H, W, C) or (N, C, H, W). When both fit (C == H == W), channels first."""
+    (grey models), (N, H, W, C) or (N, C, H, W). When both fit (C == H == W), channels last,
+    as training reads such an array (``formats._nchw``)."""
     c, h, w = input_shape
     s = tuple(a.shape)
     if a.ndim == 2 and c == 1 and s == (h, w):
         return a[None, None]
     if a.ndim == 3:
-        if s == (c, h, w):
-            return a[None]
         if s == (h, w, c):
             return np.ascontiguousarray(a.transpose(2, 0, 1))[None]
+        if s == (c, h, w):
+            return a[None]
         if c == 1 and s[1:] == (h, w):
             return a[:, None]
     if a.ndim == 4:
-        if s[1:] == (c, h, w):
-            return a
         if s[1:] == (h, w, c):
             return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
+        if s[1:] == (c, h, w):
+            return a
     raise DataError(f"{path}: an array of shape {s}, but the model takes {tuple(input_shape)} images "
                     f"(channels, height, width): give {accepted_shapes(input_shape)}; "
                     f"{fix_hint(input_shape)}")
@@ -179,7 +180,7 @@ def read_images(path: str | Path, channels: int | None = None,
     ``.npy``: uint8 0..255 or float in [0, 1] / [0, 255] (read with ``allow_pickle=False``).
     With ``input_shape`` (the model's (C, H, W)) the array may be one image (H, W) (grey
     models), (H, W, C) or (C, H, W), or a stack (N, H, W) (grey models), (N, H, W, C) or
-    (N, C, H, W), as training accepts; channels first when both fit. Without it: (H, W),
+    (N, C, H, W), as training accepts; channels last when both fit, as training. Without it: (H, W),
     (N, H, W) or (N, C, H, W). ``.pgm``/``.pnm``: 8-bit graymap; IDX (any name, ``.gz`` or
     not): as ``datasets.read_idx``; anything else through Pillow, converted to grayscale,
     or to RGB when ``channels`` (default: ``input_shape[0]``, else 1) is 3.

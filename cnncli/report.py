@@ -323,20 +323,23 @@ def render_gradcheck(results: list, tol: float, console: Console | None = None) 
     """Table of relative errors per layer and tensor, with PASS/FAIL against ``tol``.
 
     ``PASS (zero)`` marks a vanishing gradient (both sides within rounding noise, see
-    :mod:`cnncli.gradcheck`). The summary's worst relative error is over the other rows,
-    the ones judged by relative error; the vanishing ones are counted apart.
+    :mod:`cnncli.gradcheck`), ``PASS (noise)`` a relative error above ``tol`` whose absolute
+    difference is within that noise. The summary's worst relative error is over the
+    non-vanishing rows; the vanishing ones are counted apart.
     """
     console = console or make_console()
     from cnncli.gradcheck import ZERO_NOISE
 
     table = Table(title=f"gradient check (float64, central differences; pass if rel. error <= {tol:g}; "
-                        f"PASS (zero): a zero gradient, both sides within {ZERO_NOISE:g}x rounding noise)")
+                        f"PASS (zero): a zero gradient, both sides within {ZERO_NOISE:g}x rounding noise; "
+                        f"PASS (noise): the difference within it)")
     for col, just in (("layer", "left"), ("tensor", "left"), ("checked", "right"),
                       ("rel. error", "right"), ("max abs error", "right"), ("", "left")):
         table.add_column(col, justify=just)
     for r in results:
         ok = r.passed(tol)
-        verdict = "PASS (zero)" if r.vanishing else ("PASS" if ok else "FAIL")
+        verdict = ("PASS (zero)" if r.vanishing else "PASS" if r.rel_error <= tol
+                   else "PASS (noise)" if ok else "FAIL")
         table.add_row(r.layer, r.tensor, f"{r.checked}/{r.size}", f"{r.rel_error:.2e}", f"{r.max_abs_error:.2e}",
                       Text(verdict, style="green" if ok else "bold red"))
     console.print(table)
@@ -351,7 +354,9 @@ def render_gradcheck(results: list, tol: float, console: Console | None = None) 
     else:
         worst_text = "no non-zero gradient to compare"
     zero_text = f"; {_n(zeros, 'zero gradient')} (PASS (zero)) not counted" if zeros else ""
-    console.print(f"{len(results)} tensors checked, {verdict}; {worst_text}{zero_text}")
+    noisy = sum(r.passed(tol) and not r.vanishing and r.rel_error > tol for r in results)
+    noise_text = f"; {noisy} passed within rounding noise (PASS (noise))" if noisy else ""
+    console.print(f"{len(results)} tensors checked, {verdict}; {worst_text}{zero_text}{noise_text}")
 
 
 def _si(n: float) -> str:

@@ -755,17 +755,18 @@ def _header_run_id(folder: Path) -> str | None:
     return first[len(RUN_HEADER):].strip() or None if first.startswith(RUN_HEADER) else None
 
 
-#: Settings compared between a resumed run's stored config and the config it resumes with.
-_RESUME_KEYS = ("data.path", "data.name", "data.train_limit", "data.val_split", "data.test_limit", "data.augment",
-                "train.epochs", "train.batch_size", "train.seed", "train.optimizer", "train.schedule",
-                "train.grad_clip_norm", "train.label_smoothing")
+#: Settings compared between a resumed run's stored config and the config it resumes with
+#: (not train.seed: a resumed run's generators come back from the checkpoint).
+_RESUME_KEYS = ("data.path", "data.name", "data.train_limit", "data.val_split", "data.test_limit", "data.mean",
+                "data.std", "data.augment", "train.epochs", "train.batch_size", "train.optimizer",
+                "train.schedule", "train.grad_clip_norm", "train.label_smoothing")
 
 
 def resume_changes(cfg: Config, ck: checkpoint.Checkpoint) -> list[str]:
     """The data and training settings of ``cfg`` that differ from those the checkpoint's run
-    was trained with, as ``key: old -> new`` strings (a resumed run takes the config's)."""
-    import os
-
+    was trained with, as ``key: old -> new`` strings (a resumed run takes the config's).
+    Mappings (optimizer, schedule, augment) are compared key by key; ``auto`` normalization
+    is compared once computed, so it is not listed."""
     mine, theirs = cfg.to_dict(), ck.config if isinstance(ck.config, dict) else {}
 
     def get(d, key):
@@ -774,12 +775,20 @@ def resume_changes(cfg: Config, ck: checkpoint.Checkpoint) -> list[str]:
                 return None
             d = d[part]
         return d
+
+    def plain(v):
+        return list(v) if isinstance(v, tuple) else v
     out = []
     for key in _RESUME_KEYS:
-        new, old = get(mine, key), get(theirs, key)
+        new, old = plain(get(mine, key)), plain(get(theirs, key))
         if key == "data.path" and new is not None and old is not None:
             new = os.path.abspath(os.path.expanduser(str(new)))
-        if new != old:
+        if key in ("data.mean", "data.std") and new == "auto":
+            continue                                  # computed from the data: the stored numbers
+        if isinstance(new, dict) and isinstance(old, dict) and new.get("type", 0) == old.get("type", 0):
+            out += [f"{key}.{k}: {json.dumps(plain(old.get(k)))} -> {json.dumps(plain(new.get(k)))}"
+                    for k in sorted({*new, *old}, key=str) if plain(new.get(k)) != plain(old.get(k))]
+        elif new != old:
             out.append(f"{key}: {json.dumps(old)} -> {json.dumps(new)}")
     return out
 

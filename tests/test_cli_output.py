@@ -200,3 +200,16 @@ def test_quiet_train_with_a_test_split_keeps_one_line_ending_in_the_checkpoint(m
     (line,) = result.output.splitlines()
     assert line.startswith("test accuracy ")
     assert line.endswith(f"best checkpoint (epoch 1): {tmp_path / 'r' / 'best.npz'}")
+
+
+def test_predict_reads_an_ambiguous_array_as_training_does():
+    """C == H == W: both layouts fit; predict must read the array as the NPZ reader of
+    training does (channels last), or a stack taken from the training file is misread."""
+    from pathlib import Path
+
+    from cnncli.formats import _nchw
+    from cnncli.images import _fit_model
+
+    stack = np.random.default_rng(0).integers(0, 256, (5, 3, 3, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(_fit_model(stack, (3, 3, 3), Path("x.npy")), _nchw(stack, "x", None))
+    np.testing.assert_array_equal(_fit_model(stack[0], (3, 3, 3), Path("x.npy")), _nchw(stack[:1], "x", None))

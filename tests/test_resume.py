@@ -324,4 +324,10 @@ def test_resume_lists_the_settings_that_differ_from_the_checkpoints_run(write_co
     assert training.resume_changes(C.load(cfg, ["data.train_limit=300", "train.epochs=2"]), ck) == []
     changes = training.resume_changes(C.load(cfg, ["train.optimizer.lr=0.5"]), ck)
     assert changes[:2] == ["data.train_limit: 300 -> null", "train.epochs: 2 -> 3"]
-    assert len(changes) == 3 and changes[2].startswith("train.optimizer: ") and '"lr": 0.5' in changes[2]
+    assert len(changes) == 3 and changes[2].startswith("train.optimizer.lr: ") and changes[2].endswith("-> 0.5")
+    # the seed does nothing on resume (the generators come back), and auto normalization is computed
+    assert training.resume_changes(C.load(cfg, ["data.train_limit=300", "train.epochs=2", "train.seed=9",
+                                               "data.mean=auto", "data.std=auto"]), ck) == []
+    assert training.resume_changes(C.load(cfg, ["data.train_limit=300", "train.epochs=2", "data.std=0.5"]),
+                                   ck)[0].endswith("-> 0.5")
+
