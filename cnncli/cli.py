@@ -191,6 +191,8 @@ def train(
             training.build_model(cfg)             # bad geometry fails before any data is read
         data = training.prepare_data(cfg)
         model = training.build_model(cfg, data.train.image_shape, num_classes=data.num_classes)
+        training.check_batch_size(cfg, model)      # refused batches leave no run folder behind
+        training.check_batch_memory(model, min(cfg.train.batch_size, len(data.train)), "train.batch_size")
         if ck is not None and out is None:
             run_dir = ck.path.parent
         else:

@@ -94,7 +94,12 @@ def evaluate_checkpoint(path: str | Path, data_path: str | None = None,
         # one file given to evaluate on: its images are the test set, whatever its name says
         import dataclasses
 
-        d = dataclasses.replace(d, path=None, train=data_path, test=data_path)
+        keys = None
+        if str(data_path).lower().endswith(".npz"):    # its training arrays are the test set
+            keys = {"x_test": (d.npz_keys or {}).get("x_train", "x_train"),
+                    "y_test": (d.npz_keys or {}).get("y_train", "y_train")}
+        d = dataclasses.replace(d, path=None, train=data_path, test=data_path,
+                                npz_keys={**(d.npz_keys or {}), **(keys or {})} or None)
         loaded = formats.load(d, ("test",), test_limit=test_limit)
     test, where = loaded.test, loaded.where
     if test is None:

@@ -118,5 +118,10 @@ def test_eval_data_may_be_one_file_of_test_images(mnist_slice, tmp_path):
                                      "--data", str(mnist_slice / "train-images-idx3-ubyte.gz")])
     assert train_file.exit_code == 0, train_file.output
     assert np.array(json.loads(train_file.output)["confusion_matrix"]).sum() == 600
+    test = load_split(mnist_slice, "test")
+    np.savez(tmp_path / "train-only.npz", x_train=test.images[:, 0], y_train=test.labels)
+    npz = runner.invoke(app, ["eval", str(run / "best.npz"), "--json", "--data", str(tmp_path / "train-only.npz")])
+    assert npz.exit_code == 0, npz.output
+    assert json.loads(npz.output)["accuracy"] == whole["accuracy"]            # its arrays are the test set
     missing = runner.invoke(app, ["eval", str(run / "best.npz"), "--data", str(tmp_path / "moved-away")])
     assert missing.exit_code == 2 and "dataset folder not found" in missing.output and "moved-away" in missing.output

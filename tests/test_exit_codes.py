@@ -119,4 +119,4 @@ def test_a_batch_whose_activations_exceed_available_memory_is_refused_first(comm
     out = user_error(runner.invoke(app, args), "does not fit in memory", flag, f"at most about {fits:,}",
                      "50 MiB is available")
     assert "Traceback" not in out
-    assert not (tmp_path / "r" / "last.npz").exists()
+    assert not (tmp_path / "r").exists()                # refused before the run folder is made
