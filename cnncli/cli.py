@@ -365,21 +365,26 @@ def summary(
         shape = training.input_shape(cfg)
         model = training.build_model(cfg, shape)
         rows = summarize(model)
+        from cnncli.errors import CnncliError
+
+        warnings = []
+        for check in (lambda: training.check_batch_size(cfg, model),
+                      lambda: training.check_batch_memory(model, cfg.train.batch_size, "train.batch_size")):
+            try:
+                check()
+            except CnncliError as e:             # train refuses these; summary still shows the model
+                warnings.append(f"training would stop: {' '.join(str(e).split())}")
         if json_out:
             import json
 
             typer.echo(json.dumps({"input_shape": list(shape), "layers": rows,
-                                   "params": sum(r["params"] for r in rows)}))
-            return
-        from cnncli.report import render_summary
+                                   "params": sum(r["params"] for r in rows), "warnings": warnings}))
+        else:
+            from cnncli.report import render_summary
 
-        render_summary(rows, shape, cfg.train.batch_size, str(config))
-        from cnncli.errors import BatchError
-
-        try:
-            training.check_batch_memory(model, cfg.train.batch_size, "train.batch_size")
-        except BatchError as e:
-            typer.echo(f"warning: training would stop: {e}", err=True)
+            render_summary(rows, shape, cfg.train.batch_size, str(config))
+        for w in warnings:
+            typer.echo(f"warning: {w}", err=True)
 
 
 @app.command("time")

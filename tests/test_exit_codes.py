@@ -120,3 +120,19 @@ def test_a_batch_whose_activations_exceed_available_memory_is_refused_first(comm
                      "50 MiB is available")
     assert "Traceback" not in out
     assert not (tmp_path / "r").exists()                # refused before the run folder is made
+
+
+def test_summary_warns_about_what_train_would_refuse(write_config, mnist_slice, monkeypatch):
+    """summary still shows the model (exit 0) but says, on stderr and in --json, that training
+    would stop: a batch of one for a batchnorm on features, a batch beyond memory."""
+    from cnncli import training
+
+    cfg = write_config(BN1D.format(data=mnist_slice).replace("train: {epochs: 1}", "train: {batch_size: 1}"))
+    r = runner.invoke(app, ["summary", str(cfg)])
+    assert r.exit_code == 0 and "trainable parameters" in r.output
+    assert "warning: training would stop" in r.output and "batchnorm" in r.output
+    monkeypatch.setattr(training, "available_memory", lambda: 2**20)
+    js = runner.invoke(app, ["summary", str(cfg), "--json", "--set", "train.batch_size=4096"])
+    assert js.exit_code == 0
+    data = __import__("json").loads(js.output.splitlines()[0])
+    assert len(data["warnings"]) == 1 and "does not fit in memory" in data["warnings"][0]
