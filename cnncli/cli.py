@@ -191,8 +191,9 @@ def train(
             training.build_model(cfg)             # bad geometry fails before any data is read
         data = training.prepare_data(cfg)
         model = training.build_model(cfg, data.train.image_shape, num_classes=data.num_classes)
-        training.check_batch_size(cfg, model)      # refused batches leave no run folder behind
-        training.check_batch_memory(model, min(cfg.train.batch_size, len(data.train)), "train.batch_size")
+        flag = "--batch-size" if batch_size is not None else None
+        training.check_batch_size(cfg, model, flag)  # refused batches leave no run folder behind
+        training.check_batch_memory(model, min(cfg.train.batch_size, len(data.train)), flag or "train.batch_size")
         if ck is not None and out is None:
             run_dir = ck.path.parent
         else:
