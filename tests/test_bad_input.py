@@ -384,14 +384,21 @@ def test_sigkill_during_training_leaves_loadable_checkpoints(write_config, mnist
     run = tmp_path / "run"
     rnd = random.Random(7)
     loaded = 0
+    def mtime():
+        """last.npz's mtime, or None; the new process (--overwrite) may remove it at any moment."""
+        try:
+            return (run / "last.npz").stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
     for _ in range(6):
-        before = (run / "last.npz").stat().st_mtime_ns if (run / "last.npz").exists() else None
+        before = mtime()
         proc = subprocess.Popen([sys.executable, "-m", "cnncli", "train", str(cfg), "--out", str(run),
                                  "--overwrite", "--quiet"], cwd=REPO, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
         try:
             deadline = time.monotonic() + 60
-            while not (run / "last.npz").exists() or (run / "last.npz").stat().st_mtime_ns == before:
+            while mtime() in (None, before):
                 assert proc.poll() is None, proc.stderr.read().decode()
                 assert time.monotonic() < deadline, "training never wrote a checkpoint"
                 time.sleep(0.01)
