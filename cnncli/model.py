@@ -163,8 +163,9 @@ class Model:
     def training_bytes_per_image(self) -> int:
         """Rough bytes one image adds to a training step: every layer's output and its
         gradient, plus each convolution's im2col matrix (in_channels/groups * kh * kw values
-        per output pixel, kept for backward), at the model's dtype. A lower bound used to
-        refuse batches that cannot fit before any memory is touched."""
+        per output pixel, kept for backward), at the model's dtype. A rough estimate, used to
+        refuse batches that cannot fit before any memory is touched (for configs/mnist.yaml
+        at batch 1,500 it gives 1.8 GiB; the measured peak of such a run was 1.27 GB)."""
         values = 0
         for layer, out in zip(self.layers, self.shapes):
             values += 2 * math.prod(out)
