@@ -191,9 +191,9 @@ def train(
             training.build_model(cfg)             # bad geometry fails before any data is read
         data = training.prepare_data(cfg)
         model = training.build_model(cfg, data.train.image_shape, num_classes=data.num_classes)
-        flag = "--batch-size" if batch_size is not None else None
-        training.check_batch_size(cfg, model, flag)  # refused batches leave no run folder behind
-        training.check_batch_memory(model, min(cfg.train.batch_size, len(data.train)), flag or "train.batch_size")
+        # refused batch sizes leave no run folder behind (fit checks again for library callers)
+        training.check_batch(model, min(cfg.train.batch_size, len(data.train)),
+                             *(("--batch-size", None) if batch_size is not None else ("train.batch_size", cfg.source)))
         if ck is not None and out is None:
             run_dir = ck.path.parent
         else:
@@ -369,12 +369,10 @@ def summary(
         from cnncli.errors import CnncliError
 
         warnings = []
-        for check in (lambda: training.check_batch_size(cfg, model),
-                      lambda: training.check_batch_memory(model, cfg.train.batch_size, "train.batch_size")):
-            try:
-                check()
-            except CnncliError as e:             # train refuses these; summary still shows the model
-                warnings.append(f"training would stop: {' '.join(str(e).split())}")
+        try:
+            training.check_batch(model, cfg.train.batch_size, source=cfg.source)
+        except CnncliError as e:                 # train refuses it; summary still shows the model
+            warnings.append(f"training would stop: {' '.join(str(e).split())}")
         if json_out:
             import json
 
@@ -418,14 +416,7 @@ def time_(
         optimizer = training.make_optimizer(cfg, model)
         n = batch_size or cfg.train.batch_size
         what = "--batch-size" if batch_size else "train.batch_size"
-        i = training.batchnorm_index(model)
-        if n < 2 and i is not None:
-            from cnncli.errors import ConfigError, Problem
-
-            raise ConfigError([Problem(what, f"is 1, but model.layers[{i}] (batchnorm) then has one value per "
-                                             f"channel in training (no batch statistics); use 2 or more")],
-                              None if batch_size else str(config))
-        training.check_batch_memory(model, n, what)
+        training.check_batch(model, n, what, None if batch_size else str(config))
         try:
             result = time_model(model, optimizer, n, iterations, warmup)
         except MemoryError:

@@ -11,7 +11,6 @@ padded input or activation may exceed ``layers.base.MAX_ELEMENTS`` values.
 from __future__ import annotations
 
 import inspect
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -161,17 +160,12 @@ class Model:
         return self.shapes[-1] if self.shapes else self.input_shape
 
     def training_bytes_per_image(self) -> int:
-        """Rough bytes one image adds to a training step: every layer's output and its
-        gradient, plus each convolution's im2col matrix (in_channels/groups * kh * kw values
-        per output pixel, kept for backward), at the model's dtype. A rough estimate, used to
+        """Bytes one image adds to a training step: the sum of the layers'
+        ``training_values`` (each output and its gradient, plus a convolution's im2col
+        matrix kept for backward) at the model's dtype. A rough estimate, used to
         refuse batches that cannot fit before any memory is touched (for configs/mnist.yaml
         at batch 1,500 it gives 1.8 GiB; the measured peak of such a run was 1.27 GB)."""
-        values = 0
-        for layer, out in zip(self.layers, self.shapes):
-            values += 2 * math.prod(out)
-            if layer.type_name == "conv2d":
-                kh, kw = layer.kernel_size
-                values += layer.in_channels // layer.groups * kh * kw * math.prod(out[1:])
+        values = sum(layer.training_values(out) for layer, out in zip(self.layers, self.shapes))
         return values * self.dtype.itemsize
 
     #: Evaluation runs large batches in chunks of this many images (bounded memory: a conv's

@@ -322,21 +322,6 @@ def batchnorm_index(model: Model) -> int | None:
                  if "batchnorm" in layer.type_name and math.prod(shapes[i][1:]) == 1), None)
 
 
-def check_batch_size(cfg: Config, model: Model, flag: str | None = None) -> None:
-    """Refuse a training batch size of 1 for a model whose batchnorm would see one value per
-    channel (see :func:`batchnorm_index`). ``flag`` names the command-line option that set it.
-
-    Raises:
-        ConfigError: Naming ``train.batch_size`` (or ``flag``) and the batchnorm layer.
-    """
-    i = batchnorm_index(model)
-    if i is None or cfg.train.batch_size > 1:
-        return
-    msg = (f"is 1, but model.layers[{i}] (batchnorm) then has one value per channel in training "
-           f"(no batch statistics); use 2 or more")
-    raise ConfigError([Problem(flag or "train.batch_size", msg)], None if flag else cfg.source)
-
-
 def _check_finite(model: Model) -> None:
     """Raise DivergedError naming the first parameter or buffer that holds NaN or infinity
     (batchnorm's running statistics can overflow while the loss, computed with batch
@@ -365,14 +350,24 @@ def available_memory() -> int | None:
         return None
 
 
-def check_batch_memory(model: Model, batch_size: int, what: str) -> None:
-    """Refuse a training batch whose activations alone (:meth:`Model.training_bytes_per_image`)
-    exceed the memory available now: on Linux such a batch is not refused by the allocator but
-    killed by the out-of-memory killer halfway through. ``what`` names the setting to lower.
+def check_batch(model: Model, batch_size: int, what: str = "train.batch_size", source: str | None = None) -> None:
+    """Refuse a training batch size the model cannot take, before anything is allocated or
+    written: 1 when a batchnorm would see one value per channel (:func:`batchnorm_index`, as
+    PyTorch's "expected more than 1 value per channel when training"), or a batch whose
+    activations alone (:meth:`Model.training_bytes_per_image`) exceed the memory available
+    now (on Linux such a batch is not refused by the allocator but killed by the
+    out-of-memory killer halfway through). ``what`` names the setting (``train.batch_size``
+    or the flag that set it), ``source`` the config file when it is the config's.
 
     Raises:
-        BatchError: With the estimate, the memory available and the largest batch that fits.
+        ConfigError: Batch size 1 with such a batchnorm, naming ``what`` and the layer.
+        BatchError: Too large a batch, with the estimate, the memory available and the
+            largest batch that fits.
     """
+    i = batchnorm_index(model)
+    if i is not None and batch_size < 2:
+        raise ConfigError([Problem(what, f"is 1, but model.layers[{i}] (batchnorm) then has one value per channel "
+                                         f"in training (no batch statistics); use 2 or more")], source)
     avail = available_memory()
     per_image = model.training_bytes_per_image()
     if avail is None or per_image * batch_size <= avail:
@@ -928,8 +923,7 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
     if augment.active and len(model.input_shape) != 3:
         raise ConfigError([Problem("data.augment", f"needs images (C, H, W); the model's input is "
                                    f"{list(model.input_shape)}")], cfg.source)
-    check_batch_size(cfg, model)
-    check_batch_memory(model, min(t.batch_size, len(data.train)), "train.batch_size")
+    check_batch(model, min(t.batch_size, len(data.train)), source=cfg.source)
     optimizer = make_optimizer(cfg, model)
     has_val = data.val is not None
     schedule = make_schedule(cfg, optimizer.lr, len(data.train), has_val)

@@ -52,6 +52,11 @@ class Layer:
     def backward(self, dy: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def training_values(self, output_shape: tuple[int, ...]) -> int:
+        """Values one image adds to a training step in this layer (no batch axis): its output
+        and the output's gradient. Layers that cache more for backward add it (``Conv2d``)."""
+        return 2 * math.prod(output_shape)
+
     def infer(self, x: np.ndarray) -> np.ndarray:
         """Evaluation forward pass that no backward will follow: the same values as
         ``forward(x, training=False)``, with nothing cached. Layers may override it with a

@@ -134,6 +134,13 @@ class Conv2d(Layer):
         k = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
         return int(np.prod(out)) * (2 * k + ("bias" in self.params))
 
+    def training_values(self, output_shape):
+        """Output and its gradient, plus the im2col matrix kept for backward:
+        in_channels/groups * kh * kw values per output pixel."""
+        kh, kw = self.kernel_size
+        return super().training_values(output_shape) + self.in_channels // self.groups * kh * kw * \
+            int(np.prod(output_shape[1:]))
+
     def _offsets(self, H: int, W: int, H_out: int, W_out: int):
         """Per kernel offset (a, b): the output rows/columns that read real input and the
         input rows/columns they read (padding reads zeros, so it is never materialised)."""
@@ -188,7 +195,7 @@ class Conv2d(Layer):
         """
         N, C, H, W = x.shape
         O = self.out_channels
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        (kh, kw), (sh, sw), dw = self.kernel_size, self.stride, self.dilation[1]
         H_out, W_out = self._out_hw(H, W)
         row = W_out * N                                               # GEMM columns per output row
         if not self.lowers_by_rows(C, W_out, N):
