@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from cnncli import config as C
-from cnncli import training
+from cnncli import assemble, data
 from cnncli.layers.windows import to_chwn
 
 from bench_train import blas_threads, torch_model
@@ -88,7 +88,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg = C.load(args.config)
     batch = args.batch or cfg.train.batch_size
-    model = training.build_model(cfg, training.input_shape(cfg))
+    model = assemble.build_model(cfg, data.input_shape(cfg))
     threads = args.threads or blas_threads()
     ours = time_ours(model, batch, args.repeats)
     theirs = time_torch(cfg, model, batch, args.repeats, threads) if args.vs_torch else None

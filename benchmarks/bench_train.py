@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from cnncli import config as C
-from cnncli import training
+from cnncli import assemble, data, loop
 from cnncli.datasets import Dataset, load_split
 
 
@@ -28,22 +28,22 @@ def peak_rss_mib() -> float:
 
 
 def runs_ours(cfg, images, labels, batches, batch, eval_batch):
-    """(train_run, eval_run) closures through the trainer's own loop (``training.run_batches``): shuffled gather from the
+    """(train_run, eval_run) closures through the trainer's own loop (``loop.run_batches``): shuffled gather from the
     uint8 images into a reused buffer, forward, loss, backward, optimizer step; evaluation
     in file order."""
-    model = training.build_model(cfg, images.shape[1:], num_classes=10)
-    opt = training.make_optimizer(cfg, model)
-    lut = training.pixel_lut(cfg.data.mean, cfg.data.std)
+    model = assemble.build_model(cfg, images.shape[1:], num_classes=10)
+    opt = assemble.make_optimizer(cfg, model)
+    lut = data.pixel_lut(cfg.data.mean, cfg.data.std)
     train_ds = Dataset(images[:batches * batch], labels[:batches * batch], "bench")
     test_ds = Dataset(images, labels, "bench")
     rng = np.random.default_rng(0)
 
     def train_run():
-        training.run_batches(model, train_ds, batch, lut, training=True, optimizer=opt,
+        loop.run_batches(model, train_ds, batch, lut, training=True, optimizer=opt,
                              order=rng.permutation(len(train_ds)))
 
     def eval_run():
-        training.run_batches(model, test_ds, eval_batch, lut, training=False)
+        loop.run_batches(model, test_ds, eval_batch, lut, training=False)
 
     return train_run, eval_run
 
@@ -53,7 +53,7 @@ def torch_model(cfg, in_shape):
     import torch.nn as nn
 
     mods, shape = [], tuple(in_shape)
-    model = training.build_model(cfg, in_shape)
+    model = assemble.build_model(cfg, in_shape)
     for layer, out in zip(model.layers, model.shapes):
         name = layer.type_name
         if name == "conv2d":
@@ -87,7 +87,7 @@ def runs_torch(cfg, images, labels, batches, batch, eval_batch, threads):
     net = torch_model(cfg, images.shape[1:])
     opt = torch.optim.Adam(net.parameters(), **cfg.train.optimizer.options)
     lossf = torch.nn.CrossEntropyLoss()
-    lut = torch.tensor(training.pixel_lut(cfg.data.mean, cfg.data.std))
+    lut = torch.tensor(data.pixel_lut(cfg.data.mean, cfg.data.std))
     timgs = torch.tensor(images.astype(np.int64))
     tlabels = torch.tensor(labels)
 
@@ -144,7 +144,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg = C.load(args.config)
     batch = cfg.train.batch_size
-    ds = load_split(training.resolve_data_path(cfg.data.path), "train", max(args.batches * batch, 10000))
+    ds = load_split(data.resolve_data_path(cfg.data.path), "train", max(args.batches * batch, 10000))
     images, labels = ds.images, ds.labels
     threads = args.threads or blas_threads()
     fns = dict(zip(("ours train", "ours eval"), runs_ours(cfg, images, labels, args.batches, batch, args.eval_batch)))

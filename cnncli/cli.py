@@ -172,39 +172,14 @@ def train(
         from cnncli import config as C
         from cnncli import report, training
 
-        if resume is not None and overwrite:
-            from cnncli.errors import CnncliError
-
-            raise CnncliError("--resume never overwrites a run folder: drop --overwrite (without --out the run "
-                              "continues in the checkpoint's own folder; with --out NEWDIR in a new one)")
         overrides = _overrides(sets, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, out=out)
         cfg = C.load(config, overrides)
-        ck = None
-        if resume is not None:
-            from cnncli import checkpoint
-
-            ck = checkpoint.load(resume)
-            training.check_resume(cfg, ck)        # a wrong or finished checkpoint fails before data is read
-            if out is None:
-                training.check_resume_in_place(ck)   # never overwrite another folder's files nor rewind a run
-        if cfg.model.input_shape is not None:
-            training.build_model(cfg)             # bad geometry fails before any data is read
-        data = training.prepare_data(cfg)
-        model = training.build_model(cfg, data.train.image_shape, num_classes=data.num_classes)
-        # refused batch sizes leave no run folder behind (fit checks again for library callers)
-        training.check_batch(model, min(cfg.train.batch_size, len(data.train)),
-                             *(("--batch-size", None) if batch_size is not None else ("train.batch_size", cfg.source)))
-        if ck is not None and out is None:
-            run_dir = ck.path.parent
-        else:
-            run_dir = training.new_run_dir(cfg.output.dir, overwrite=overwrite)
-            if ck is not None:
-                training.start_branch(ck, run_dir)     # a resumed run branched into a new folder
         reporter = report.TrainReporter("json" if json_out else "quiet" if quiet else None)
         try:
-            training.fit(cfg, model, data, run_dir, reporter, resume=ck)
+            training.train(cfg, reporter, resume=resume, branch=out is not None, overwrite=overwrite,
+                           batch_size_flag="--batch-size" if batch_size is not None else None)
         except training.TrainingInterrupted as e:
-            e.args = (f"{e.args[0]}\n{_resume_hint(config, overrides, e.resume_from, run_dir)}",)
+            e.args = (f"{e.args[0]}\n{_resume_hint(config, overrides, e.resume_from, e.path.parent)}",)
             raise
         finally:
             reporter.close()
@@ -333,12 +308,13 @@ def gradcheck(
 
         from cnncli import config as C
         from cnncli import gradcheck as G
-        from cnncli import training
+        from cnncli import assemble
+        from cnncli import data as cnncli_data
         from cnncli.report import render_gradcheck
 
         cfg = C.load(config, _overrides(sets))
-        shape = training.input_shape(cfg)
-        model = training.build_model(cfg, shape, dtype=np.float64)
+        shape = cnncli_data.input_shape(cfg)
+        model = assemble.build_model(cfg, shape, dtype=np.float64)
         results = G.check_layers(model, batch_size, max_checks=max_checks, seed=seed)
         results += G.check_model(model, batch_size, max_checks=max_checks, seed=seed)
         render_gradcheck(results, tol)
@@ -359,18 +335,19 @@ def summary(
     """
     with user_errors(ctx):
         from cnncli import config as C
-        from cnncli import training
+        from cnncli import assemble
+        from cnncli import data as cnncli_data
         from cnncli.model import summarize
 
         cfg = C.load(config, _overrides(sets))
-        shape = training.input_shape(cfg)
-        model = training.build_model(cfg, shape)
+        shape = cnncli_data.input_shape(cfg)
+        model = assemble.build_model(cfg, shape)
         rows = summarize(model)
         from cnncli.errors import CnncliError
 
         warnings = []
         try:
-            training.check_batch(model, cfg.train.batch_size, source=cfg.source)
+            assemble.check_batch(model, cfg.train.batch_size, source=cfg.source)
         except CnncliError as e:                 # train refuses it; summary still shows the model
             warnings.append(f"training would stop: {' '.join(str(e).split())}")
         if json_out:
@@ -408,15 +385,16 @@ def time_(
     """
     with user_errors(ctx):
         from cnncli import config as C
-        from cnncli import training
+        from cnncli import assemble
+        from cnncli import data as cnncli_data
         from cnncli.timing import blas_threads, time_model
 
         cfg = C.load(config, _overrides(sets))
-        model = training.build_model(cfg, training.input_shape(cfg))
-        optimizer = training.make_optimizer(cfg, model)
+        model = assemble.build_model(cfg, cnncli_data.input_shape(cfg))
+        optimizer = assemble.make_optimizer(cfg, model)
         n = batch_size or cfg.train.batch_size
         what = "--batch-size" if batch_size else "train.batch_size"
-        training.check_batch(model, n, what, None if batch_size else str(config))
+        assemble.check_batch(model, n, what, None if batch_size else str(config))
         try:
             result = time_model(model, optimizer, n, iterations, warmup)
         except MemoryError:

@@ -12,7 +12,9 @@ from cnncli.datasets import Dataset
 from cnncli.errors import CheckpointError, ConfigError, DataError
 from cnncli.losses import softmax
 from cnncli.model import Model, check_input_shape
-from cnncli.training import EvalResult, build_model, evaluate, normalize_batch, pixel_lut
+from cnncli.assemble import build_model
+from cnncli.data import normalize_batch, pixel_lut
+from cnncli.loop import EvalResult, evaluate
 
 
 def _stored_input_shape(ck: checkpoint.Checkpoint, cfg: Config) -> tuple[int, ...] | None:

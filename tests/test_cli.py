@@ -381,7 +381,7 @@ def test_eval_macro_average_skips_classes_absent_from_the_slice():
 
     from cnncli.metrics import confusion_matrix
     from cnncli.report import render_eval
-    from cnncli.training import EvalResult
+    from cnncli.loop import EvalResult
 
     labels = np.array([7, 2, 1, 0, 4])
     result = EvalResult(0.01, 1.0, labels, labels, 10, confusion_matrix(labels, labels, 10))

@@ -6,7 +6,7 @@ import pytest
 
 from cnncli import config as C
 from cnncli.errors import ConfigError
-from cnncli.training import build_model
+from cnncli.assemble import build_model
 
 GOOD = """\
 data:

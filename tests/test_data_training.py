@@ -19,6 +19,9 @@ from typer.testing import CliRunner
 from cnncli import checkpoint
 from cnncli import config as C
 from cnncli import training
+from cnncli.assemble import build_model
+from cnncli.data import normalize_batch, pixel_lut, prepare_data
+from cnncli.rundir import new_run_dir
 from cnncli.cli import app
 from cnncli.datasets import load_split
 from cnncli.evaluation import load_model
@@ -66,11 +69,11 @@ def test_the_same_slice_in_every_form_trains_identically(forms, write_config, tm
     runs = {}
     for form, keys in data_keys.items():
         cfg = C.load(write_config(TINY.format(data=keys), f"{form}.yaml"))
-        data = training.prepare_data(cfg)
-        model = training.build_model(cfg, data.train.image_shape, num_classes=data.num_classes)
-        lut = training.pixel_lut(data.mean, data.std)
-        first = training.normalize_batch(lut, data.train.images[:40])
-        end = training.fit(cfg, model, data, training.new_run_dir(tmp_path / form), lambda e: None)
+        data = prepare_data(cfg)
+        model = build_model(cfg, data.train.image_shape, num_classes=data.num_classes)
+        lut = pixel_lut(data.mean, data.std)
+        first = normalize_batch(lut, data.train.images[:40])
+        end = training.fit(cfg, model, data, new_run_dir(tmp_path / form), lambda e: None)
         runs[form] = (data, first, checkpoint.load(end.last_path), end.test.accuracy)
     ref_data, ref_first, ref_ck, ref_acc = runs["idx"]
     assert ref_data.train.images.shape == (160, 1, 28, 28) and len(ref_data.val) == 40 and len(ref_data.test) == 50
@@ -156,13 +159,13 @@ def test_normalization_settings(forms, write_config, tmp_path):
     base = TINY.format(data=data_keys["idx"])
     for setting, expected in (("mean: 0.5, std: 0.25", (0.5, 0.25)), ("mean: [0.5], std: auto", (0.5, None))):
         cfg = C.load(write_config(base.replace("val_split: 40", f"val_split: 40, {setting}")))
-        data = training.prepare_data(cfg)
+        data = prepare_data(cfg)
         assert data.mean == expected[0] and (expected[1] is None or data.std == expected[1])
     wrong = C.load(write_config(base.replace("val_split: 40", "val_split: 40, mean: [0.1, 0.2, 0.3]")))
     from cnncli.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"data.mean: has 3 values but the images have 1 channel"):
-        training.prepare_data(wrong)
-    lut = training.pixel_lut((0.0, 0.5, 1.0), (1.0, 0.5, 0.25))
+        prepare_data(wrong)
+    lut = pixel_lut((0.0, 0.5, 1.0), (1.0, 0.5, 0.25))
     x = np.array([[[[0]], [[255]], [[51]]]], np.uint8)
-    np.testing.assert_allclose(training.normalize_batch(lut, x)[0, :, 0, 0], [0.0, 1.0, -3.2], rtol=1e-6)
+    np.testing.assert_allclose(normalize_batch(lut, x)[0, :, 0, 0], [0.0, 1.0, -3.2], rtol=1e-6)

@@ -104,12 +104,12 @@ def test_a_batch_whose_activations_exceed_available_memory_is_refused_first(comm
                                                                          tmp_path, monkeypatch):
     """Linux overcommits: such a batch is not a MemoryError but an out-of-memory kill, so it
     is refused from the model's own estimate before anything is allocated."""
-    from cnncli import training
+    from cnncli import assemble
     from cnncli.config import load
 
-    monkeypatch.setattr(training, "available_memory", lambda: 50 * 2**20)
+    monkeypatch.setattr(assemble, "available_memory", lambda: 50 * 2**20)
     cfg = write_config(BN2D.format(data=mnist_slice))
-    per_image = training.build_model(load(str(cfg)), (1, 28, 28)).training_bytes_per_image()
+    per_image = assemble.build_model(load(str(cfg)), (1, 28, 28)).training_bytes_per_image()
     # conv output 4x26x26 and its gradient, im2col 9 values per output pixel, then the rest
     assert per_image >= 4 * (2 * 4 * 26 * 26 + 9 * 26 * 26)
     fits = 50 * 2**20 // per_image
@@ -125,13 +125,13 @@ def test_a_batch_whose_activations_exceed_available_memory_is_refused_first(comm
 def test_summary_warns_about_what_train_would_refuse(write_config, mnist_slice, monkeypatch):
     """summary still shows the model (exit 0) but says, on stderr and in --json, that training
     would stop: a batch of one for a batchnorm on features, a batch beyond memory."""
-    from cnncli import training
+    from cnncli import assemble
 
     cfg = write_config(BN1D.format(data=mnist_slice).replace("train: {epochs: 1}", "train: {batch_size: 1}"))
     r = runner.invoke(app, ["summary", str(cfg)])
     assert r.exit_code == 0 and "trainable parameters" in r.output
     assert "warning: training would stop" in r.output and "batchnorm" in r.output
-    monkeypatch.setattr(training, "available_memory", lambda: 2**20)
+    monkeypatch.setattr(assemble, "available_memory", lambda: 2**20)
     js = runner.invoke(app, ["summary", str(cfg), "--json", "--set", "train.batch_size=4096"])
     assert js.exit_code == 0
     data = __import__("json").loads(js.output.splitlines()[0])

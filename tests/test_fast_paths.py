@@ -12,7 +12,8 @@ from cnncli.datasets import Dataset
 from cnncli.layers.windows import is_chwn
 from cnncli.model import LayerSpec, build
 from cnncli.optim import OPTIMIZERS
-from cnncli.training import pixel_lut, run_batches
+from cnncli.data import pixel_lut
+from cnncli.loop import run_batches
 
 # the shape of configs/mnist.yaml, smaller
 SPECS = [

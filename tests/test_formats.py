@@ -286,7 +286,7 @@ def test_bad_csv_files(tmp_path, gray):
 
 
 def test_label_out_of_range_names_the_csv_line(tmp_path, gray, write_config):
-    from cnncli.training import prepare_data
+    from cnncli.data import prepare_data
 
     x, y = gray["train"]
     text = csv_text(x[:20], y[:20], header=True).splitlines()

@@ -4,10 +4,10 @@ Every example ends in a result or in a typed error (a ``CnncliError`` subclass);
 exception fails the test with hypothesis's minimal example. Inputs:
 
 - configs: random YAML text, random token soups, random mutations of valid configs
-  (``config.load`` -> ``training.build_model`` -> a forward pass), random ``--set``
+  (``config.load`` -> ``assemble.build_model`` -> a forward pass), random ``--set``
   overrides, random Python values through ``config.validate``;
 - datasets: mutated real IDX splits through ``datasets.load_split`` and
-  ``training.prepare_data``, random and mutated image files through ``images.read_images``
+  ``data.prepare_data``, random and mutated image files through ``images.read_images``
   (``test_datasets.py`` already fuzzes ``read_idx`` on raw bytes);
 - checkpoints: byte-level and structural corruptions of a real checkpoint through
   ``evaluation.load_model``.
@@ -52,7 +52,8 @@ from cnncli.images import read_images
 from cnncli.layers import ALIASES, LAYERS, options
 from cnncli.layers import base as layer_base
 from cnncli.model import Model
-from cnncli.training import build_model, prepare_data
+from cnncli.assemble import build_model
+from cnncli.data import prepare_data
 
 REPO = Path(__file__).resolve().parents[1]
 FUZZ_EXAMPLES = int(os.environ.get("CNNCLI_FUZZ_EXAMPLES", "0") or 0)

@@ -13,6 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cnncli import checkpoint, training
+from cnncli.assemble import build_model
+from cnncli.data import prepare_data
+from cnncli.rundir import resume_changes
 from cnncli import config as C
 from cnncli.cli import app
 
@@ -70,8 +73,8 @@ def run_fit(cfg_path, run_dir, stop_after=None, resume=None, overrides=()):
     """Train through the library; ``stop_after=k`` raises KeyboardInterrupt once epoch k has ended
     (what Ctrl-C then does), so the run stops exactly after epoch k."""
     cfg = C.load(cfg_path, list(overrides))
-    data = training.prepare_data(cfg)
-    model = training.build_model(cfg, data.train.image_shape, num_classes=data.num_classes)
+    data = prepare_data(cfg)
+    model = build_model(cfg, data.train.image_shape, num_classes=data.num_classes)
     run_dir.mkdir(parents=True, exist_ok=True)
     events = []
 
@@ -321,13 +324,13 @@ def test_resume_lists_the_settings_that_differ_from_the_checkpoints_run(write_co
                       schedule="{type: step, step_size: 1, gamma: 0.5}")
     run_fit(cfg, tmp_path / "r", overrides=["data.train_limit=300", "train.epochs=2"])
     ck = checkpoint.load(tmp_path / "r" / "last.npz")
-    assert training.resume_changes(C.load(cfg, ["data.train_limit=300", "train.epochs=2"]), ck) == []
-    changes = training.resume_changes(C.load(cfg, ["train.optimizer.lr=0.5"]), ck)
+    assert resume_changes(C.load(cfg, ["data.train_limit=300", "train.epochs=2"]), ck) == []
+    changes = resume_changes(C.load(cfg, ["train.optimizer.lr=0.5"]), ck)
     assert changes[:2] == ["data.train_limit: 300 -> null", "train.epochs: 2 -> 3"]
     assert len(changes) == 3 and changes[2].startswith("train.optimizer.lr: ") and changes[2].endswith("-> 0.5")
     # the seed does nothing on resume (the generators come back), and auto normalization is computed
-    assert training.resume_changes(C.load(cfg, ["data.train_limit=300", "train.epochs=2", "train.seed=9",
+    assert resume_changes(C.load(cfg, ["data.train_limit=300", "train.epochs=2", "train.seed=9",
                                                "data.mean=auto", "data.std=auto"]), ck) == []
-    assert training.resume_changes(C.load(cfg, ["data.train_limit=300", "train.epochs=2", "data.std=0.5"]),
+    assert resume_changes(C.load(cfg, ["data.train_limit=300", "train.epochs=2", "data.std=0.5"]),
                                    ck)[0].endswith("-> 0.5")
 

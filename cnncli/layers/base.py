@@ -22,10 +22,16 @@ class Layer:
         buffers: Non-trainable state (``running_mean``, ...); never optimized.
         inferred: Constructor arguments ``model.build`` fills from the input shape
             (without batch axis), e.g. ``{"in_channels": lambda s: s[0]}``.
+        normalizes_over_batch: In training it computes statistics over the batch, so it
+            needs two or more values per channel (batchnorm). Default: False.
+        is_normalization: Its parameters are normalization parameters, which
+            ``exclude_bias_and_norm`` exempts from weight decay. Default: False.
     """
 
     type_name = "layer"
     inferred: dict[str, Callable[[tuple[int, ...]], int]] = {}
+    normalizes_over_batch = False
+    is_normalization = False
 
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}

@@ -40,6 +40,8 @@ class BatchNorm(Layer):
         https://pytorch.org/docs/stable/generated/torch.nn.BatchNorm2d.html
     """
 
+    normalizes_over_batch = True
+    is_normalization = True
     inferred = {"num_features": lambda s: s[0]}
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,

@@ -1,0 +1,86 @@
+"""What the trainer reports while it runs (Keras/Lightning callbacks' hooks, as data).
+
+:func:`cnncli.training.fit` calls each subscriber with these events in order:
+``RunStarted``, then per epoch ``EpochStarted``, ``BatchEnded`` per batch and
+``EpochEnded``, and finally ``RunEnded``. The terminal renderer (``report.TrainReporter``)
+and the run folder's writers (``rundir.RunWriter``) are such subscribers, so a quiet or
+JSON run goes through the same loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from cnncli.loop import EvalResult
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    """Training is about to start (after the run folder's config.yaml is written)."""
+
+    run_dir: Path
+    epochs: int
+    batches_per_epoch: int
+    n_train: int
+    n_val: int
+    n_test: int
+    num_params: int
+    start_epoch: int = 0          # epochs already finished (a resumed run)
+    changes: tuple[str, ...] = ()  # settings that differ from the resumed checkpoint's run
+
+
+@dataclass(frozen=True)
+class EpochStarted:
+    """Epoch ``epoch`` (1-based) of ``epochs`` begins."""
+
+    epoch: int
+    epochs: int
+
+
+@dataclass(frozen=True)
+class BatchEnded:
+    """A training batch (1-based ``batch`` of ``batches``) has taken its optimizer step."""
+
+    epoch: int
+    batch: int
+    batches: int
+    loss: float          # running mean over the epoch so far
+    accuracy: float      # running mean over the epoch so far
+    images_per_s: float
+    lr: float
+
+
+@dataclass(frozen=True)
+class EpochEnded:
+    """An epoch finished: trained, validated, its ``metrics`` (one metrics.jsonl line) final."""
+
+    epoch: int
+    epochs: int
+    metrics: dict[str, float]
+    seconds: float
+    is_best: bool
+    images_per_s: float = 0.0     # training throughput (timing stays out of metrics.jsonl)
+    train_seconds: float = 0.0    # the training part of ``seconds`` (validation excluded)
+
+
+@dataclass(frozen=True)
+class RunEnded:
+    """The run finished; ``test`` is the best checkpoint's result on the test split, if any."""
+
+    run_dir: Path
+    best_epoch: int
+    best_path: Path
+    last_path: Path
+    test: "EvalResult | None"
+    seconds: float
+    stopped_early: str | None = None   # why early stopping ended the run, if it did
+
+
+#: Any of the events above.
+Event = Any
+#: A subscriber: called with each event in turn.
+EventHandler = Callable[[Event], None]
+

@@ -1,0 +1,111 @@
+"""One batch loop for training and evaluation (STYLE.md: no copied loops).
+
+:func:`run_batches` gathers each batch from the uint8 images, normalizes it through a
+lookup table into a reused float buffer, runs the model forward (and, when training,
+backward and one optimizer step); :func:`evaluate` is the evaluation pass over a split.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from cnncli.data import normalize_batch
+from cnncli.datasets import Dataset
+from cnncli.errors import BatchError, DivergedError
+from cnncli.losses import softmax_cross_entropy
+from cnncli.metrics import confusion_matrix
+from cnncli.model import Model
+from cnncli.optim import Optimizer
+
+
+@dataclass
+class EvalResult:
+    """Mean loss, accuracy, predictions and the confusion matrix of one pass over a split."""
+
+    loss: float
+    accuracy: float
+    labels: np.ndarray
+    preds: np.ndarray
+    num_classes: int
+    confusion: np.ndarray = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"loss": self.loss, "accuracy": self.accuracy, "n": int(self.labels.size),
+                "confusion_matrix": self.confusion.tolist()}
+
+
+def run_batches(model: Model, ds: Dataset, batch_size: int, lut: np.ndarray, *, training: bool,
+                order: np.ndarray | None = None, optimizer: Optimizer | None = None,
+                label_smoothing: float = 0.0, on_batch: Callable[[int, int, float, float], None] | None = None,
+                keep_preds: bool = False, augment: Callable[[np.ndarray], np.ndarray] | None = None):
+    """One pass over ``ds`` in ``order``: forward (and backward + step when training).
+
+    Each batch is gathered from the uint8 images and normalized through ``lut`` into a
+    reused float buffer. In training, a last batch of a single image is dropped (batchnorm
+    cannot normalize one value per feature). ``on_batch(batch_index, n_batches, running_loss, running_acc)``
+    is called after each batch. ``augment`` (training only) maps each batch's uint8 images
+    (N, C, H, W) to augmented ones of the same shape before normalization.
+
+    Returns:
+        (mean_loss, accuracy, preds or None).
+
+    Raises:
+        DivergedError: If the loss becomes NaN or infinite.
+        TrainingError: If a layer refuses a batch.
+    """
+    n = len(ds)
+    order = np.arange(n) if order is None else order
+    if training and n > batch_size and n % batch_size == 1:
+        # a last batch of one image would break batchnorm (one value per feature); drop it, as
+        # DataLoader(drop_last=True) would, but only then: every other image is still used
+        order = order[:-1]
+        n -= 1
+    n_batches = math.ceil(n / batch_size)
+    buf = np.empty((min(batch_size, n), *ds.image_shape), dtype=lut.dtype)
+    loss_sum, correct, seen = 0.0, 0, 0
+    preds = np.empty(n, dtype=np.int64) if keep_preds else None
+    # overflow shows up as a non-finite loss, which is reported below; numpy need not warn
+    with np.errstate(all="ignore"):
+        for b in range(n_batches):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            x = buf[:len(idx)]
+            images = ds.images[idx]
+            if augment is not None:
+                images = augment(images)
+            normalize_batch(lut, images, out=x)
+            y = ds.labels[idx]
+            try:
+                logits = model.forward(x, training=training)
+            except ValueError as e:          # e.g. batchnorm refusing a batch of one in training
+                raise BatchError(f"batch {b + 1} of {len(idx)} images: {e}") from None
+            except MemoryError:
+                raise BatchError(f"batch {b + 1} of {len(idx)} images does not fit in memory; lower "
+                                    f"train.batch_size or train.eval_batch_size") from None
+            loss, dlogits = softmax_cross_entropy(logits, y, label_smoothing)
+            if not math.isfinite(loss):
+                raise DivergedError(f"the loss became {loss} at batch {b + 1}")
+            if training:
+                model.backward(dlogits, input_grad=False)
+                optimizer.step(model.grads())
+            p = logits.argmax(axis=1)
+            if keep_preds:
+                preds[seen:seen + len(idx)] = p
+            loss_sum += loss * len(idx)
+            correct += int((p == y).sum())
+            seen += len(idx)
+            if on_batch is not None:
+                on_batch(b, n_batches, loss_sum / seen, correct / seen)
+    return loss_sum / max(seen, 1), correct / max(seen, 1), preds
+
+
+def evaluate(model: Model, ds: Dataset, batch_size: int, lut: np.ndarray,
+             num_classes: int | None = None) -> EvalResult:
+    """Evaluate ``model`` (evaluation mode) on all of ``ds`` in file order."""
+    loss, acc, preds = run_batches(model, ds, batch_size, lut, training=False, keep_preds=True)
+    k = num_classes or model.output_shape[0]
+    return EvalResult(loss, acc, ds.labels, preds, k, confusion_matrix(ds.labels, preds, k))
+

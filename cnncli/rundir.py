@@ -1,0 +1,381 @@
+"""The run folder: where it is, what is in it, and whether a checkpoint may continue it.
+
+A run folder holds ``config.yaml`` (first line ``# cnncli run RUN_ID``), ``metrics.jsonl``,
+``timing.jsonl`` and the checkpoints. :class:`RunWriter` writes them as the trainer's
+events arrive; :func:`new_run_dir` picks a free folder; :func:`check_resume`,
+:func:`check_resume_in_place` and :func:`start_branch` decide how a checkpoint continues
+its run (in place, never rewinding it, or branched into a new folder);
+:func:`resume_changes` lists what changed since.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from cnncli import checkpoint
+from cnncli.callbacks import EarlyStopping, resolve_monitor
+from cnncli.config import Config
+from cnncli.errors import CheckpointError, OutputError
+from cnncli.events import EpochEnded, RunStarted
+
+if TYPE_CHECKING:
+    from cnncli.state import TrainState
+
+
+#: What a run writes into its folder (removed first by ``--overwrite``).
+RUN_FILES = ("config.yaml", "metrics.jsonl", "timing.jsonl", "best.npz", "last.npz", "interrupted.npz")
+
+
+def new_run_dir(base: str | Path, overwrite: bool = False) -> Path:
+    """``base`` if it is free (or ``overwrite``), else the first free ``base-2``, ``base-3``, ...
+
+    A run folder is never overwritten silently (Ultralytics' ``exp2`` rule). With
+    ``overwrite`` the previous run's files (config, checkpoints, metrics) are removed first,
+    so the folder never mixes two runs.
+
+    Raises:
+        CnncliError: If ``base`` is an existing file, or the folder cannot be created or written.
+    """
+    base = Path(base)
+
+    def taken(p: Path) -> bool:
+        return p.exists() and (not p.is_dir() or any(p.iterdir()))
+
+    path = base
+    try:
+        if base.exists() and not base.is_dir():
+            raise OutputError(f"{base}: exists and is not a folder; choose a run folder with --out")
+        k = 1
+        while not overwrite and taken(path):
+            k += 1
+            path = base.with_name(f"{base.name}-{k}")
+        path.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            for name in RUN_FILES:
+                (path / name).unlink(missing_ok=True)
+            for old in path.glob("epoch_*.npz"):
+                old.unlink(missing_ok=True)
+            for tmp in path.glob(".*.tmp"):     # left by a run killed while saving
+                tmp.unlink(missing_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OutputError:
+        raise
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write the run folder ({e.strerror or e}). "
+                          f"Choose another with --out.") from None
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically: a temporary file, then a rename."""
+    checkpoint.atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _layer_signature(item: Any) -> tuple[str, dict[str, Any]]:
+    """A ``model.layers`` item of ``Config.to_dict`` as (canonical type, every option with
+    defaults filled), so that ``- bn`` and ``- batchnorm: {eps: 1.0e-5}`` compare equal."""
+    from cnncli.layers import options, resolve
+
+    name, opts = (item, {}) if isinstance(item, str) else next(iter(item.items()))
+    try:
+        cls = resolve(name)
+    except KeyError:
+        return str(name), dict(opts or {})
+    full = {n: p.default for n, p in options(cls).items()}
+    full.update(opts or {})
+    return cls.type_name, full
+
+
+def check_resume(cfg: Config, ck: checkpoint.Checkpoint) -> int:
+    """Check that ``ck`` can continue the run ``cfg`` describes; return its finished epochs.
+
+    Raises:
+        CheckpointError: A checkpoint saved mid-epoch (only end-of-epoch states resume exactly),
+            one without resume metadata, a model that differs from ``cfg``'s layers, or a run
+            with nothing left to do (``train.epochs`` reached, or early stopping triggered).
+    """
+    meta, path = ck.meta, ck.path
+    epoch = meta.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise CheckpointError(f"{path}: corrupt 'meta' entry: epoch is {epoch!r}; cannot resume from it")
+    if meta.get("interrupted"):
+        # it may hold a part of an epoch; last.npz holds the end of the last finished one
+        last = path.parent / "last.npz"
+        if last.is_file():
+            try:
+                current = checkpoint.load(last).meta.get("epoch")
+                if isinstance(current, int) and not isinstance(current, bool):
+                    epoch = current
+            except CheckpointError:
+                pass
+        raise CheckpointError(f"{path}: the state where Ctrl-C stopped training; a run resumes exactly only from "
+                              f"the end of an epoch. Resume from {path.parent / 'last.npz'} (epoch {epoch})."
+                              if epoch else
+                              f"{path}: saved by Ctrl-C before the first epoch finished; there is nothing to "
+                              f"resume. Start the run again.")
+    if not isinstance(meta.get("rng"), dict) or "optimizer" not in meta:
+        raise CheckpointError(f"{path}: holds no training state (optimizer steps, random generators); it cannot "
+                              f"be resumed. Use RUN/last.npz of a run trained by this cnncli version.")
+    stored = (ck.config.get("model") or {}).get("layers") if isinstance(ck.config.get("model"), dict) else None
+    mine = cfg.to_dict()["model"]["layers"]
+    if not isinstance(stored, list):
+        raise CheckpointError(f"{path}: its stored config has no model.layers; cannot resume from it")
+    theirs_sig = [_layer_signature(x) for x in stored]
+    mine_sig = [_layer_signature(x) for x in mine]
+    if theirs_sig != mine_sig:
+        i = next((i for i, (a, b) in enumerate(zip(theirs_sig, mine_sig)) if a != b), min(len(stored), len(mine)))
+        what = (f"model.layers[{i}] is {mine[i]!r} in {cfg.source or 'the config'} but {stored[i]!r} in the checkpoint"
+                if i < min(len(stored), len(mine)) else
+                f"the checkpoint's model has {len(stored)} layers, {cfg.source or 'the config'} {len(mine)}")
+        raise CheckpointError(f"{path}: the checkpoint's model differs from the config's: {what}. Resume with "
+                              f"the config the run was trained with ({path.parent / 'config.yaml'}).")
+    shape = meta.get("input_shape")
+    if cfg.model.input_shape is not None and shape is not None and list(cfg.model.input_shape) != list(shape):
+        raise CheckpointError(f"{path}: the checkpoint's model takes input {shape}, the config's "
+                              f"model.input_shape is {list(cfg.model.input_shape)}")
+    total = cfg.train.epochs
+    if epoch >= total:
+        raise CheckpointError(f"{path}: the run has finished {epoch} epoch(s) and train.epochs is {total}: nothing "
+                              f"left to do. Raise the total to continue: --epochs N with N > {epoch}.")
+    es = cfg.train.early_stopping
+    state = meta.get("early_stopping")
+    if es is not None and isinstance(state, dict):
+        # the state names the metric read: es.monitor, or its train_* twin in a run without validation
+        monitor = state.get("monitor") if state.get("monitor") in (es.monitor, resolve_monitor(es.monitor, False)) \
+            else es.monitor
+        stopper = EarlyStopping(monitor, es.mode, es.patience, es.min_delta)
+        try:
+            stopper.load_state(state)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: corrupt early-stopping state ({e})") from None
+        if stopper.stopped:
+            raise CheckpointError(f"{path}: early stopping ended this run ({es.monitor} did not improve for "
+                                  f"{stopper.wait} epochs): nothing left to do. Raise "
+                                  f"train.early_stopping.patience above {stopper.wait} or remove "
+                                  f"train.early_stopping to continue.")
+    return epoch
+
+
+RUN_HEADER = "# cnncli run "
+
+
+def same_folder(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name the same file or folder (False if either cannot be resolved)."""
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _header_run_id(folder: Path) -> str | None:
+    """The run id on the first line of ``folder/config.yaml`` (None if absent or not ours)."""
+    try:
+        with open(folder / "config.yaml", encoding="utf-8") as f:
+            first = f.readline()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return first[len(RUN_HEADER):].strip() or None if first.startswith(RUN_HEADER) else None
+
+
+#: Settings compared between a resumed run's stored config and the config it resumes with
+#: (not train.seed: a resumed run's generators come back from the checkpoint).
+_RESUME_KEYS = ("data.path", "data.name", "data.train_limit", "data.val_split", "data.test_limit", "data.mean",
+                "data.std", "data.augment", "train.epochs", "train.batch_size", "train.optimizer",
+                "train.schedule", "train.grad_clip_norm", "train.label_smoothing")
+
+
+def resume_changes(cfg: Config, ck: checkpoint.Checkpoint) -> list[str]:
+    """The data and training settings of ``cfg`` that differ from those the checkpoint's run
+    was trained with, as ``key: old -> new`` strings (a resumed run takes the config's).
+    Mappings (optimizer, schedule, augment) are compared key by key; ``auto`` normalization
+    is compared once computed, so it is not listed."""
+    mine, theirs = cfg.to_dict(), ck.config if isinstance(ck.config, dict) else {}
+
+    def get(d, key):
+        for part in key.split("."):
+            if not isinstance(d, dict) or part not in d:
+                return None
+            d = d[part]
+        return d
+
+    def plain(v):
+        return list(v) if isinstance(v, tuple) else v
+    out = []
+    for key in _RESUME_KEYS:
+        new, old = plain(get(mine, key)), plain(get(theirs, key))
+        if key == "data.path" and new is not None and old is not None:
+            new = os.path.abspath(os.path.expanduser(str(new)))
+        if key in ("data.mean", "data.std") and new == "auto":
+            continue                                  # computed from the data: the stored numbers
+        if isinstance(new, dict) and isinstance(old, dict) and new.get("type", 0) == old.get("type", 0):
+            out += [f"{key}.{k}: {json.dumps(plain(old.get(k)))} -> {json.dumps(plain(new.get(k)))}"
+                    for k in sorted({*new, *old}, key=str) if plain(new.get(k)) != plain(old.get(k))]
+        elif new != old:
+            out.append(f"{key}: {json.dumps(old)} -> {json.dumps(new)}")
+    return out
+
+
+def check_resume_in_place(ck: checkpoint.Checkpoint) -> None:
+    """Refuse to resume ``ck`` in its own folder unless that folder verifiably holds its run
+    and ``ck`` is the run's latest state. Resuming in place rewrites config.yaml,
+    metrics.jsonl, last.npz and best.npz, so it must never hit a folder of other files
+    (a checkpoint copied into a project folder) nor rewind a run past later checkpoints.
+
+    Verified means: the folder's ``last.npz`` has the checkpoint's run id and the same epoch
+    and step, and ``config.yaml`` names that run id on its first line. (A checkpoint from
+    before run ids is accepted only as the folder's own ``last.npz`` beside a config.yaml.)
+
+    Raises:
+        CheckpointError: With the way out: ``--out NEWDIR`` continues the run in a new folder.
+    """
+    path, folder = ck.path, ck.path.parent
+    fix = (f"To continue from this checkpoint, branch into a new run folder: add --out NEWDIR "
+           f"(nothing in {folder} is changed).")
+    last = folder / "last.npz"
+    if not last.is_file():
+        raise CheckpointError(f"{path}: its folder {folder} is not this checkpoint's run folder (no last.npz "
+                              f"there); resuming in place would overwrite config.yaml, metrics.jsonl and best.npz "
+                              f"in it. {fix}")
+    same_file = same_folder(path, last)
+    try:
+        latest = ck if same_file else checkpoint.load(last)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: cannot check that {folder} is its run folder: {e}. {fix}") from None
+    run_id = ck.meta.get("run_id")
+    if run_id is None and same_file:             # written before checkpoints recorded run ids
+        if (folder / "config.yaml").is_file():
+            return
+    if run_id is None or latest.meta.get("run_id") != run_id:
+        raise CheckpointError(f"{path}: {last} belongs to another run, so {folder} is not this checkpoint's run "
+                              f"folder; resuming in place would overwrite that run's files. {fix}")
+    if (latest.meta.get("epoch"), latest.meta.get("step")) != (ck.meta.get("epoch"), ck.meta.get("step")):
+        raise CheckpointError(f"{path}: holds epoch {ck.meta.get('epoch')} of the run in {folder}, whose latest "
+                              f"checkpoint {last} holds epoch {latest.meta.get('epoch')}; resuming in place would "
+                              f"rewind the run and overwrite its later checkpoints and metrics. Resume from {last}, "
+                              f"or branch from epoch {ck.meta.get('epoch')} into a new run folder: add --out NEWDIR "
+                              f"(nothing in {folder} is changed).")
+    if _header_run_id(folder) != run_id:
+        raise CheckpointError(f"{path}: {folder / 'config.yaml'} is not the config of this checkpoint's run; "
+                              f"resuming in place would overwrite it. {fix}")
+
+
+def start_branch(ck: checkpoint.Checkpoint, run_dir: Path) -> None:
+    """Prepare the new run folder ``run_dir`` of a run continued from ``ck`` elsewhere
+    (``--resume CK --out NEWDIR``): the metrics and timing lines of epochs 1..k and the
+    best checkpoint so far are carried over when ``ck``'s folder verifiably holds its run."""
+    src = ck.path.parent
+    run_id = ck.meta.get("run_id")
+    if run_id is None or _header_run_id(src) != run_id:
+        return
+    epoch = ck.meta.get("epoch")
+    for name in ("metrics.jsonl", "timing.jsonl"):
+        rows = read_rows(src / name, epoch)
+        if rows:
+            write_rows(run_dir / name, rows)
+    best_epoch = (ck.meta.get("best") or {}).get("best_epoch")
+    if best_epoch == epoch:
+        shutil.copyfile(ck.path, run_dir / "best.npz")
+    elif (src / "best.npz").is_file():
+        try:
+            best = checkpoint.load(src / "best.npz")
+        except Exception:  # noqa: BLE001 - a damaged best.npz is simply not carried over
+            return
+        if best.meta.get("run_id") == run_id and best.meta.get("epoch") == best_epoch:
+            shutil.copyfile(src / "best.npz", run_dir / "best.npz")
+
+
+def read_rows(path: Path, upto: int) -> list[dict[str, Any]]:
+    """The JSON lines of ``path`` for epochs 1..``upto`` (a resumed run rewrites the rest)."""
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return rows
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int) and 1 <= row["epoch"] <= upto:
+            rows.append(row)
+    return rows
+
+
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` as JSON lines to ``path`` atomically.
+
+    Raises:
+        OutputError: The file cannot be written (the previous one is intact).
+    """
+    try:
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+    except OSError as e:
+        raise OutputError(f"cannot write {path} ({e.strerror or e}). "
+                          f"Free disk space or choose another --out.", e.errno, e.strerror) from None
+
+
+class RunWriter:
+    """The trainer's subscriber that writes the run folder (``fit`` calls it before the
+    user's subscriber, so a file that cannot be written stops the run before it is reported).
+
+    On ``RunStarted``: ``config.yaml`` (the state's resolved config, headed by its run id).
+    On ``EpochEnded``: ``last.npz``; removes an ``interrupted.npz`` (now older than
+    ``last.npz``); ``best.npz`` if the epoch is the best; ``epoch_{k}.npz`` every ``every``
+    epochs (0: never); then the epoch's lines of ``metrics.jsonl`` (the metrics, no timings,
+    so equal runs write equal bytes) and ``timing.jsonl``. A resumed run keeps the lines of
+    the epochs its checkpoint had finished and rewrites the rest.
+
+    Args:
+        state: The run's :class:`~cnncli.state.TrainState` (its ``epoch`` is the resumed epoch).
+        every: ``train.checkpoint.every``.
+
+    Raises:
+        OutputError: A file cannot be written (what was there before is intact).
+    """
+
+    def __init__(self, state: TrainState, every: int = 0):
+        self.state = state
+        self.every = every
+        self.folder = state.run_dir
+        self.metrics_path, self.timing_path = self.folder / "metrics.jsonl", self.folder / "timing.jsonl"
+        self.rows = read_rows(self.metrics_path, state.epoch) if state.epoch else []
+        self.timing_rows = read_rows(self.timing_path, state.epoch) if state.epoch else []
+
+    def __call__(self, event: Any) -> None:
+        if isinstance(event, RunStarted):
+            self.write_config()
+        elif isinstance(event, EpochEnded):
+            self.end_epoch(event)
+
+    def write_config(self) -> None:
+        path = self.folder / "config.yaml"
+        try:
+            write_text_atomic(path, RUN_HEADER + self.state.run_id + "\n"
+                              + yaml.safe_dump(self.state.config, sort_keys=False))
+        except OSError as e:
+            raise OutputError(f"cannot write {path} ({e.strerror or e}). Free disk space or choose another --out.",
+                              getattr(e, "errno", None), getattr(e, "strerror", None)) from None
+
+    def end_epoch(self, e: EpochEnded) -> None:
+        save, folder = self.state.save, self.folder
+        save(folder / "last.npz")
+        (folder / "interrupted.npz").unlink(missing_ok=True)
+        if e.is_best:
+            save(folder / "best.npz")
+        if self.every and e.epoch % self.every == 0:
+            save(folder / f"epoch_{e.epoch}.npz")
+        self.rows.append(e.metrics)
+        self.timing_rows.append({"epoch": e.epoch, "train_seconds": round(e.train_seconds, 3),
+                                 "seconds": round(e.seconds, 3), "images_per_s": round(e.images_per_s, 1)})
+        write_rows(self.metrics_path, self.rows)
+        write_rows(self.timing_path, self.timing_rows)
