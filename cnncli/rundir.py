@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from cnncli.state import TrainState
 
 
+#: The first line of a run folder's config.yaml, followed by the run id.
+RUN_HEADER = "# cnncli run "
+
 #: What a run writes into its folder (removed first by ``--overwrite``).
 RUN_FILES = ("config.yaml", "metrics.jsonl", "timing.jsonl", "best.npz", "last.npz", "interrupted.npz")
 
@@ -163,8 +166,6 @@ def check_resume(cfg: Config, ck: checkpoint.Checkpoint) -> int:
                                   f"train.early_stopping to continue.")
     return epoch
 
-
-RUN_HEADER = "# cnncli run "
 
 
 def same_folder(a: Path, b: Path) -> bool:
