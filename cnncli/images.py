@@ -70,7 +70,7 @@ def _fit_model(a: np.ndarray, input_shape: tuple[int, int, int], path: Path) -> 
     """(N, C, H, W) from an array in any layout training accepts, read against the model's
     (C, H, W): one image (H, W) (grey models), (H, W, C) or (C, H, W); a stack (N, H, W)
     (grey models), (N, H, W, C) or (N, C, H, W). When both fit (C == H == W), channels last,
-    as training reads such an array (``formats._nchw``)."""
+    as training reads such an array (``formats.to_nchw``)."""
     c, h, w = input_shape
     s = tuple(a.shape)
     if a.ndim == 2 and c == 1 and s == (h, w):

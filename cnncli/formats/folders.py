@@ -1,0 +1,151 @@
+"""Image-folder datasets: one folder per class holding image files (read through Pillow)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cnncli.datasets import Dataset, _exists
+from cnncli.errors import DataError
+from cnncli.formats.arrays import _MAX_LISTED, _listing
+
+_GRAY_MODES = ("1", "L", "LA")
+
+def natural_key(name: str) -> tuple:
+    """Sort key comparing digit runs as numbers: ``2.png`` < ``10.png``."""
+    return tuple(int(t) if i % 2 else t for i, t in enumerate(re.split(r"(\d+)", name)))
+
+
+def _pillow(where: Path):
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataError(f"{where}: reading image folders needs Pillow, which is not installed. Install the "
+                        f"images extra: pip install 'cnncli[images]' (or convert the images to IDX, NPZ or CSV).") \
+            from None
+    return Image
+
+
+def class_folders(folder: Path) -> list[str]:
+    """The sorted names of the class folders in ``folder`` (hidden ones skipped).
+
+    Raises:
+        DataError: If the folder is missing, unreadable or holds no folders.
+    """
+    if not _exists(folder):
+        raise DataError(f"folder not found: {folder} (absolute: {folder.absolute()}).")
+    if not folder.is_dir():
+        raise DataError(f"{folder}: is a file, expected a folder of class folders.")
+    try:
+        names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+    except OSError as e:
+        raise DataError(f"{folder}: cannot list the folder ({e.strerror or e}).") from None
+    if not names:
+        raise DataError(f"{folder}: no class folders; an image-folder dataset holds one folder per class "
+                        f"({folder}/CLASS/IMAGE.png). The folder contains: {_listing(folder)}.")
+    return names
+
+
+def _read_image(Image, path: Path) -> np.ndarray:
+    """(H, W) uint8 for grayscale, (H, W, 3) for colour."""
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            if mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                raise DataError(f"{path}: a {mode} image (16-bit or float); cnncli reads 8-bit images. "
+                                f"Save it as 8-bit grayscale or RGB.")
+            if mode in _GRAY_MODES:
+                return np.asarray(im.convert("L"), dtype=np.uint8)
+            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Pillow raises UnidentifiedImageError, OSError, SyntaxError, ...
+        raise DataError(f"{path}: not an image Pillow can read ({type(e).__name__}: {e}). Class folders must hold "
+                        f"only images; move or remove this file.") from None
+    if mode == "P" and (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+        return np.ascontiguousarray(rgb[..., 0])       # a grey palette
+    return rgb
+
+
+def read_folder(folder: str | os.PathLike, classes: Sequence[str] | None = None, limit: int | None = None,
+                split: str = "train") -> tuple[Dataset, tuple[str, ...]]:
+    """A split stored as one folder per class of image files.
+
+    Args:
+        folder: Holds ``CLASS/IMAGE`` files.
+        classes: The class order (label i = ``classes[i]``); default the sorted folder names.
+            Every folder must be one of them; a class may have no folder (no images).
+        limit: Read only the first ``limit`` images (in the order of the module docstring).
+        split: Named in messages.
+
+    Returns:
+        The dataset (uint8 (N, C, H, W), C = 1 or 3) and the class names.
+
+    Raises:
+        DataError: Pillow missing, no class folders, a folder inside a class folder, a file
+            that is not an 8-bit image, images of different sizes, no images at all, a folder
+            that is not one of ``classes``.
+    """
+    folder = Path(folder)
+    found = class_folders(folder)
+    if classes is None:
+        classes = tuple(found)
+    else:
+        classes = tuple(classes)
+        unknown = [c for c in found if c not in classes]
+        if unknown:
+            raise DataError(f"{folder}: class folder '{unknown[0]}' is not one of the classes {list(classes)} "
+                            f"(data.classes, or the training split's folders). Rename or remove it.")
+    Image = _pillow(folder)
+    index = {c: i for i, c in enumerate(classes)}
+    entries = []
+    derived = classes == tuple(found)       # the class list is these folders: an empty one adds a phantom class
+    empty: list[tuple[Path, str]] = []
+    for name in found:
+        cdir = folder / name
+        try:
+            children = list(cdir.iterdir())
+        except OSError as e:
+            raise DataError(f"{cdir}: cannot list the folder ({e.strerror or e}).") from None
+        for p in children:
+            if p.name.startswith("."):
+                continue
+            if p.is_dir():
+                raise DataError(f"{p}: a folder inside the class folder '{name}'; class folders hold image "
+                                f"files only ({folder}/CLASS/IMAGE.png).")
+            entries.append((natural_key(p.name), index[name], p))
+        if derived and not any(not p.name.startswith(".") for p in children):
+            empty.append((cdir, name))
+    if not entries:
+        raise DataError(f"{folder}: the class folders ({', '.join(found[:_MAX_LISTED])}) hold no images; the "
+                        f"{split} split is empty.")
+    if empty:
+        cdir, name = empty[0]
+        raise DataError(f"{cdir}: the class folder '{name}' holds no images, so class {index[name]} would have "
+                        f"no examples. Add its images or remove the empty folder (or list the classes in "
+                        f"data.classes).")
+    entries.sort(key=lambda e: (e[0], e[1]))
+    if limit is not None:
+        entries = entries[:limit]
+    arrays = []
+    first: tuple[Path, tuple[int, int]] | None = None
+    for _, _, p in entries:
+        a = _read_image(Image, p)
+        if first is None:
+            first = (p, a.shape[:2])
+        elif a.shape[:2] != first[1]:
+            raise DataError(f"{p}: the image is {a.shape[1]}x{a.shape[0]} (width x height) but {first[0]} is "
+                            f"{first[1][1]}x{first[1][0]}; all images of a dataset must have one size.")
+        arrays.append(a)
+    color = any(a.ndim == 3 for a in arrays)
+    n, (h, w) = len(arrays), first[1]
+    images = np.empty((n, 3 if color else 1, h, w), np.uint8)
+    for i, a in enumerate(arrays):
+        images[i] = a.transpose(2, 0, 1) if a.ndim == 3 else a      # grey broadcasts to 3 channels
+    labels = np.fromiter((e[1] for e in entries), np.int64, len(entries))
+    return Dataset(images=images, labels=labels, source=str(folder)), classes
+
