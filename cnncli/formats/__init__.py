@@ -27,7 +27,9 @@ Formats (``data.format``; ``auto`` detects them from the files):
     a folder of class folders alone is a training split. Classes are the sorted folder
     names (or ``data.classes``, in that order); they are stored in the checkpoint.
     Grayscale images give 1 channel; if any image has colour, all get 3 (RGB, alpha
-    dropped). Samples are ordered by file name (digits compared as numbers) across the
+    dropped). 16-bit greyscale is scaled to 8 bits, ``round(v * 255 / 65535)``; float
+    images are refused. Files are read by :func:`cnncli.images.read_image_file`, the reader
+    ``cnncli predict`` uses too, so a file gives the same pixels in both. Samples are ordered by file name (digits compared as numbers) across the
     classes, then by class, so exports named by index keep their order and the
     validation split taken from the end mixes the classes.
 

@@ -12,22 +12,11 @@ import numpy as np
 from cnncli.datasets import Dataset, _exists
 from cnncli.errors import DataError
 from cnncli.formats.arrays import _MAX_LISTED, _listing
-
-_GRAY_MODES = ("1", "L", "LA")
+from cnncli.images import pillow, read_image_file
 
 def natural_key(name: str) -> tuple:
     """Sort key comparing digit runs as numbers: ``2.png`` < ``10.png``."""
     return tuple(int(t) if i % 2 else t for i, t in enumerate(re.split(r"(\d+)", name)))
-
-
-def _pillow(where: Path):
-    try:
-        from PIL import Image
-    except ImportError:
-        raise DataError(f"{where}: reading image folders needs Pillow, which is not installed. Install the "
-                        f"images extra: pip install 'cnncli[images]' (or convert the images to IDX, NPZ or CSV).") \
-            from None
-    return Image
 
 
 def class_folders(folder: Path) -> list[str]:
@@ -50,27 +39,6 @@ def class_folders(folder: Path) -> list[str]:
     return names
 
 
-def _read_image(Image, path: Path) -> np.ndarray:
-    """(H, W) uint8 for grayscale, (H, W, 3) for colour."""
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-            if mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-                raise DataError(f"{path}: a {mode} image (16-bit or float); cnncli reads 8-bit images. "
-                                f"Save it as 8-bit grayscale or RGB.")
-            if mode in _GRAY_MODES:
-                return np.asarray(im.convert("L"), dtype=np.uint8)
-            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except DataError:
-        raise
-    except Exception as e:  # noqa: BLE001 - Pillow raises UnidentifiedImageError, OSError, SyntaxError, ...
-        raise DataError(f"{path}: not an image Pillow can read ({type(e).__name__}: {e}). Class folders must hold "
-                        f"only images; move or remove this file.") from None
-    if mode == "P" and (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
-        return np.ascontiguousarray(rgb[..., 0])       # a grey palette
-    return rgb
-
-
 def read_folder(folder: str | os.PathLike, classes: Sequence[str] | None = None, limit: int | None = None,
                 split: str = "train") -> tuple[Dataset, tuple[str, ...]]:
     """A split stored as one folder per class of image files.
@@ -87,7 +55,7 @@ def read_folder(folder: str | os.PathLike, classes: Sequence[str] | None = None,
 
     Raises:
         DataError: Pillow missing, no class folders, a folder inside a class folder, a file
-            that is not an 8-bit image, images of different sizes, no images at all, a folder
+            that :func:`cnncli.images.read_image_file` cannot read or refuses, images of different sizes, no images at all, a folder
             that is not one of ``classes``.
     """
     folder = Path(folder)
@@ -100,7 +68,7 @@ def read_folder(folder: str | os.PathLike, classes: Sequence[str] | None = None,
         if unknown:
             raise DataError(f"{folder}: class folder '{unknown[0]}' is not one of the classes {list(classes)} "
                             f"(data.classes, or the training split's folders). Rename or remove it.")
-    Image = _pillow(folder)
+    pillow(folder, "image folders", "convert the images to IDX, NPZ or CSV")
     index = {c: i for i, c in enumerate(classes)}
     entries = []
     derived = classes == tuple(found)       # the class list is these folders: an empty one adds a phantom class
@@ -134,7 +102,7 @@ def read_folder(folder: str | os.PathLike, classes: Sequence[str] | None = None,
     arrays = []
     first: tuple[Path, tuple[int, int]] | None = None
     for _, _, p in entries:
-        a = _read_image(Image, p)
+        a = read_image_file(p, hint=" Class folders must hold only images; move or remove this file.")
         if first is None:
             first = (p, a.shape[:2])
         elif a.shape[:2] != first[1]:
