@@ -141,33 +141,13 @@ def load(d: Any, splits: Iterable[str] = ("train", "test"), train_limit: int | N
         DataError: Anything the readers raise; a named dataset that is not downloaded; label
             indices beyond the class names; a folder dataset whose splits disagree.
     """
-    from cnncli import catalog
-
     splits = tuple(splits)
     fmt = d.format or "auto"
-    resolved: dict[str, Any] = {}
     classes = tuple(d.classes) if d.classes else None
-    catalog_classes = None
-    if d.name:
-        info = catalog.lookup(d.name)
-        root = catalog.find_named(d.name, d.root)
-        resolved["root"] = str(root.parent)
-        catalog_classes = info.classes or _emnist_classes(root)
-        where = f"{d.name} ({root})"
-        locations = None
-    elif d.path:
-        root = Path(d.path).expanduser()
-        _check_exists(root)                      # also when data.format is given (no detection)
-        resolved["path"] = _abs(root)
-        where = str(root)
-        locations = None
-    else:
-        root = None
+    root, where, resolved, catalog_classes = _locate(d)
+    if root is None:
         locations = (d.train, d.test)
-        resolved["train"] = _abs(d.train) if d.train else None
-        resolved["test"] = _abs(d.test) if d.test else None
-        where = str(d.train if not isinstance(d.train, (list, tuple)) else d.train[0])
-    if locations is None:
+    else:
         if fmt == "auto":
             fmt = detect_format(root)
         locations = _root_locations(root, fmt)
@@ -190,27 +170,55 @@ def load(d: Any, splits: Iterable[str] = ("train", "test"), train_limit: int | N
         classes = names if names is not None else classes
     for ds in (train, test):
         check_label_range(ds, getattr(d, "num_classes", None), classes)
-    if train is not None and test is not None and {train.image_shape[0], test.image_shape[0]} == {1, 3} \
-            and "folder" in formats:
-        # image folders: one colour image makes a split RGB; then both splits are read as RGB
-        grey = "train" if train.image_shape[0] == 1 else "test"
-        ds = train if grey == "train" else test
-        ds = Dataset(np.repeat(ds.images, 3, axis=1), ds.labels, ds.source)
-        train, test = (ds, test) if grey == "train" else (train, ds)
+    if "folder" in formats:
+        train, test = _same_channels(train, test)
     if classes is None and catalog_classes is not None:
         classes = tuple(catalog_classes)
     if classes is not None:
-        for ds in (train, test):
-            if ds is not None and len(ds) and int(ds.labels.max()) >= len(classes):
-                i = int(np.argmax(ds.labels >= len(classes)))
-                raise DataError(f"{label_where(ds, i)}: label {int(ds.labels[i])} has no class name: there are "
-                                f"{len(classes)} classes ({', '.join(classes[:_MAX_LISTED])}{', ...' if len(classes) > _MAX_LISTED else ''}). "
-                                f"Fix the label or data.classes.")
+        _check_class_names(train, test, classes)
         resolved["classes"] = list(classes)
     if len(formats) == 1:
         fmt = formats.pop()
     resolved["format"] = fmt
     return Loaded(train, test, classes, fmt, where, resolved)
+
+
+def _locate(d: Any) -> tuple[Path | None, str, dict[str, Any], tuple[str, ...] | None]:
+    """(dataset root or None for train/test locations, description for messages, resolved
+    data-section values, the catalog's class names) of a data section."""
+    from cnncli import catalog
+
+    if d.name:
+        info = catalog.lookup(d.name)
+        root = catalog.find_named(d.name, d.root)
+        return root, f"{d.name} ({root})", {"root": str(root.parent)}, info.classes or _emnist_classes(root)
+    if d.path:
+        root = Path(d.path).expanduser()
+        _check_exists(root)                      # also when data.format is given (no detection)
+        return root, str(root), {"path": _abs(root)}, None
+    resolved = {"train": _abs(d.train) if d.train else None, "test": _abs(d.test) if d.test else None}
+    return None, str(d.train if not isinstance(d.train, (list, tuple)) else d.train[0]), resolved, None
+
+
+def _same_channels(train: Dataset | None, test: Dataset | None) -> tuple[Dataset | None, Dataset | None]:
+    """Image folders: one colour image makes a split RGB; then both splits are read as RGB
+    (the grey split's channel repeated)."""
+    if train is None or test is None or {train.image_shape[0], test.image_shape[0]} != {1, 3}:
+        return train, test
+    grey = "train" if train.image_shape[0] == 1 else "test"
+    ds = train if grey == "train" else test
+    ds = Dataset(np.repeat(ds.images, 3, axis=1), ds.labels, ds.source)
+    return (ds, test) if grey == "train" else (train, ds)
+
+
+def _check_class_names(train: Dataset | None, test: Dataset | None, classes: Sequence[str]) -> None:
+    """Raises DataError for a label with no class name, naming its file (and line) and the classes."""
+    for ds in (train, test):
+        if ds is not None and len(ds) and int(ds.labels.max()) >= len(classes):
+            i = int(np.argmax(ds.labels >= len(classes)))
+            raise DataError(f"{label_where(ds, i)}: label {int(ds.labels[i])} has no class name: there are "
+                            f"{len(classes)} classes ({', '.join(classes[:_MAX_LISTED])}{', ...' if len(classes) > _MAX_LISTED else ''}). "
+                            f"Fix the label or data.classes.")
 
 
 #: Without data.num_classes, a label above this is taken for a mistake (a class count this large
