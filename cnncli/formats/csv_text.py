@@ -120,6 +120,30 @@ def read_csv(path: str | os.PathLike, image_shape: Sequence[int] | None = None, 
     if columns < 2:
         raise DataError(f"{path}: lines hold {columns} value; expected the label then the pixels "
                         f"(label,pixel,pixel,...).")
+    table = _csv_table(path, header, columns, limit)
+    if table.shape[0] == 0:
+        raise DataError(f"{path}: no data rows{' after the header' if header else ''}.")
+    if table.shape[1] != columns:       # loadtxt reads whole rows; a guard for odd separators
+        raise DataError(f"{path}: rows hold {table.shape[1]} values, the first line {columns}.")
+    n_pixels = columns - 1
+    if image_shape is None and math.isqrt(n_pixels) ** 2 != n_pixels and math.isqrt(columns) ** 2 == columns:
+        raise DataError(f"{path}: rows hold {columns} values, a square number of pixels with no room for a label: "
+                        f"this looks like a file without labels (such as Kaggle's test.csv). cnncli needs the "
+                        f"label in the first column; to leave this file out, give only data.train.")
+    c, h, w = _image_shape(n_pixels, image_shape, str(path), "rows hold")
+    _check_values(path, header, table)
+    labels_raw, pixels_raw = table[:, 0], table[:, 1:]
+    images = pixels_raw.astype(np.uint8).reshape(len(table), h, w, c).transpose(0, 3, 1, 2)
+    return _dataset(np.ascontiguousarray(images), labels_raw.astype(np.int64), str(path), split, None)
+
+
+def _csv_table(path: Path, header: int, columns: int, limit: int | None) -> np.ndarray:
+    """The data rows as a 2-D int32 table, or float64 when a value is not an integer.
+
+    Raises:
+        DataError: Not UTF-8, unreadable or truncated, or not a table of numbers (naming the
+            first malformed line).
+    """
     table = None
     for dtype in (np.int32, np.float64):
         try:
@@ -127,7 +151,7 @@ def read_csv(path: str | os.PathLike, image_shape: Sequence[int] | None = None, 
             # is the i-th non-blank line after the header, as _csv_line_of_row counts
             rows = (line for i, (_, line) in enumerate(_csv_lines(path)) if i >= header)
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")          # "input contained no data": reported below
+                warnings.simplefilter("ignore")          # "input contained no data": read_csv reports it
                 table = np.loadtxt(rows, delimiter=",", dtype=dtype, comments=None, max_rows=limit, ndmin=2)
             break
         except UnicodeDecodeError:        # a ValueError too: catch it first
@@ -140,16 +164,15 @@ def read_csv(path: str | os.PathLike, image_shape: Sequence[int] | None = None, 
     if table is None:
         problem = _csv_problem(path, header, columns)
         raise problem or DataError(f"{path}: not a CSV table of numbers.")
-    if table.shape[0] == 0:
-        raise DataError(f"{path}: no data rows{' after the header' if header else ''}.")
-    if table.shape[1] != columns:       # loadtxt reads whole rows; a guard for odd separators
-        raise DataError(f"{path}: rows hold {table.shape[1]} values, the first line {columns}.")
-    n_pixels = columns - 1
-    if image_shape is None and math.isqrt(n_pixels) ** 2 != n_pixels and math.isqrt(columns) ** 2 == columns:
-        raise DataError(f"{path}: rows hold {columns} values, a square number of pixels with no room for a label: "
-                        f"this looks like a file without labels (such as Kaggle's test.csv). cnncli needs the "
-                        f"label in the first column; to leave this file out, give only data.train.")
-    c, h, w = _image_shape(n_pixels, image_shape, str(path), "rows hold")
+    return table
+
+
+def _check_values(path: Path, header: int, table: np.ndarray) -> None:
+    """Pixels must be whole numbers 0..255 and labels whole numbers >= 0.
+
+    Raises:
+        DataError: Naming the file and line of the first bad value.
+    """
     labels_raw, pixels_raw = table[:, 0], table[:, 1:]
 
     def bad_row(mask: np.ndarray) -> tuple[int, int]:
@@ -169,8 +192,6 @@ def read_csv(path: str | os.PathLike, image_shape: Sequence[int] | None = None, 
     if bad_label.any():
         row, line = bad_row(bad_label)
         raise DataError(f"{path}:{line}: the label is {labels_raw[row]:g}; labels are class indices 0, 1, 2, ...")
-    images = pixels_raw.astype(np.uint8).reshape(len(table), h, w, c).transpose(0, 3, 1, 2)
-    return _dataset(np.ascontiguousarray(images), labels_raw.astype(np.int64), str(path), split, None)
 
 
 def csv_line_of_label(path: str | os.PathLike, row: int) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +55,8 @@ def read_folder(folder: str | os.PathLike, classes: Sequence[str] | None = None,
 
     Raises:
         DataError: Pillow missing, no class folders, a folder inside a class folder, a file
-            that :func:`cnncli.images.read_image_file` cannot read or refuses, images of different sizes, no images at all, a folder
-            that is not one of ``classes``.
+            that :func:`cnncli.images.read_image_file` cannot read or refuses, images of
+            different sizes, no images at all, a folder that is not one of ``classes``.
     """
     folder = Path(folder)
     found = class_folders(folder)
@@ -69,6 +69,23 @@ def read_folder(folder: str | os.PathLike, classes: Sequence[str] | None = None,
             raise DataError(f"{folder}: class folder '{unknown[0]}' is not one of the classes {list(classes)} "
                             f"(data.classes, or the training split's folders). Rename or remove it.")
     pillow(folder, "image folders", "convert the images to IDX, NPZ or CSV")
+    entries = _image_files(folder, found, classes, split)
+    if limit is not None:
+        entries = entries[:limit]
+    images = _stack_images(p for _, _, p in entries)
+    labels = np.fromiter((e[1] for e in entries), np.int64, len(entries))
+    return Dataset(images=images, labels=labels, source=str(folder)), classes
+
+
+def _image_files(folder: Path, found: list[str], classes: tuple[str, ...],
+                 split: str) -> list[tuple[tuple, int, Path]]:
+    """(sort key, label, path) of every image file in the class folders ``found``, in the
+    order of the module docstring: by file name (digits as numbers), then by class.
+
+    Raises:
+        DataError: A folder inside a class folder, no images at all, or (when the classes
+            are these folders) an empty class folder.
+    """
     index = {c: i for i, c in enumerate(classes)}
     entries = []
     derived = classes == tuple(found)       # the class list is these folders: an empty one adds a phantom class
@@ -97,11 +114,20 @@ def read_folder(folder: str | os.PathLike, classes: Sequence[str] | None = None,
                         f"no examples. Add its images or remove the empty folder (or list the classes in "
                         f"data.classes).")
     entries.sort(key=lambda e: (e[0], e[1]))
-    if limit is not None:
-        entries = entries[:limit]
+    return entries
+
+
+def _stack_images(paths: Iterable[Path]) -> np.ndarray:
+    """uint8 (N, C, H, W) from image files of one size: C = 3 if any has colour (grey ones
+    repeated in every channel), else 1.
+
+    Raises:
+        DataError: A file :func:`cnncli.images.read_image_file` cannot read or refuses;
+            images of different sizes.
+    """
     arrays = []
     first: tuple[Path, tuple[int, int]] | None = None
-    for _, _, p in entries:
+    for p in paths:
         a = read_image_file(p, hint=" Class folders must hold only images; move or remove this file.")
         if first is None:
             first = (p, a.shape[:2])
@@ -114,6 +140,4 @@ def read_folder(folder: str | os.PathLike, classes: Sequence[str] | None = None,
     images = np.empty((n, 3 if color else 1, h, w), np.uint8)
     for i, a in enumerate(arrays):
         images[i] = a.transpose(2, 0, 1) if a.ndim == 3 else a      # grey broadcasts to 3 channels
-    labels = np.fromiter((e[1] for e in entries), np.int64, len(entries))
-    return Dataset(images=images, labels=labels, source=str(folder)), classes
-
+    return images
