@@ -9,24 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cnncli.datasets import Dataset
 from cnncli.errors import DataError
-
-_MAX_LISTED = 12
-
-def _listing(folder: Path) -> str:
-    try:
-        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
-    except OSError as e:
-        return f"(cannot list it: {e.strerror or e})"
-    text = ", ".join(entries[:_MAX_LISTED]) or "nothing"
-    return text + (f", ... ({len(entries)} entries)" if len(entries) > _MAX_LISTED else "")
-
 
 def to_pixels(a: np.ndarray, where: str) -> np.ndarray:
     """``a`` as uint8 if every value is a whole number in 0..255 (a view when already uint8).

@@ -8,9 +8,8 @@ import re
 import zlib
 from pathlib import Path
 
-from cnncli.datasets import _exists, find_split_files
+from cnncli.datasets import _exists, find_split_files, listing
 from cnncli.errors import DataError, did_you_mean
-from cnncli.formats.arrays import _listing
 from cnncli.formats.csv_text import CSV_SUFFIXES
 
 SPLIT_DIRS = {"train": ("train", "training"), "test": ("test", "testing")}
@@ -144,5 +143,5 @@ def detect_format(path: str | os.PathLike) -> str:
         return "folder"
     raise DataError(f"{path}: no dataset found: expected MNIST's IDX files (train-images-idx3-ubyte.gz, ...), "
                     f"an .npz archive, CSV files, or train/ and test/ folders of class folders. "
-                    f"The folder contains: {_listing(path)}.")
+                    f"The folder contains: {listing(path)}.")
 

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli.datasets import Dataset, _exists
+from cnncli.datasets import MAX_LISTED, Dataset, _exists, listing
 from cnncli.errors import DataError
-from cnncli.formats.arrays import _MAX_LISTED, _listing
 from cnncli.images import pillow, read_image_file
 
 def natural_key(name: str) -> tuple:
@@ -35,7 +34,7 @@ def class_folders(folder: Path) -> list[str]:
         raise DataError(f"{folder}: cannot list the folder ({e.strerror or e}).") from None
     if not names:
         raise DataError(f"{folder}: no class folders; an image-folder dataset holds one folder per class "
-                        f"({folder}/CLASS/IMAGE.png). The folder contains: {_listing(folder)}.")
+                        f"({folder}/CLASS/IMAGE.png). The folder contains: {listing(folder)}.")
     return names
 
 
@@ -106,7 +105,7 @@ def _image_files(folder: Path, found: list[str], classes: tuple[str, ...],
         if derived and not any(not p.name.startswith(".") for p in children):
             empty.append((cdir, name))
     if not entries:
-        raise DataError(f"{folder}: the class folders ({', '.join(found[:_MAX_LISTED])}) hold no images; the "
+        raise DataError(f"{folder}: the class folders ({', '.join(found[:MAX_LISTED])}) hold no images; the "
                         f"{split} split is empty.")
     if empty:
         cdir, name = empty[0]

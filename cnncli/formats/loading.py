@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from cnncli.datasets import Dataset, load_pair, load_split
+from cnncli.datasets import MAX_LISTED, Dataset, listing, load_pair, load_split
 from cnncli.errors import DataError
-from cnncli.formats.arrays import _MAX_LISTED, _listing
 from cnncli.formats.csv_text import CSV_SUFFIXES, csv_line_of_label, read_csv
 from cnncli.formats.detect import _check_exists, _named_for, _split_dir, _split_files, detect_format
 from cnncli.formats.folders import class_folders, read_folder
@@ -108,14 +107,14 @@ def _root_locations(root: Path, fmt: str) -> tuple[Any, Any]:
     files = _split_files(root, suffixes)
     kind = "npz" if fmt == "npz" else "CSV"
     if not files:
-        raise DataError(f"{root}: no {kind} file. The folder contains: {_listing(root)}.")
+        raise DataError(f"{root}: no {kind} file. The folder contains: {listing(root)}.")
     if fmt == "npz" and len(files) == 1:
         return files[0], files[0]
     train, test = _named_for(files, "train"), _named_for(files, "test")
     if len(files) == 1:
         return files[0], None
     if len(train) != 1 or len(test) > 1:
-        raise DataError(f"{root}: {len(files)} {kind} files ({', '.join(p.name for p in files[:_MAX_LISTED])}) "
+        raise DataError(f"{root}: {len(files)} {kind} files ({', '.join(p.name for p in files[:MAX_LISTED])}) "
                         f"and no single one named for training (train.csv, mnist_train.csv, ...). "
                         f"Give them as data.train and data.test.")
     return train[0], (test[0] if test else None)
@@ -217,7 +216,7 @@ def _check_class_names(train: Dataset | None, test: Dataset | None, classes: Seq
         if ds is not None and len(ds) and int(ds.labels.max()) >= len(classes):
             i = int(np.argmax(ds.labels >= len(classes)))
             raise DataError(f"{label_where(ds, i)}: label {int(ds.labels[i])} has no class name: there are "
-                            f"{len(classes)} classes ({', '.join(classes[:_MAX_LISTED])}{', ...' if len(classes) > _MAX_LISTED else ''}). "
+                            f"{len(classes)} classes ({', '.join(classes[:MAX_LISTED])}{', ...' if len(classes) > MAX_LISTED else ''}). "
                             f"Fix the label or data.classes.")
 
 
