@@ -91,7 +91,16 @@ def _image_shape(n_values: int, image_shape: Sequence[int] | None, where: str, w
 
 
 def to_nchw(x: np.ndarray, where: str, image_shape: Sequence[int] | None) -> np.ndarray:
-    """uint8 images of any accepted layout -> (N, C, H, W)."""
+    """uint8 images of any accepted layout as ``(N, C, H, W)`` (a view when no transpose is needed).
+
+    Shape:
+        Input ``(N, H*W*C)`` flat rows, channels last (shaped by ``image_shape`` or as a
+        square); ``(N, H, W)``; ``(N, H, W, C)``; or ``(N, C, H, W)`` when unambiguous (C in
+        1, 3, 4 and the last axis is not). When both 4-D readings fit, channels last (Keras).
+
+    Raises:
+        DataError: Naming ``where`` for other shapes or a flat size that fits no image shape.
+    """
     if x.ndim == 2:                                   # flat (N, H*W*C), channels last
         c, h, w = _image_shape(x.shape[1], image_shape, where, "images hold")
         return np.ascontiguousarray(x.reshape(len(x), h, w, c).transpose(0, 3, 1, 2))
