@@ -33,7 +33,9 @@ from .errors import DataError
 __all__ = [
     "IDX_TYPES",
     "Dataset",
+    "MAX_LISTED",
     "find_split_files",
+    "listing",
     "load_images",
     "load_labels",
     "load_pair",
@@ -58,7 +60,8 @@ _REDOWNLOAD = "Re-download it (or copy it again from its source)."
 _SPLIT_PREFIXES = {"train": ("train",), "test": ("t10k", "test")}
 # (kind, idx tags accepted); 4-D channels-last images are usually named idx4.
 _KINDS = {"images": ("idx3", "idx4"), "labels": ("idx1",)}
-_MAX_LISTED = 20
+#: Messages list at most this many entries of a folder (or names of a list).
+MAX_LISTED = 12
 
 
 def _type_name(code: int) -> str:
@@ -74,6 +77,18 @@ def _exists(path: Path) -> bool:
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot access the path ({getattr(e, 'strerror', None) or e}). "
                         "Check the path and the permissions of the folders on it.") from None
+
+
+def listing(folder: Path) -> str:
+    """What ``folder`` holds, for messages: the sorted names (folders marked ``/``), the first
+    :data:`MAX_LISTED` of them and the count when there are more; ``nothing`` for an empty
+    folder, and the reason when it cannot be listed (never raises)."""
+    try:
+        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    except OSError as e:
+        return f"(cannot list it: {e.strerror or e})"
+    text = ", ".join(entries[:MAX_LISTED]) or "nothing"
+    return text + (f", ... ({len(entries)} entries)" if len(entries) > MAX_LISTED else "")
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -330,16 +345,10 @@ def find_split_files(folder: str | os.PathLike, split: str) -> tuple[Path, Path]
             raise DataError(f"{folder}: cannot look into the folder ({e.strerror or e}). "
                             "Check its permissions.") from None
         if path is None:
-            try:
-                entries = sorted(p.name for p in folder.iterdir())
-            except OSError as e:
-                raise DataError(f"{folder}: cannot list the folder ({e.strerror or e}).") from e
-            listing = ", ".join(entries[:_MAX_LISTED]) or "nothing"
-            if len(entries) > _MAX_LISTED:
-                listing += f", ... ({len(entries)} entries)"
             plain = ", ".join(n for n in names if not n.endswith(".gz"))
             raise DataError(f"{folder}: no {split} {kind} file. Looked for: {plain} "
-                            f"(each also with .gz). The folder contains: {listing}. Download or rename the file.")
+                            f"(each also with .gz). The folder contains: {listing(folder)}. "
+                            f"Download or rename the file.")
         found.append(path)
     return found[0], found[1]
 

@@ -1,5 +1,6 @@
 """Reading single images for ``cnncli predict``: .npy, IDX, PGM (binary P5 / text P2) and,
-with the optional ``images`` extra (Pillow), PNG and other formats Pillow reads.
+with the optional ``images`` extra (Pillow), PNG and other formats Pillow reads; and
+:func:`read_image_file`, the one Pillow reader, which image-folder datasets use too.
 
 Every reader returns uint8 images (N, C, H, W). Given the model's input shape (C, H, W),
 ``read_images`` reads a .npy array in whichever of the layouts training accepts fits it.
@@ -70,7 +71,7 @@ def _fit_model(a: np.ndarray, input_shape: tuple[int, int, int], path: Path) -> 
     """(N, C, H, W) from an array in any layout training accepts, read against the model's
     (C, H, W): one image (H, W) (grey models), (H, W, C) or (C, H, W); a stack (N, H, W)
     (grey models), (N, H, W, C) or (N, C, H, W). When both fit (C == H == W), channels last,
-    as training reads such an array (``formats._nchw``)."""
+    as training reads such an array (``formats.to_nchw``)."""
     c, h, w = input_shape
     s = tuple(a.shape)
     if a.ndim == 2 and c == 1 and s == (h, w):
@@ -134,24 +135,107 @@ def _read_pgm(path: Path) -> np.ndarray:
         if a.size and (a.min() < 0 or a.max() > maxval):
             raise DataError(f"{path}: PGM pixel values must lie in 0..{maxval} (the header's maxval), "
                             f"got {a.min()}..{a.max()}")
-    if maxval != 255:
-        a = np.rint(a.astype(np.float64) * (255.0 / maxval))
-    return a.astype(np.uint8)
+    return scale_to_uint8(a, maxval) if maxval != 255 else a.astype(np.uint8)
 
 
-def _read_pillow(path: Path, channels: int = 1) -> np.ndarray:
+#: Pillow modes read as 1 channel when the caller takes the file as stored (``channels=None``).
+_GRAY_MODES = ("1", "L", "LA")
+#: Pillow modes of 16-bit greyscale (``I;16*``) and 32-bit integer greyscale (``I``): read as 16-bit
+#: values 0..65535 and scaled to 8 bits.
+_WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_WIDE_MAX = 65535
+
+
+def pillow(where: Path, what: str, instead: str):
+    """Pillow's ``PIL.Image`` module (the optional ``images`` extra).
+
+    Args:
+        where: Named first in the message.
+        what: What needs Pillow, e.g. ``"image folders"``.
+        instead: The formats that need no Pillow, e.g. ``"give .npy, IDX or PGM"``.
+
+    Raises:
+        DataError: If Pillow is not installed, saying how to install it.
+    """
     try:
         from PIL import Image
     except ImportError:
-        raise DataError(f"{path}: reading {path.suffix or 'this'} files needs Pillow: "
-                        f"pip install 'cnncli[images]' (or give .npy, IDX or PGM)") from None
+        raise DataError(f"{where}: reading {what} needs Pillow, which is not installed. Install the images extra: "
+                        f"pip install 'cnncli[images]' (or {instead}).") from None
+    return Image
+
+
+def scale_to_uint8(a: np.ndarray, maxval: int) -> np.ndarray:
+    """Integer pixels in ``0..maxval`` as uint8 ``0..255``: ``round(v * 255 / maxval)``.
+
+    Used for PGM files with a maxval other than 255 and for 16-bit images (maxval 65535,
+    where ``v * 255 / 65535 = v / 257`` never falls on a half, so the rounding rule does not
+    matter). Shape unchanged.
+    """
+    return np.rint(a.astype(np.float64) * (255.0 / maxval)).astype(np.uint8)
+
+
+def _refused(path: Path, mode: str, what: str, detail: str = "") -> DataError:
+    return DataError(f"{path}: {what} (Pillow mode {mode}){detail}; cnncli reads 8-bit images and 16-bit greyscale "
+                     f"(scaled to 8 bits), and has no faithful 8-bit version of this one. Save it as 8-bit or 16-bit "
+                     f"grayscale, or 8-bit RGB.")
+
+
+def _wide_gray(im, path: Path) -> np.ndarray:
+    """(H, W) uint8 from a 16-bit or 32-bit integer greyscale Pillow image, scaled from 0..65535."""
+    a = np.asarray(im)
+    if im.mode == "I" and a.size and (int(a.min()) < 0 or int(a.max()) > _WIDE_MAX):
+        raise _refused(path, im.mode, "a 32-bit integer image",
+                       f" with values {int(a.min())}..{int(a.max())}, beyond the 16-bit range 0..{_WIDE_MAX}")
+    return scale_to_uint8(a, _WIDE_MAX)
+
+
+def read_image_file(path: str | Path, channels: int | None = None, hint: str = "") -> np.ndarray:
+    """One image file read through Pillow as uint8 pixels: the one reader of image files, for
+    image-folder datasets (training) and ``cnncli predict`` alike.
+
+    8-bit files are converted by Pillow (``Image.convert``): to ``L`` for 1 channel (colour
+    becomes luma ``L = R * 299/1000 + G * 587/1000 + B * 114/1000``), to ``RGB`` for 3
+    (alpha dropped, palettes looked up). 16-bit greyscale (modes ``I;16``, ``I;16B``,
+    ``I;16L``, ``I;16N``) and 32-bit integer greyscale (``I``) holding values 0..65535 keep
+    their full range: ``round(v * 255 / 65535)`` (:func:`scale_to_uint8`), not clipped at
+    255; for 3 channels the grey is repeated. Float images (``F``), ``I`` values outside
+    0..65535 and other integer modes are refused: there is no faithful 8-bit version.
+    Pillow's own limits (``Image.MAX_IMAGE_PIXELS``, decompression bombs) apply.
+
+    Args:
+        path: The image file.
+        channels: 1 (grey), 3 (RGB), or None: as stored, 1 channel for greyscale modes (``1``,
+            ``L``, ``LA``, 16-bit, and palettes whose colours are all grey), else 3. Default: None.
+        hint: Appended to the message for a file Pillow cannot read.
+
+    Returns:
+        uint8 ``(H, W)`` for 1 channel, ``(H, W, 3)`` for 3.
+
+    Raises:
+        DataError: Pillow not installed; a file Pillow cannot read (any decoder error); a mode
+            refused above. The message names the file.
+    """
+    path = Path(path)
+    Image = pillow(path, f"{path.suffix or 'such'} files", "give .npy, IDX or PGM")
     try:
         with Image.open(path) as im:
-            if channels == 3:
-                return np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)   # (3, H, W)
-            return np.asarray(im.convert("L"), dtype=np.uint8)
+            mode = im.mode
+            if mode in _WIDE_GRAY_MODES:
+                grey = _wide_gray(im, path)
+                return np.repeat(grey[..., None], 3, axis=2) if channels == 3 else grey
+            if mode == "F" or mode.startswith("I"):
+                raise _refused(path, mode, "a float image" if mode == "F" else "an integer image")
+            if channels == 1 or (channels is None and mode in _GRAY_MODES):
+                return np.asarray(im.convert("L"), dtype=np.uint8)
+            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except DataError:
+        raise
     except Exception as e:  # noqa: BLE001 - Pillow's decoders raise many kinds (SyntaxError, DecompressionBombError, ...)
-        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+        raise DataError(f"{path}: not an image Pillow can read ({type(e).__name__}: {e}).{hint}") from None
+    if channels is None and mode == "P" and (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+        return np.ascontiguousarray(rgb[..., 0])       # a grey palette
+    return rgb
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -182,8 +266,9 @@ def read_images(path: str | Path, channels: int | None = None,
     models), (H, W, C) or (C, H, W), or a stack (N, H, W) (grey models), (N, H, W, C) or
     (N, C, H, W), as training accepts; channels last when both fit, as training. Without it: (H, W),
     (N, H, W) or (N, C, H, W). ``.pgm``/``.pnm``: 8-bit graymap; IDX (any name, ``.gz`` or
-    not): as ``datasets.read_idx``; anything else through Pillow, converted to grayscale,
-    or to RGB when ``channels`` (default: ``input_shape[0]``, else 1) is 3.
+    not): as ``datasets.read_idx``; anything else through Pillow by :func:`read_image_file`
+    (as image-folder datasets are read: 16-bit greyscale scaled to 8 bits), converted to
+    grayscale, or to RGB when ``channels`` (default: ``input_shape[0]``, else 1) is 3.
 
     Raises:
         DataError: A folder, a missing or unreadable file, a file holding no images,
@@ -212,8 +297,8 @@ def read_images(path: str | Path, channels: int | None = None,
     elif "idx" in name or "ubyte" in name:
         images = load_images(path)
     else:
-        image = _read_pillow(path, channels)
-        images = image[None] if image.ndim == 3 else image[None, None]
+        image = read_image_file(path, 3 if channels == 3 else 1)
+        images = image.transpose(2, 0, 1)[None] if image.ndim == 3 else image[None, None]
     if len(images) == 0:
         raise DataError(f"{path}: holds no images")
     if shape is not None and tuple(images.shape[1:]) != shape:

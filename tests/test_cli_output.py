@@ -207,9 +207,9 @@ def test_predict_reads_an_ambiguous_array_as_training_does():
     training does (channels last), or a stack taken from the training file is misread."""
     from pathlib import Path
 
-    from cnncli.formats import _nchw
+    from cnncli.formats import to_nchw
     from cnncli.images import _fit_model
 
     stack = np.random.default_rng(0).integers(0, 256, (5, 3, 3, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(_fit_model(stack, (3, 3, 3), Path("x.npy")), _nchw(stack, "x", None))
-    np.testing.assert_array_equal(_fit_model(stack[0], (3, 3, 3), Path("x.npy")), _nchw(stack[:1], "x", None))
+    np.testing.assert_array_equal(_fit_model(stack, (3, 3, 3), Path("x.npy")), to_nchw(stack, "x", None))
+    np.testing.assert_array_equal(_fit_model(stack[0], (3, 3, 3), Path("x.npy")), to_nchw(stack[:1], "x", None))

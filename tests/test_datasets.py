@@ -348,3 +348,27 @@ def test_truncated_or_flipped_real_slice_is_a_data_error(tmp_path, train_slice, 
     if cut < len(blob) and not flip:  # any proper prefix is incomplete
         assert isinstance(result, DataError)
 
+
+
+def test_an_idx_folder_and_a_dataset_folder_list_their_contents_alike(tmp_path):
+    """The IDX reader once listed a folder its own way (20 names, folders not marked) beside
+    the other readers' listing (12 names, folders marked ``/``)."""
+    from cnncli import config as C
+    from cnncli import formats
+
+    for i in range(14):
+        (tmp_path / f"f{i:02d}.txt").write_text("x")
+    (tmp_path / "sub").mkdir()
+    want = "f00.txt, f01.txt, f02.txt, f03.txt, f04.txt, f05.txt, f06.txt, f07.txt, f08.txt, f09.txt, " \
+           "f10.txt, f11.txt, ... (15 entries)"
+    with pytest.raises(DataError) as idx:
+        find_split_files(tmp_path, "train")
+    d = C.validate({"data": {"path": str(tmp_path), "format": "csv"}, "model": {"layers": ["flatten"]}}, "t").data
+    with pytest.raises(DataError) as csv:
+        formats.load(d)
+    assert f"The folder contains: {want}. Download or rename the file." in str(idx.value)
+    assert str(csv.value).endswith(f"no CSV file. The folder contains: {want}.")
+    for i in range(3):
+        (tmp_path / f"f{i:02d}.txt").unlink()         # 12 entries: all listed, the folder marked
+    with pytest.raises(DataError, match=r"The folder contains: f03\.txt, .*, f12\.txt, f13\.txt, sub/\. Download"):
+        find_split_files(tmp_path, "train")
