@@ -10,8 +10,9 @@ import numpy as np
 
 from cnncli import config as C
 from cnncli import formats
-from cnncli.catalog import NAMES
+from cnncli import catalog
 from cnncli.datasets import Dataset
+from cnncli.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def data_info(path: str, fmt: str = "auto", image_shape: Sequence[int] | None = 
         DataError: The dataset cannot be found or read.
     """
     raw: dict[str, Any] = {"format": fmt}
-    if path in NAMES and not Path(path).exists():
+    if path in catalog.NAMES and not Path(path).exists():
         raw["name"] = path
         if root is not None:
             raw["root"] = str(root)
@@ -80,3 +81,16 @@ def data_info(path: str, fmt: str = "auto", image_shape: Sequence[int] | None = 
     sample_split, ds = next(iter(splits.items()))
     picks = pick_samples(ds, samples) if samples else []
     return DataInfo(info, sample_split, [(i, ds.images[i], int(ds.labels[i])) for i in picks])
+
+
+def named_datasets(root: str | Path | None = None) -> list[tuple[str, str, str]]:
+    """``cnncli data list``: (name, where it was found or how to get it, description) of
+    every named dataset, looked for in the data roots (and ``root``)."""
+    rows = []
+    for name, entry in catalog.DATASETS.items():
+        try:
+            where = str(catalog.find_named(name, root))
+        except DataError:
+            where = f"- (cnncli data download {name})"
+        rows.append((name, where, entry.description))
+    return rows
