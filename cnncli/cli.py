@@ -10,6 +10,7 @@ traceback; ``--debug`` shows it.
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -18,6 +19,7 @@ import typer
 from typer.core import TyperGroup
 
 from cnncli import __version__
+from cnncli.errors import CnncliError, DataError
 
 
 @contextlib.contextmanager
@@ -79,30 +81,21 @@ def main_options(
 
 @contextlib.contextmanager
 def user_errors(ctx: typer.Context):
-    """Turn library errors into one message and an exit code (traceback only with --debug)."""
-    from cnncli.errors import CnncliError
-
+    """Turn library errors into one message and an exit code (traceback only with --debug):
+    a :class:`CnncliError` its message and ``exit_code``, out of memory 2, Ctrl-C 130."""
     try:
         yield
-    except CnncliError as e:
+    except (CnncliError, MemoryError, KeyboardInterrupt) as e:
         if ctx.obj and ctx.obj.debug:
             raise
+        if isinstance(e, KeyboardInterrupt):
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(code=130) from None
         from cnncli.report import print_error
 
-        print_error(str(e))
-        raise typer.Exit(code=e.exit_code) from None
-    except KeyboardInterrupt:
-        if ctx.obj and ctx.obj.debug:
-            raise
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(code=130) from None
-    except MemoryError:
-        if ctx.obj and ctx.obj.debug:
-            raise
-        from cnncli.report import print_error
-
-        print_error("out of memory; use a smaller model, train.batch_size or train.eval_batch_size")
-        raise typer.Exit(code=2) from None
+        print_error(str(e) if isinstance(e, CnncliError) else
+                    "out of memory; use a smaller model, train.batch_size or train.eval_batch_size")
+        raise typer.Exit(code=e.exit_code if isinstance(e, CnncliError) else 2) from None
 
 
 def _overrides(sets: list[str] | None, **shortcuts) -> list[str]:
@@ -110,8 +103,6 @@ def _overrides(sets: list[str] | None, **shortcuts) -> list[str]:
 
     Shortcut values are already typed by typer; text (``--out``) is quoted so YAML keeps it
     as written (``run #2``, ``null`` and ``2024`` are folder names there)."""
-    import json
-
     from cnncli.config import Override
 
     out = list(sets or [])
@@ -208,29 +199,18 @@ def eval_(
     Example: cnncli eval runs/mnist/best.npz   (or: --data data/other-digits.npz)
     """
     with user_errors(ctx):
-        import json
-
-        from cnncli.evaluation import evaluate_checkpoint
-        from cnncli.metrics import macro_average, per_class
+        from cnncli import evaluation, render, report
 
         if data is not None and not data.strip():
-            from cnncli.errors import DataError
-
             raise DataError("--data is empty; give a dataset folder, file or name")
         limit = None if test_limit is None else (test_limit or 10**12)
-        result, cfg, ck, test = evaluate_checkpoint(checkpoint, data, batch_size, limit)
-        classes = list(cfg.data.classes) if cfg.data.classes else None    # the checkpoint's class names
+        result, cfg, ck, test = evaluation.evaluate_checkpoint(checkpoint, data, batch_size, limit)
+        classes = cfg.data.classes                # the checkpoint's class names
         if json_out:
-            pc = per_class(result.confusion)
-            typer.echo(json.dumps({"checkpoint": str(checkpoint), "epoch": ck.meta.get("epoch"),
-                                   **result.to_dict(), "classes": classes,
-                                   "per_class": {k: v.tolist() for k, v in pc.items()},
-                                   "macro_avg": macro_average(result.confusion)}))
+            report.print_json(report.eval_json(result, str(checkpoint), ck.meta.get("epoch"), classes))
             return
-        from cnncli.report import render_eval, render_misclassified
-
-        render_eval(result, str(checkpoint), classes=classes)
-        render_misclassified(result, test.images, show_errors, classes=classes)
+        render.render_eval(result, str(checkpoint), classes=classes)
+        render.render_misclassified(result, test.images, show_errors, classes=classes)
 
 
 @app.command()
@@ -251,47 +231,23 @@ def predict(
     Example: cnncli predict runs/mnist/best.npz digit.pgm --top-k 3
     """
     with user_errors(ctx):
-        import json
+        from cnncli import evaluation, render, report
 
-        import numpy as np
-
-        from cnncli.evaluation import load_model, predict_proba
-        from cnncli.images import read_images
-
-        model, cfg, _ = load_model(checkpoint)
-        k = min(top_k, model.output_shape[0])
-        rows = []
-        from cnncli.errors import CnncliError
-
-        for path in inputs:
-            try:
-                images = read_images(path, input_shape=model.input_shape)
-                probs = predict_proba(model, cfg, images)
-            except CnncliError as e:
-                if str(path) not in str(e):        # every message names the file that failed
-                    e.args = (f"{path}: {e}",)
-                raise
-            names = cfg.data.classes
-            for i, p in enumerate(probs):
-                order = np.argsort(-p, kind="stable")[:k]
-                name = str(path) if len(probs) == 1 else f"{path}[{i}]"
-                rows.append({"input": name, "top": [
-                    {"class": int(c), **({"name": names[c]} if names and c < len(names) else {}),
-                     "probability": float(p[c])} for c in order]})
+        rows = evaluation.predict_files(checkpoint, inputs, top_k)
         if json_out:
             for r in rows:
-                typer.echo(json.dumps(r))
+                report.print_json(r)
             return
-        from cnncli.report import render_predictions
-
-        render_predictions(rows)
+        render.render_predictions(rows)
 
 
 @app.command()
 def gradcheck(
     ctx: typer.Context,
     config: Path = typer.Argument(..., metavar="CONFIG", help="YAML config, e.g. configs/tiny.yaml."),
-    tol: float = typer.Option(1e-6, "--tol", min=1e-15, max=1.0, help="Largest relative error that passes."),
+    tol: Optional[float] = typer.Option(None, "--tol", min=1e-15, max=1.0,
+                                        help="Largest relative error that passes. Default: 1e-6 "
+                                             "(cnncli.gradcheck.DEFAULT_TOL)."),
     batch_size: int = typer.Option(4, "--batch-size", min=2, help="Samples in the check batch."),
     max_checks: int = typer.Option(256, "--max-checks", min=1,
                                    help="Entries checked per tensor (sampled when larger)."),
@@ -304,20 +260,13 @@ def gradcheck(
     Example: cnncli gradcheck configs/tiny.yaml
     """
     with user_errors(ctx):
-        import numpy as np
-
         from cnncli import config as C
         from cnncli import gradcheck as G
-        from cnncli import assemble
-        from cnncli import data as cnncli_data
-        from cnncli.report import render_gradcheck
+        from cnncli import render
 
-        cfg = C.load(config, _overrides(sets))
-        shape = cnncli_data.input_shape(cfg)
-        model = assemble.build_model(cfg, shape, dtype=np.float64)
-        results = G.check_layers(model, batch_size, max_checks=max_checks, seed=seed)
-        results += G.check_model(model, batch_size, max_checks=max_checks, seed=seed)
-        render_gradcheck(results, tol)
+        tol = G.DEFAULT_TOL if tol is None else tol
+        results = G.run(C.load(config, _overrides(sets)), batch_size, max_checks, seed)
+        render.render_gradcheck(results, tol)
         if not all(r.passed(tol) for r in results):
             raise typer.Exit(code=1)
 
@@ -335,32 +284,15 @@ def summary(
     """
     with user_errors(ctx):
         from cnncli import config as C
-        from cnncli import assemble
-        from cnncli import data as cnncli_data
-        from cnncli.model import summarize
+        from cnncli import inspect_model, render, report
 
-        cfg = C.load(config, _overrides(sets))
-        shape = cnncli_data.input_shape(cfg)
-        model = assemble.build_model(cfg, shape)
-        rows = summarize(model)
-        from cnncli.errors import CnncliError
-
-        warnings = []
-        try:
-            assemble.check_batch(model, cfg.train.batch_size, source=cfg.source)
-        except CnncliError as e:                 # train refuses it; summary still shows the model
-            warnings.append(f"training would stop: {' '.join(str(e).split())}")
+        s = inspect_model.summary(C.load(config, _overrides(sets)))
         if json_out:
-            import json
-
-            typer.echo(json.dumps({"input_shape": list(shape), "layers": rows,
-                                   "params": sum(r["params"] for r in rows), "warnings": warnings}))
+            report.print_json(report.summary_json(s))
         else:
-            from cnncli.report import render_summary
-
-            render_summary(rows, shape, cfg.train.batch_size, str(config))
-        for w in warnings:
-            typer.echo(f"warning: {w}", err=True)
+            render.render_summary(s, str(config))
+        for w in s.warnings:
+            report.print_warning(w)
 
 
 @app.command("time")
@@ -385,35 +317,14 @@ def time_(
     """
     with user_errors(ctx):
         from cnncli import config as C
-        from cnncli import assemble
-        from cnncli import data as cnncli_data
-        from cnncli.timing import blas_threads, time_model
+        from cnncli import render, report, timing
 
-        cfg = C.load(config, _overrides(sets))
-        model = assemble.build_model(cfg, cnncli_data.input_shape(cfg))
-        optimizer = assemble.make_optimizer(cfg, model)
-        n = batch_size or cfg.train.batch_size
-        what = "--batch-size" if batch_size else "train.batch_size"
-        assemble.check_batch(model, n, what, None if batch_size else str(config))
-        try:
-            result = time_model(model, optimizer, n, iterations, warmup)
-        except MemoryError:
-            from cnncli.errors import BatchError
-
-            raise BatchError(f"a batch of {n} images does not fit in memory; use a smaller {what}") from None
-        threads = blas_threads()
+        result, threads = timing.time_config(C.load(config, _overrides(sets)), batch_size, iterations, warmup,
+                                             "--batch-size")
         if json_out:
-            import dataclasses
-            import json
-
-            out = dataclasses.asdict(result)
-            out.update(images_per_s=result.images_per_s, eval_images_per_s=result.eval_images_per_s,
-                       blas_threads=threads)
-            typer.echo(json.dumps(out))
+            report.print_json(report.timing_json(result, threads))
             return
-        from cnncli.report import render_timing
-
-        render_timing(result, str(config), threads)
+        render.render_timing(result, str(config), threads)
 
 
 @app.command()
@@ -425,26 +336,23 @@ def layers(
 
     Example: cnncli layers conv2d
     """
+    from cnncli import render, report
     from cnncli.layers import LAYERS, describe, resolve
-    from cnncli.report import print_error, render_layers
+    from cnncli.layers.registry import reference_markdown
 
     if markdown:
-        from cnncli.layers.registry import reference_markdown
-
-        typer.echo(reference_markdown(), nl=False)
+        report.print_text(reference_markdown())
         return
     if name is None:
-        render_layers([describe(LAYERS[n]) for n in sorted(LAYERS)])
+        render.render_layers([describe(LAYERS[n]) for n in sorted(LAYERS)])
         return
     try:
         cls = resolve(name)
     except KeyError as e:
-        print_error(e.args[0])
+        report.print_error(e.args[0])
         raise typer.Exit(code=2) from None
-    render_layers([describe(cls)], full=True)
+    render.render_layers([describe(cls)], full=True)
 
-
-# ------------------------------------------------------------------ cnncli data ...
 
 data_app = typer.Typer(
     name="data",
@@ -455,137 +363,7 @@ data_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(data_app, name="data")
-
-
-@data_app.command("download")
-def data_download(
-    ctx: typer.Context,
-    name: str = typer.Argument(..., metavar="NAME", help="mnist, fashion-mnist, kmnist, or emnist-SPLIT with SPLIT "
-                                                          "one of balanced, byclass, bymerge, digits, letters, mnist."),
-    to: Optional[Path] = typer.Option(None, "--to", metavar="DIR", help="Data root to write under: files go to "
-                                      "DIR/NAME (default: $CNNCLI_DATA_DIR, else ./data)."),
-    mirror: Optional[str] = typer.Option(None, "--mirror", metavar="URL", envvar="CNNCLI_MIRROR",
-                                         help="Base URL of a mirror serving the same file names "
-                                              "(or set CNNCLI_MIRROR)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
-) -> None:
-    """Download a named dataset from its public source, checked against SHA-256 sums pinned in cnncli.
-
-    A broken-off download resumes where it stopped when run again (the bytes so far are kept
-    in FILE.part); a file whose checksum does not match is deleted and reported (exit 2).
-    Files already in place are verified, not fetched again. EMNIST is one 562 MB zip of all
-    six splits, kept in DIR/emnist/; the split asked for is extracted to DIR/emnist-SPLIT/.
-
-    Example: cnncli data download fashion-mnist   then   data: {name: fashion-mnist} in a config
-    """
-    with user_errors(ctx):
-        from cnncli import download as D
-        from cnncli import report
-
-        reporter = report.DownloadReporter("quiet" if quiet else None)
-        try:
-            folder = D.download(name, to, mirror, reporter)
-        finally:
-            reporter.close()
-        if not quiet:
-            from cnncli.catalog import data_roots
-
-            searched = folder.parent.resolve() in data_roots()
-            how = f"data: {{name: {name}}}" if searched else f"data: {{name: {name}, root: {folder.parent}}}"
-            report.make_console().print(f"{name} is ready in {folder}; use it with  {how}  (or data.path: {folder})")
-
-
-@data_app.command("info")
-def data_info(
-    ctx: typer.Context,
-    path: str = typer.Argument(..., metavar="DATASET", help="A dataset folder or file (IDX, NPZ, CSV, image folders), "
-                                                            "or a dataset name such as mnist."),
-    fmt: str = typer.Option("auto", "--format", metavar="FORMAT", help="auto (detect), idx, npz, csv or folder."),
-    image_shape: Optional[str] = typer.Option(None, "--image-shape", metavar="HxW",
-                                              help="Image shape of CSV rows or flat NPZ arrays: 28x28 or 3x32x32 "
-                                                   "(C x H x W); square ones are inferred."),
-    root: Optional[Path] = typer.Option(None, "--root", metavar="DIR", help="Also look for named datasets in DIR."),
-    samples: int = typer.Option(10, "--samples", metavar="N", min=0, help="Draw this many sample images (0: none)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables and images."),
-) -> None:
-    """Show a dataset: images per split, image shape, pixel mean/std, class balance, sample images.
-
-    Examples: cnncli data info data/mnist   |   cnncli data info fashion-mnist   |   cnncli data info digits.csv --image-shape 28x28
-    """
-    with user_errors(ctx):
-        import json
-
-        import numpy as np
-
-        from cnncli import config as C
-        from cnncli import formats
-        from cnncli.catalog import NAMES
-        from cnncli.errors import ConfigError, Problem
-
-        raw: dict = {"format": fmt}
-        if path in NAMES and not Path(path).exists():
-            raw["name"] = path
-            if root is not None:
-                raw["root"] = str(root)
-        else:
-            raw["path"] = path
-        if image_shape is not None:
-            try:
-                raw["image_shape"] = [int(v) for v in image_shape.lower().split("x")]
-            except ValueError:
-                raise ConfigError([Problem("--image-shape", f"expected HxW or CxHxW such as 28x28, got {image_shape!r}")]) \
-                    from None
-        d = C.validate({"data": raw, "model": {"layers": ["flatten"]}}, "command line").data
-        loaded = formats.load(d)
-        splits = {name: ds for name, ds in (("train", loaded.train), ("test", loaded.test)) if ds is not None}
-        k = max(ds.num_classes for ds in splits.values())
-        k = max(k, len(loaded.classes) if loaded.classes else 0)
-        info = {"dataset": loaded.where, "format": loaded.format,
-                "classes": list(loaded.classes) if loaded.classes else None,
-                "splits": {name: formats.describe(ds, k) for name, ds in splits.items()}}
-        if json_out:
-            typer.echo(json.dumps(info))
-            return
-        sample_split, ds = next(iter(splits.items()))
-        info["sample_split"] = sample_split
-        picks = [int(np.argmax(ds.labels == c)) for c in range(k) if (ds.labels == c).any()][:samples]
-        for i in range(len(ds)):          # fewer classes than samples: then the next images in order
-            if len(picks) >= samples:
-                break
-            if i not in picks:
-                picks.append(i)
-        names = loaded.classes or ()
-
-        def caption(i: int) -> str:
-            y = int(ds.labels[i])
-            return f"#{i}: {y}" + (f" {names[y]}" if y < len(names) and names[y] != str(y) else "")
-
-        shown = [(ds.images[i], caption(i)) for i in picks]
-        from cnncli.report import render_data_info
-
-        render_data_info(info, shown)
-
-
-@data_app.command("list")
-def data_list(
-    root: Optional[Path] = typer.Option(None, "--root", metavar="DIR", help="Also look for datasets in DIR."),
-) -> None:
-    """List the dataset names 'cnncli data download' and data.name know, and where each is found.
-
-    Example: cnncli data list
-    """
-    from cnncli import catalog
-    from cnncli.errors import DataError
-    from cnncli.report import render_dataset_list
-
-    rows = []
-    for name, info in catalog.DATASETS.items():
-        try:
-            where = str(catalog.find_named(name, root))
-        except DataError:
-            where = f"- (cnncli data download {name})"
-        rows.append((name, where, info.description))
-    render_dataset_list(rows, catalog.data_roots(root))
+from cnncli import cli_data  # noqa: E402,F401  (its commands join data_app; they use user_errors above)
 
 
 def main() -> None:

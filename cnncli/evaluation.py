@@ -1,7 +1,8 @@
-"""Rebuild a model from a checkpoint alone and measure it on a test split."""
+"""Rebuild a model from a checkpoint alone: measure it on a test split, classify image files."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +10,10 @@ import numpy as np
 from cnncli import checkpoint
 from cnncli.config import Config, from_dict
 from cnncli.datasets import Dataset
-from cnncli.errors import CheckpointError, ConfigError, DataError
+from cnncli.errors import CheckpointError, CnncliError, ConfigError, DataError
+from cnncli.images import read_images
 from cnncli.losses import softmax
+from cnncli.metrics import class_name
 from cnncli.model import Model, check_input_shape
 from cnncli.assemble import build_model
 from cnncli.data import normalize_batch, pixel_lut
@@ -171,3 +174,41 @@ def predict_proba(model: Model, cfg: Config, images: np.ndarray, batch_size: int
         x = normalize_batch(lut, images[start:start + batch_size])
         out.append(softmax(model.forward(x, training=False).astype(np.float64)))
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[0]))
+
+
+def predict_files(path: str | Path, inputs: Sequence[str | Path], top_k: int = 1) -> list[dict]:
+    """Classify image files with a checkpoint: the ``top_k`` most likely classes of each image.
+
+    Args:
+        path: The checkpoint.
+        inputs: Image files (:func:`cnncli.images.read_images`: .npy, IDX, PGM, PNG...); a
+            file may hold a stack of images.
+        top_k: Classes per image, most likely first (at most the model's class count). Default: 1.
+
+    Returns:
+        One dict per image, in order: ``input`` (the file, ``FILE[i]`` for the i-th image of
+        a stack) and ``top``: a list of ``{"class": int, "name": str, "probability": float}``
+        (``name`` only when the checkpoint has class names, :func:`cnncli.metrics.class_name`).
+
+    Raises:
+        CheckpointError: As :func:`load_model`.
+        DataError: An unreadable image or one the model cannot take; the message names the file.
+    """
+    model, cfg, _ = load_model(path)
+    k = min(top_k, model.output_shape[0])
+    rows = []
+    for file in inputs:
+        try:
+            images = read_images(file, input_shape=model.input_shape)
+            probs = predict_proba(model, cfg, images)
+        except CnncliError as e:
+            if str(file) not in str(e):        # every message names the file that failed
+                e.args = (f"{file}: {e}",)
+            raise
+        for i, p in enumerate(probs):
+            top = []
+            for c in np.argsort(-p, kind="stable")[:k]:
+                name = class_name(int(c), cfg.data.classes)
+                top.append({"class": int(c), **({"name": name} if name is not None else {}), "probability": float(p[c])})
+            rows.append({"input": str(file) if len(probs) == 1 else f"{file}[{i}]", "top": top})
+    return rows

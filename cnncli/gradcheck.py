@@ -38,6 +38,8 @@ from typing import Callable
 
 import numpy as np
 
+from cnncli import assemble, data
+from cnncli.config import Config
 from cnncli.losses import softmax_cross_entropy
 from cnncli.model import Model
 
@@ -186,3 +188,27 @@ def check_model(model: Model, batch_size: int = 4, *, h: float = DEFAULT_STEP,
         results.append(_compare(f"model: {i} {model.layers[int(i)].type_name}", pname, grads[key],
                                 f, p, h, max_checks, rng, scale))
     return results
+
+
+def run(cfg: Config, batch_size: int = 4, max_checks: int | None = 256, seed: int = 0) -> list[CheckResult]:
+    """Gradient-check the model of a config: every layer (:func:`check_layers`), then the
+    whole model's loss (:func:`check_model`), in float64.
+
+    Args:
+        cfg: A loaded :class:`cnncli.config.Config`; the input shape comes from
+            ``model.input_shape`` or the training data.
+        batch_size: Samples in the check batch (2 or more for batchnorm). Default: 4.
+        max_checks: Entries checked per tensor, sampled when larger (None: all). Default: 256.
+        seed: Seed of the random inputs. Default: 0.
+
+    Returns:
+        One :class:`CheckResult` per layer input and parameter, then per model input and
+        parameter; judge them with ``passed(tol)`` (``DEFAULT_TOL`` by default).
+
+    Raises:
+        ConfigError: A layer or shape problem in the config.
+        DataError: The input shape must come from the data and the data cannot be read.
+    """
+    model = assemble.build_model(cfg, data.input_shape(cfg), dtype=np.float64)
+    results = check_layers(model, batch_size, max_checks=max_checks, seed=seed)
+    return results + check_model(model, batch_size, max_checks=max_checks, seed=seed)

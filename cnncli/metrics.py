@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -41,3 +43,10 @@ def macro_average(cm: np.ndarray) -> dict[str, float | int | None]:
     n = int(present.sum())
     means = {k: (float(pc[k][present].mean()) if n else None) for k in ("precision", "recall", "f1")}
     return {**means, "classes": n}
+
+
+def class_name(i: int, classes: Sequence[str] | None) -> str | None:
+    """The name of class ``i`` in ``classes`` (a checkpoint's ``data.classes``, a dataset's
+    folder names), or None when there are no names or none for ``i``. The one lookup behind
+    predict's ``name`` field and every drawn class label (:func:`cnncli.render.class_label`)."""
+    return classes[i] if classes and 0 <= i < len(classes) else None

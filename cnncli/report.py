@@ -1,27 +1,29 @@
-"""Everything that draws: the only module that imports rich.
+"""Everything the commands write: consoles, errors, warnings, JSON and the live reporters.
 
-The trainer emits events (``training.py``); :class:`TrainReporter` turns them into a
-live display on a terminal (epoch and batch bars with running loss, accuracy,
-images/s, lr and ETA) or into plain lines when stdout is not a terminal or
-``NO_COLOR``/``CI`` is set, so logs hold no control codes.
+With :mod:`cnncli.render` (tables and images of finished results), the only modules that
+import rich or write to the terminal. The trainer emits events (``events.py``);
+:class:`TrainReporter` turns them into a live display on a terminal (epoch and batch bars
+with running loss, accuracy, images/s, lr and ETA) or into plain lines when stdout is not
+a terminal or ``NO_COLOR``/``CI`` is set, so logs hold no control codes.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import numpy as np
-
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
-if TYPE_CHECKING:  # training (and numpy's friends) load only when a command needs them
-    from cnncli import training as T
+if TYPE_CHECKING:  # the events (and numpy's friends) load only when a command needs them
+    from cnncli import events as T
+    from cnncli.inspect_model import ModelSummary
+    from cnncli.timing import StepTime
 
 
 def plain_requested() -> bool:
@@ -73,6 +75,56 @@ def print_error(message: str, console: Console | None = None) -> None:
     # soft wrap: rich must not break lines itself, or a printed command (the resume command
     # after Ctrl-C) would reach the clipboard as several lines
     console.print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)
+
+
+def print_warning(message: str, console: Console | None = None) -> None:
+    """``warning: MESSAGE`` on stderr, on one line (soft wrap, as :func:`print_error`)."""
+    console = console or make_console(stderr=True)
+    console.print(f"warning: {message}", soft_wrap=True)
+
+
+def print_json(obj: Any) -> None:
+    """One JSON object on one line of stdout, flushed (``--json`` output is JSON Lines)."""
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def print_text(text: str) -> None:
+    """Text on stdout exactly as given (no wrapping, no markup): e.g. a Markdown document."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def eval_json(result: T.EvalResult, checkpoint: str, epoch: int | None, classes: Sequence[str] | None) -> dict:
+    """``cnncli eval --json``: the checkpoint, its epoch, loss, accuracy, n, confusion matrix,
+    ``classes`` (names or None), ``per_class`` precision/recall/F1/support lists and
+    ``macro_avg`` (:func:`cnncli.metrics.macro_average`)."""
+    from cnncli.metrics import macro_average, per_class
+
+    pc = per_class(result.confusion)
+    return {"checkpoint": checkpoint, "epoch": epoch, **result.to_dict(),
+            "classes": list(classes) if classes else None,
+            "per_class": {k: v.tolist() for k, v in pc.items()}, "macro_avg": macro_average(result.confusion)}
+
+
+def summary_json(summary: ModelSummary) -> dict:
+    """``cnncli summary --json``: input shape, the layer rows, trainable parameters, warnings."""
+    return {"input_shape": list(summary.input_shape), "layers": summary.rows, "params": summary.params,
+            "warnings": summary.warnings}
+
+
+def timing_json(result: StepTime, threads: int | None) -> dict:
+    """``cnncli time --json``: the :class:`cnncli.timing.StepTime` fields, both images/s and
+    the BLAS thread count."""
+    return {**dataclasses.asdict(result), "images_per_s": result.images_per_s,
+            "eval_images_per_s": result.eval_images_per_s, "blas_threads": threads}
+
+
+def download_ready(name: str, folder: Path, searched: bool, console: Console | None = None) -> None:
+    """After ``cnncli data download``: where the dataset is and how a config names it
+    (``searched``: its root is one ``data.name`` looks in, so no ``root`` is needed)."""
+    how = f"data: {{name: {name}}}" if searched else f"data: {{name: {name}, root: {folder.parent}}}"
+    (console or make_console()).print(f"{name} is ready in {folder}; use it with  {how}  (or data.path: {folder})")
 
 
 def _metrics_column():
@@ -161,19 +213,17 @@ class TrainReporter:
         getattr(self, f"on_{type(event).__name__}")(event)
 
     def _json(self, e: Any) -> None:
-        import json
-
-        from cnncli import training as T
+        from cnncli import events as T
 
         if isinstance(e, T.EpochEnded):
-            print(json.dumps({"event": "epoch", **e.metrics, "seconds": round(e.seconds, 3),
-                              "images_per_s": round(e.images_per_s, 1), "is_best": e.is_best}), flush=True)
+            print_json({"event": "epoch", **e.metrics, "seconds": round(e.seconds, 3),
+                        "images_per_s": round(e.images_per_s, 1), "is_best": e.is_best})
         elif isinstance(e, T.RunEnded):
             test = None if e.test is None else {"loss": e.test.loss, "accuracy": e.test.accuracy,
                                                 "n": int(e.test.labels.size)}
-            print(json.dumps({"event": "end", "run_dir": str(e.run_dir), "best_epoch": e.best_epoch,
-                              "best": str(e.best_path), "last": str(e.last_path), "test": test,
-                              "stopped_early": e.stopped_early, "seconds": round(e.seconds, 3)}), flush=True)
+            print_json({"event": "end", "run_dir": str(e.run_dir), "best_epoch": e.best_epoch,
+                        "best": str(e.best_path), "last": str(e.last_path), "test": test,
+                        "stopped_early": e.stopped_early, "seconds": round(e.seconds, 3)})
 
     # -- events
     def on_RunStarted(self, e: T.RunStarted) -> None:
@@ -258,331 +308,6 @@ class TrainReporter:
             self.progress = None
 
 
-def class_label(i: int, classes: Sequence[str] | None) -> str:
-    """``7``, or ``7 seven`` when the class has a name other than its number (as predict prints)."""
-    name = classes[i] if classes and i < len(classes) else None
-    return f"{i} {name}" if name is not None and name != str(i) else str(i)
-
-
-def render_eval(result: T.EvalResult, checkpoint_path: str, console: Console | None = None,
-                classes: Sequence[str] | None = None) -> None:
-    """Test loss and accuracy, a per-class precision/recall/F1 table and the confusion matrix.
-
-    Classes are labelled with their number and, given ``classes`` (the checkpoint's class
-    names), their name (``2 zebra``). A class with no test images and no predictions shows
-    ``-`` and is left out of the macro average (:func:`cnncli.metrics.macro_average`), which
-    a caption then says.
-    """
-    from cnncli.metrics import macro_average, per_class
-
-    console = console or make_console()
-    console.print(f"checkpoint: {checkpoint_path}")
-    console.print(f"test accuracy {_pct(result.accuracy)}  loss {result.loss:.4f}  "
-                  f"({result.labels.size:,} images)")
-    pc = per_class(result.confusion)
-    macro = macro_average(result.confusion)
-    k = result.num_classes
-    absent = k - macro["classes"]
-    caption = None
-    if absent:
-        caption = (f"macro avg over the {_n(macro['classes'], 'class')} in the labels or predictions; "
-                   f"{_n(absent, 'class')} with no test images and no predictions (-) left out")
-    table = Table(title="per class", caption=caption)
-    for col in ("class", "precision", "recall", "F1", "support"):
-        table.add_column(col, justify="right")
-    predicted = result.confusion.sum(axis=0)
-    for i in range(k):
-        seen = pc["support"][i] > 0 or predicted[i] > 0
-        p, r, f1 = ((pc["precision"][i], pc["recall"][i], pc["f1"][i]) if seen else (None, None, None))
-        table.add_row(class_label(i, classes), _pct(p), _pct(r), _pct(f1), f"{int(pc['support'][i]):,}")
-    table.add_row("macro avg", _pct(macro["precision"]), _pct(macro["recall"]), _pct(macro["f1"]),
-                  f"{int(pc['support'].sum()):,}", style="bold")
-    console.print(table)
-    cm = Table(title="confusion matrix (rows: true, columns: predicted)")
-    cm.add_column("", justify="right", style="bold")
-    for j in range(k):
-        cm.add_column(class_label(j, classes), justify="right")
-    off = result.confusion - np.diag(np.diag(result.confusion))
-    peak = max(int(off.max()), 1)
-    for i in range(k):
-        cells = []
-        for j in range(k):
-            v = int(result.confusion[i, j])
-            if i == j:
-                style = "bold green"
-            elif v == 0:
-                style = "dim"
-            else:  # colour grades with the share of the worst confusion
-                style = "red" if v >= 0.5 * peak else ("yellow" if v >= 0.1 * peak else "")
-            cells.append(Text(str(v), style=style))
-        cm.add_row(class_label(i, classes), *cells)
-    console.print(cm)
-
-
-def render_gradcheck(results: list, tol: float, console: Console | None = None) -> None:
-    """Table of relative errors per layer and tensor, with PASS/FAIL against ``tol``.
-
-    ``PASS (zero)`` marks a vanishing gradient (both sides within rounding noise, see
-    :mod:`cnncli.gradcheck`), ``PASS (noise)`` a relative error above ``tol`` whose absolute
-    difference is within that noise. The summary's worst relative error is over the
-    non-vanishing rows; the vanishing ones are counted apart.
-    """
-    console = console or make_console()
-    from cnncli.gradcheck import ZERO_NOISE
-
-    table = Table(title=f"gradient check (float64, central differences; pass if rel. error <= {tol:g}; "
-                        f"PASS (zero): a zero gradient, both sides within {ZERO_NOISE:g}x rounding noise; "
-                        f"PASS (noise): the difference within it)")
-    for col, just in (("layer", "left"), ("tensor", "left"), ("checked", "right"),
-                      ("rel. error", "right"), ("max abs error", "right"), ("", "left")):
-        table.add_column(col, justify=just)
-    for r in results:
-        ok = r.passed(tol)
-        verdict = ("PASS (zero)" if r.vanishing else "PASS" if r.rel_error <= tol
-                   else "PASS (noise)" if ok else "FAIL")
-        table.add_row(r.layer, r.tensor, f"{r.checked}/{r.size}", f"{r.rel_error:.2e}", f"{r.max_abs_error:.2e}",
-                      Text(verdict, style="green" if ok else "bold red"))
-    console.print(table)
-    judged = [r for r in results if not r.vanishing]
-    zeros = len(results) - len(judged)
-    failed = sum(not r.passed(tol) for r in results)
-    verdict = "all passed" if not failed else f"{failed} FAILED"
-    if judged:
-        worst = max(judged, key=lambda r: math.inf if math.isnan(r.rel_error) else r.rel_error)
-        worst_text = (f"worst relative error {worst.rel_error:.2e} ({worst.layer} {worst.tensor}) "
-                      f"over the {_n(len(judged), 'non-zero gradient')}")
-    else:
-        worst_text = "no non-zero gradient to compare"
-    zero_text = f"; {_n(zeros, 'zero gradient')} (PASS (zero)) not counted" if zeros else ""
-    noisy = sum(r.passed(tol) and not r.vanishing and r.rel_error > tol for r in results)
-    noise_text = f"; {noisy} passed within rounding noise (PASS (noise))" if noisy else ""
-    console.print(f"{len(results)} tensors checked, {verdict}; {worst_text}{zero_text}{noise_text}")
-
-
-def _si(n: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{n:.0f}"
-
-
-def render_summary(rows: list[dict], input_shape, batch_size: int, source: str,
-                   console: Console | None = None) -> None:
-    """The model table (Keras ``model.summary()`` / torchinfo style) with totals."""
-    console = console or make_console()
-    table = Table(title=f"{source}: input {tuple(input_shape)}")
-    for col, just in (("#", "right"), ("layer", "left"), ("output shape", "left"), ("params", "right"),
-                      ("non-trainable", "right"), ("FLOPs/image", "right")):
-        table.add_column(col, justify=just)
-    for r in rows:
-        table.add_row(str(r["index"]), r["type"], str(tuple(r["output_shape"])), f"{r['params']:,}",
-                      f"{r['non_trainable']:,}", _si(r["flops"]))
-    console.print(table)
-    params = sum(r["params"] for r in rows)
-    fixed = sum(r["non_trainable"] for r in rows)
-    flops = sum(r["flops"] for r in rows)
-    act = sum(math.prod(r["output_shape"]) for r in rows) * batch_size * 4
-    console.print(f"trainable parameters: {params:,}   non-trainable: {fixed:,}   "
-                  f"size: {(params + fixed) * 4 / 2**20:.2f} MiB (float32)")
-    console.print(f"forward: {_si(flops)}FLOPs per image; activations for a batch of {batch_size}: "
-                  f"{act / 2**20:.1f} MiB (float32, forward outputs kept for backward)")
-
-
-def render_timing(result, source: str, threads: int | None, console: Console | None = None) -> None:
-    """``cnncli time``: per-layer forward/backward milliseconds and share of the step
-    (``caffe time`` style), then whole-step images/s for training and evaluation."""
-    console = console or make_console()
-    total = sum(l.total_ms for l in result.layers) or 1.0
-    table = Table(title=f"{source}: batch {result.batch_size}, median of {result.iterations} steps")
-    for col, just in (("#", "right"), ("layer", "left"), ("output shape", "left"), ("forward ms", "right"),
-                      ("backward ms", "right"), ("total ms", "right"), ("share", "right")):
-        table.add_column(col, justify=just)
-    for l in result.layers:
-        table.add_row(str(l.index), l.type, "x".join(map(str, l.output_shape)), f"{l.forward_ms:.2f}", f"{l.backward_ms:.2f}",
-                      f"{l.total_ms:.2f}", f"{l.total_ms / total * 100:.1f}%")
-    table.add_row("", "all layers", "", f"{sum(l.forward_ms for l in result.layers):.2f}",
-                  f"{sum(l.backward_ms for l in result.layers):.2f}", f"{total:.2f}", "100.0%")
-    console.print(table)
-    console.print(f"training step (forward, loss, backward, optimizer): {result.step_ms:.1f} ms = "
-                  f"{result.images_per_s:,.0f} images/s")
-    console.print(f"evaluation forward: {result.eval_forward_ms:.1f} ms = {result.eval_images_per_s:,.0f} images/s"
-                  + (f"   (BLAS threads: {threads})" if threads else ""))
-
-
-def render_predictions(rows: list[dict], console: Console | None = None) -> None:
-    """One line per image: input, predicted class and probability, then the runners-up."""
-    console = console or make_console()
-    for r in rows:
-        best, *rest = r["top"]
-
-        def label(t: dict) -> str:
-            return f"{t['class']} {t['name']}" if "name" in t and t["name"] != str(t["class"]) else str(t["class"])
-
-        others = "  ".join(f"{label(t)} {t['probability'] * 100:.1f}%" for t in rest)
-        console.print(f"{r['input']}: {label(best)} ({best['probability'] * 100:.1f}%)"
-                      + (f"   then {others}" if others else ""))
-
-
-def image_lines(img: np.ndarray) -> list[str]:
-    """A uint8 (H, W) image drawn with shade characters, two columns per pixel, one row per
-    two pixel rows (the darker-is-emptier ramp of plain-text MNIST renderings)."""
-    ramp = " .:-=+*#%@"
-    h = img.shape[0] - img.shape[0] % 2
-    pairs = (img[:h:2].astype(np.int32) + img[1:h:2]) // 2
-    idx = pairs * (len(ramp) - 1) // 255
-    return ["".join(ramp[v] * 2 for v in row) for row in idx]
-
-
-def render_misclassified(result: T.EvalResult, images: np.ndarray, count: int,
-                         console: Console | None = None, classes: Sequence[str] | None = None) -> None:
-    """Draw the first ``count`` misclassified test images with their true and predicted class
-    (number and, given ``classes``, name)."""
-    from rich.columns import Columns
-
-    wrong = np.flatnonzero(result.preds != result.labels)[:count]
-    if not len(wrong) or images.shape[1] != 1:
-        return
-    console = console or make_console()
-    panels = []
-    for i in wrong:
-        head = (f"#{i}: true {class_label(int(result.labels[i]), classes)}, "
-                f"predicted {class_label(int(result.preds[i]), classes)}")
-        panels.append(Text("\n".join([head, *image_lines(images[i, 0])])))
-    console.print(f"first {len(wrong)} misclassified test images:")
-    console.print(Columns(panels, padding=(1, 3)))
-
-
-def render_layers(descriptions: list[dict], console: Console | None = None, full: bool = False) -> None:
-    """The registry: one row per layer with options and defaults (``full``: the whole docstring)."""
-    console = console or make_console()
-    if full:
-        for d in descriptions:
-            console.print(Text(d["name"], style="bold"))
-            if d["aliases"]:
-                console.print(f"aliases: {', '.join(d['aliases'])}")
-            if d["inferred"]:
-                console.print(f"inferred from the input: {', '.join(d['inferred'])}")
-            console.print(d["doc"])
-        return
-    table = Table(title="layers (cnncli layers NAME for details)")
-    table.add_column("type", style="bold")
-    table.add_column("options (default)")
-    table.add_column("shape")
-    table.add_column("description")
-    for d in descriptions:
-        opts = ", ".join(n if v == "required" else f"{n}={v!r}" for n, v in d["options"].items())
-        table.add_row(d["name"], opts or "-", d["shape"], d["summary"])
-    console.print(table)
-
-
-# ------------------------------------------------------------------ datasets (cnncli data ...)
-
-def _gray(img: np.ndarray) -> np.ndarray:
-    """(C, H, W) uint8 -> (H, W) uint8: the channel itself, or ITU-R 601 luma of RGB."""
-    if img.shape[0] == 1:
-        return img[0]
-    rgb = img[:3].astype(np.float32)
-    return np.clip(0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2], 0, 255).astype(np.uint8)
-
-
-def _shrink(img: np.ndarray, max_side: int = 32) -> np.ndarray:
-    """(C, H, W) subsampled so that neither side exceeds ``max_side`` pixels."""
-    step = max(1, math.ceil(max(img.shape[1:]) / max_side))
-    return img[:, ::step, ::step]
-
-
-def shade_lines(img: np.ndarray) -> list[str]:
-    """A uint8 (H, W) image in ASCII shades, one character per pixel column and one line per
-    two pixel rows (averaged), which keeps the aspect ratio of a terminal cell."""
-    ramp = " .:-=+*#%@"
-    if img.shape[0] % 2:
-        img = np.concatenate([img, np.zeros((1, img.shape[1]), img.dtype)])
-    pairs = (img[0::2].astype(np.int32) + img[1::2]) // 2
-    return ["".join(ramp[v] for v in row) for row in pairs * (len(ramp) - 1) // 255]
-
-
-def image_blocks(img: np.ndarray) -> list[Text]:
-    """A (C, H, W) uint8 image in upper half blocks: one character per pixel column, one line
-    per two pixel rows, the upper pixel as foreground colour and the lower as background
-    (grey levels, or RGB). Rich maps the colours to what the terminal supports."""
-    c, h, w = img.shape
-    if h % 2:
-        img = np.concatenate([img, np.zeros((c, 1, w), img.dtype)], axis=1)
-    rgb = np.repeat(img[:1], 3, axis=0) if c == 1 else img[:3]
-    lines = []
-    for r in range(0, img.shape[1], 2):
-        line = Text()
-        for x in range(w):
-            top, bottom = rgb[:, r, x], rgb[:, r + 1, x]
-            line.append("\u2580", style=f"rgb({top[0]},{top[1]},{top[2]}) on rgb({bottom[0]},{bottom[1]},{bottom[2]})")
-        lines.append(line)
-    return lines
-
-
-def render_samples(samples: list[tuple[np.ndarray, str]], console: Console | None = None,
-                   plain: bool | None = None) -> None:
-    """A grid of (image (C, H, W) uint8, caption) pairs: half blocks in colour on a terminal,
-    shade characters (ASCII) when plain."""
-    from rich.columns import Columns
-
-    console = console or make_console()
-    plain = plain_requested() if plain is None else plain
-    panels = []
-    for img, caption in samples:
-        small = _shrink(img, 28 if plain else 32)
-        if plain:
-            body = [Text(line) for line in shade_lines(_gray(small))]
-        else:
-            body = image_blocks(small)
-        width = max((len(t) for t in body), default=0)
-        panel = Text(caption[:max(width, 8)])
-        for line in body:
-            panel.append("\n")
-            panel.append_text(line)
-        panels.append(panel)
-    if panels:
-        console.print(Columns(panels, padding=(1, 2)))
-
-
-def _floats(values: list[float]) -> str:
-    return ", ".join(f"{v:.4f}" for v in values)
-
-
-def render_data_info(info: dict, samples: list[tuple[np.ndarray, str]], console: Console | None = None) -> None:
-    """``cnncli data info``: the splits (count, image shape, pixel mean/std per channel), the
-    class balance of each split, then a grid of sample images."""
-    console = console or make_console()
-    console.print(f"dataset: {info['dataset']} (format {info['format']})")
-    splits = info["splits"]
-    table = Table(title="splits (pixel statistics of pixel/255, per channel)")
-    for col, just in (("split", "left"), ("images", "right"), ("image shape", "left"), ("pixel mean", "right"),
-                      ("pixel std", "right"), ("source", "left")):
-        table.add_column(col, justify=just)
-    for name, s in splits.items():
-        table.add_row(name, f"{s['n']:,}", "x".join(map(str, s["image_shape"])), _floats(s["mean"]),
-                      _floats(s["std"]), s["source"])
-    console.print(table)
-    classes = info.get("classes")
-    k = max(len(s["class_counts"]) for s in splits.values())
-    balance = Table(title=f"class balance ({k} classes)")
-    balance.add_column("class", justify="right")
-    if classes:
-        balance.add_column("name")
-    for name in splits:
-        balance.add_column(name, justify="right")
-        balance.add_column("%", justify="right")
-    for i in range(k):
-        row = [str(i)] + ([classes[i] if i < len(classes) else ""] if classes else [])
-        for s in splits.values():
-            count = s["class_counts"][i] if i < len(s["class_counts"]) else 0
-            row += [f"{count:,}", f"{100 * count / max(s['n'], 1):.2f}"]
-        balance.add_row(*row)
-    console.print(balance)
-    if samples:
-        console.print(f"samples ({info['sample_split']} split, the first image of each class):")
-        render_samples(samples, console)
-
-
 class DownloadReporter:
     """Draws ``cnncli.download`` events: a live bar per file (bytes, speed, ETA) on a terminal,
     or a line when each file starts and ends when plain; ``quiet`` prints nothing."""
@@ -638,12 +363,3 @@ class DownloadReporter:
             self.progress = None
 
 
-def render_dataset_list(rows: list[tuple[str, str, str]], roots: list, console: Console | None = None) -> None:
-    """``cnncli data list``: each named dataset, where it was found (or how to get it), what it is."""
-    console = console or make_console()
-    table = Table(title=f"named datasets (looked for as ROOT/NAME in: {', '.join(map(str, roots))})")
-    for col in ("name", "found in", "description"):
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)

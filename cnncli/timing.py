@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cnncli import assemble, data
+from cnncli.config import Config
+from cnncli.errors import BatchError
 from cnncli.layers.windows import to_chwn
 from cnncli.losses import softmax_cross_entropy
 from cnncli.model import Model
@@ -126,3 +129,37 @@ def blas_threads() -> int | None:
         return None
     counts = [i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas"]
     return max(counts) if counts else None
+
+
+def time_config(cfg: Config, batch_size: int | None = None, iterations: int = 10, warmup: int = 2,
+                flag: str = "--batch-size") -> tuple[StepTime, int | None]:
+    """Time a fresh float32 model of ``cfg`` (:func:`time_model`) after checking that the
+    batch fits (:func:`cnncli.assemble.check_batch`).
+
+    Args:
+        cfg: A loaded config; the input shape comes from ``model.input_shape`` or the
+            training data.
+        batch_size: Images per step. Default: None, ``train.batch_size``.
+        iterations: Timed steps (median reported). Default: 10.
+        warmup: Untimed steps first. Default: 2.
+        flag: What set ``batch_size``, named in errors (``train.batch_size`` and the config
+            file when it is None). Default: ``--batch-size``.
+
+    Returns:
+        The timings and the BLAS thread count (:func:`blas_threads`).
+
+    Raises:
+        ConfigError: A layer or shape problem; a batch of 1 for a batchnorm over features.
+        BatchError: A batch that does not fit in memory (estimated first, or a MemoryError).
+        DataError: The input shape must come from the data and the data cannot be read.
+    """
+    model = assemble.build_model(cfg, data.input_shape(cfg))
+    optimizer = assemble.make_optimizer(cfg, model)
+    n = batch_size or cfg.train.batch_size
+    what = flag if batch_size else "train.batch_size"
+    assemble.check_batch(model, n, what, None if batch_size else cfg.source)
+    try:
+        result = time_model(model, optimizer, n, iterations, warmup)
+    except MemoryError:
+        raise BatchError(f"a batch of {n} images does not fit in memory; use a smaller {what}") from None
+    return result, blas_threads()

@@ -380,7 +380,7 @@ def test_eval_macro_average_skips_classes_absent_from_the_slice():
     from rich.console import Console
 
     from cnncli.metrics import confusion_matrix
-    from cnncli.report import render_eval
+    from cnncli.render import render_eval
     from cnncli.loop import EvalResult
 
     labels = np.array([7, 2, 1, 0, 4])
@@ -431,7 +431,7 @@ def test_gradcheck_worst_is_over_the_non_zero_gradients():
     from rich.console import Console
 
     from cnncli.gradcheck import CheckResult
-    from cnncli.report import render_gradcheck
+    from cnncli.render import render_gradcheck
 
     results = [CheckResult("1 conv2d", "weight", 5.0e-11, 3.2e-9, 36, 36, max_abs_grad=32.0, noise=6e-9),
                CheckResult("model", "input", 1.65e-8, 5.0e-10, 256, 3136, max_abs_grad=0.016, noise=5.7e-10),

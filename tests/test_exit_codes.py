@@ -26,9 +26,11 @@ train: {{epochs: 1}}
 
 
 def user_error(result, *fragments):
+    """Exit 2 through ``typer.Exit`` (no exception escaped), no traceback, every fragment in the output."""
     out = " ".join(result.output.split())
     assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output, result.output
     for f in fragments:
         assert f in out, out
     return out
@@ -136,3 +138,19 @@ def test_summary_warns_about_what_train_would_refuse(write_config, mnist_slice, 
     assert js.exit_code == 0
     data = __import__("json").loads(js.output.splitlines()[0])
     assert len(data["warnings"]) == 1 and "does not fit in memory" in data["warnings"][0]
+
+
+def test_user_error_helper_checks_every_part():
+    """The helper once read ``A and B or isinstance(exc, SystemExit)``: with exit code 2 the
+    exception is always a SystemExit, so the traceback check never ran."""
+    from types import SimpleNamespace
+
+    clean = SimpleNamespace(exit_code=2, exception=SystemExit(2), output="error: bad batch size\n")
+    assert user_error(clean, "bad batch size") == "error: bad batch size"
+    traceback = SimpleNamespace(exit_code=2, exception=SystemExit(2),
+                                output="Traceback (most recent call last):\n  ...\nerror: bad batch size\n")
+    with pytest.raises(AssertionError):
+        user_error(traceback, "bad batch size")
+    escaped = SimpleNamespace(exit_code=2, exception=ValueError("escaped"), output="error: bad batch size\n")
+    with pytest.raises(AssertionError):
+        user_error(escaped)
