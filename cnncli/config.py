@@ -33,6 +33,7 @@ from cnncli.config_sections import Checks, check_section, defaults_of, kind_of, 
 from cnncli.errors import ConfigError, Problem, did_you_mean
 from cnncli.model import LayerSpec, check_specs
 from cnncli.overrides import Override, apply_overrides
+from cnncli.registry import check_block
 from cnncli.yamlio import LineDict, LineList, line_of, parse_yaml, plain
 
 __all__ = ["AugmentConfig", "CheckpointConfig", "Config", "DataConfig", "EarlyStoppingConfig", "LineDict",
@@ -247,7 +248,6 @@ def _layers(raw, problems: list[Problem], line: int | None = None) -> tuple[Laye
     return tuple(specs)
 
 
-
 def _typed(raw: Any, path: str, line: int | None, registry, example: str, problems: list[Problem]) -> dict | None:
     """A bare name or a mapping with ``type``, as a mapping; None (after recording the
     problem) otherwise. Whether the name is registered is :func:`_block`'s to check."""
@@ -264,8 +264,6 @@ def _block(registry, raw: dict, path: str, line: int | None, problems: list[Prob
            construct) -> tuple[str | None, dict[str, Any]]:
     """Check a ``{type: NAME, option: value}`` block of ``registry`` (``registry.check_block``);
     return its canonical name (None if unknown) and its options."""
-    from cnncli.registry import check_block
-
     opts = {k: plain(v) for k, v in raw.items() if k != "type"}
     entry, found = check_block(registry, raw["type"], opts, path=path, line=line,
                                option_lines={k: line_of(raw, k) for k in opts}, name_path=f"{path}.type",

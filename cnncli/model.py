@@ -1,7 +1,7 @@
 """A sequential stack of registered layers: build from specs, forward, backward, state.
 
-``build`` checks every layer's type and options (unless a validated config did), then runs the shapes through each
-layer's own ``output_shape`` before any data is touched; every problem comes back
+``build`` checks every layer's type and options (unless a validated config did), then
+runs the shapes through each layer's own ``output_shape`` before any data is touched; every problem comes back
 as a :class:`~cnncli.errors.ConfigError` located at ``model.layers[i]``, or at
 ``model.layers[i].option`` when a layer refuses an option's value
 (the pattern of keras ``base_conv.py`` ``compute_output_shape``). No weight array,
@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from cnncli.errors import ConfigError, Problem
 from cnncli.checks import check_int, check_size
+from cnncli.errors import ConfigError, Problem
 from cnncli.layers import LAYERS, Layer, resolve
-from cnncli.registry import check_block, locate
 from cnncli.layers.windows import to_chwn
+from cnncli.registry import check_block, locate
 
 
 @dataclass(frozen=True)

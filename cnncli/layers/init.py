@@ -32,14 +32,14 @@ INITIALIZERS = Registry("initializer", supplied=("rng", "shape", "fan_in", "fan_
 
 @INITIALIZERS.register("he_normal")
 def he_normal(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, fan_out: int,
-        bias_shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray | None]:
+              bias_shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray | None]:
     """N(0, 2 / fan_in) (He et al. 2015, torch ``kaiming_normal_``)."""
     return rng.normal(0.0, math.sqrt(2.0 / fan_in), shape), None
 
 
 @INITIALIZERS.register("he_uniform")
 def he_uniform(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, fan_out: int,
-        bias_shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray | None]:
+               bias_shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray | None]:
     """U(-b, b) with b = sqrt(6 / fan_in) (torch ``kaiming_uniform_``)."""
     bound = math.sqrt(6.0 / fan_in)
     return rng.uniform(-bound, bound, shape), None
@@ -47,14 +47,14 @@ def he_uniform(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, fa
 
 @INITIALIZERS.register("xavier_normal")
 def xavier_normal(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, fan_out: int,
-        bias_shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray | None]:
+                  bias_shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray | None]:
     """N(0, 2 / (fan_in + fan_out)) (Glorot & Bengio 2010)."""
     return rng.normal(0.0, math.sqrt(2.0 / (fan_in + fan_out)), shape), None
 
 
 @INITIALIZERS.register("xavier_uniform")
 def xavier_uniform(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, fan_out: int,
-        bias_shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray | None]:
+                   bias_shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray | None]:
     """U(-b, b) with b = sqrt(6 / (fan_in + fan_out)) (Glorot & Bengio 2010)."""
     bound = math.sqrt(6.0 / (fan_in + fan_out))
     return rng.uniform(-bound, bound, shape), None
@@ -62,7 +62,7 @@ def xavier_uniform(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int
 
 @INITIALIZERS.register("torch_default")
 def torch_default(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, fan_out: int,
-        bias_shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray | None]:
+                  bias_shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray | None]:
     """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's ``reset_parameters`` (kaiming_uniform with
     a=sqrt(5)); the bias is drawn from the same range, after the weight."""
     bound = 1.0 / math.sqrt(fan_in)
