@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from cnncli.layers.base import check_choice, check_float, check_int
+from cnncli.checks import check_choice, check_float, check_int
 
 MONITORS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy")
 MODES = ("auto", "min", "max")

@@ -70,7 +70,7 @@ def data_info(path: str, fmt: str = "auto", image_shape: Sequence[int] | None = 
         raw["path"] = path
     if image_shape is not None:
         raw["image_shape"] = list(image_shape)
-    d = C.validate({"data": raw, "model": {"layers": ["flatten"]}}, "command line").data
+    d = C.validate_data(raw, "command line")
     loaded = formats.load(d)
     splits = {name: ds for name, ds in (("train", loaded.train), ("test", loaded.test)) if ds is not None}
     k = max(ds.num_classes for ds in splits.values())

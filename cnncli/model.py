@@ -1,27 +1,26 @@
 """A sequential stack of registered layers: build from specs, forward, backward, state.
 
-``build`` checks every layer's type and options, then runs the shapes through each
-layer's own ``output_shape`` before any data is touched; every problem comes back
+``build`` checks every layer's type and options (unless a validated config did), then
+runs the shapes through each layer's own ``output_shape`` before any data is touched; every problem comes back
 as a :class:`~cnncli.errors.ConfigError` located at ``model.layers[i]``, or at
 ``model.layers[i].option`` when a layer refuses an option's value
 (the pattern of keras ``base_conv.py`` ``compute_output_shape``). No weight array,
-padded input or activation may exceed ``layers.base.MAX_ELEMENTS`` values.
+padded input or activation may exceed ``checks.MAX_ELEMENTS`` values.
 """
 
 from __future__ import annotations
 
 import inspect
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from cnncli.errors import ConfigError, Problem, did_you_mean
-from cnncli.layers import Layer, options, resolve
-from cnncli.layers.base import check_int, check_size
-from cnncli.layers.registry import BUILD_ARGS
+from cnncli.checks import check_int, check_size
+from cnncli.errors import ConfigError, Problem
+from cnncli.layers import LAYERS, Layer, resolve
 from cnncli.layers.windows import to_chwn
+from cnncli.registry import check_block, locate
 
 
 @dataclass(frozen=True)
@@ -33,106 +32,38 @@ class LayerSpec:
     path: str = ""
     line: int | None = None
     option_lines: dict[str, int] = field(default_factory=dict)
+    #: True when a validated config made it (``config.validate``): :func:`build` then checks
+    #: nothing again and calls each constructor once.
+    checked: bool = field(default=False, compare=False, repr=False)
+
+
+def _builder_args(cls: type, inferred: dict[str, int], rng: np.random.Generator, dtype) -> dict[str, Any]:
+    """The constructor arguments ``build`` supplies: the inferred sizes, and ``rng``/``dtype``
+    where the constructor takes them."""
+    accepted = inspect.signature(cls.__init__).parameters
+    return {**inferred, **{k: v for k, v in (("rng", rng), ("dtype", dtype)) if k in accepted}}
+
+
+def _dry_run(cls: type, options: dict[str, Any]) -> None:
+    """Run a layer's constructor on ``options`` without allocating (``init.shapes_only``),
+    the inferred sizes set to 1: it checks the values that need no input shape."""
+    from cnncli.layers.init import shapes_only
+
+    with shapes_only():
+        cls(**options, **_builder_args(cls, dict.fromkeys(cls.inferred, 1), np.random.default_rng(0), np.float32))
+
+
+def check_spec(spec: LayerSpec, values: bool = True) -> list[Problem]:
+    """Problems of one layer that need no input shape: an unknown type, unknown or missing
+    options, and (with ``values``) option values the constructor refuses (``kernel_size: "3"``,
+    ``p: 1.5``, ``stride: 0``), each at its option. Shape-dependent errors are left to :func:`build`."""
+    return check_block(LAYERS, spec.type, spec.options, path=spec.path, line=spec.line,
+                       option_lines=spec.option_lines, typed=False, construct=_dry_run if values else None)[1]
 
 
 def check_specs(specs: list[LayerSpec]) -> list[Problem]:
-    """Problems that need no shapes: unknown types, unknown or missing options."""
-    problems = []
-    for spec in specs:
-        try:
-            cls = resolve(spec.type)
-        except KeyError as e:
-            problems.append(Problem(spec.path, e.args[0], spec.line))
-            continue
-        opts = options(cls)
-        inferred = getattr(cls, "inferred", {})
-        hinted = set()
-        for name in spec.options:
-            if name in inferred:
-                problems.append(Problem(f"{spec.path}.{name}", f"'{name}' of {cls.type_name} is inferred from "
-                                        f"the previous layer's output; remove it", spec.option_lines.get(name, spec.line)))
-            elif name not in opts:
-                hint = did_you_mean(name, opts)
-                hinted.add(hint.split("'")[1] if hint else None)
-                problems.append(Problem(
-                    f"{spec.path}.{name}",
-                    f"unknown option '{name}' for {cls.type_name}.{hint} "
-                    f"Options: {', '.join(opts) or 'none'}.", spec.option_lines.get(name, spec.line)))
-        for name, p in opts.items():
-            # a misspelt required option is reported once, as the misspelling
-            if p.default is inspect.Parameter.empty and name not in spec.options and name not in hinted:
-                problems.append(Problem(spec.path, f"{cls.type_name} needs the option '{name}' "
-                                        f"(e.g. {cls.type_name}: {{{name}: ...}})", spec.line))
-    return problems
-
-
-def _option_of(message: str, given: dict[str, Any]) -> str | None:
-    """The YAML option a layer's ValueError is about: layers start their messages with the
-    option's name (``kernel_size must be ...``, ``betas[0] must be ...``)."""
-    for name in sorted((n for n in given if isinstance(n, str)), key=len, reverse=True):
-        if re.match(rf"{re.escape(name)}\b", message):
-            return name
-    return None
-
-
-def _locate(spec: LayerSpec, cls: type, e: Exception) -> Problem:
-    """A layer's error as a Problem at ``model.layers[i].option`` (its line) when it names an
-    option the YAML gave, else at ``model.layers[i]``."""
-    msg = str(e)
-    name = _option_of(msg, spec.options)
-    if name is None:
-        return Problem(spec.path, f"({cls.type_name}) {msg}", spec.line)
-    return Problem(f"{spec.path}.{name}", f"{msg[len(name):].lstrip()} ({cls.type_name})",
-                   spec.option_lines.get(name, spec.line))
-
-
-def _spec_ok(spec: LayerSpec) -> type | None:
-    """The layer class if ``check_specs`` finds nothing wrong with ``spec``, else None."""
-    try:
-        cls = resolve(spec.type)
-    except KeyError:
-        return None
-    opts = options(cls)
-    if any(n not in opts for n in spec.options):
-        return None
-    if any(p.default is inspect.Parameter.empty and n not in spec.options for n, p in opts.items()):
-        return None
-    return cls
-
-
-def check_options(specs: list[LayerSpec]) -> list[Problem]:
-    """Problems with option values that need no shapes (``kernel_size: "3"``, ``p: 1.5``,
-    ``stride: 0``), each located at its option: every layer's constructor is run without
-    allocating weights (``init.shapes_only``), the inferred sizes set to 1. A refused
-    option is replaced by its default and the layer tried again, so a layer with two bad
-    options reports both. Errors that depend on the real input shape are left to :func:`build`.
-    """
-    from cnncli.layers.init import shapes_only
-
-    problems = []
-    for spec in specs:
-        cls = _spec_ok(spec)
-        if cls is None:
-            continue
-        opts = options(cls)
-        kwargs = dict(spec.options)
-        kwargs.update({name: 1 for name in getattr(cls, "inferred", {})})
-        accepted = inspect.signature(cls.__init__).parameters
-        extra = {"rng": np.random.default_rng(0), "dtype": np.float32}
-        kwargs.update({k: v for k, v in extra.items() if k in accepted and k in BUILD_ARGS})
-        for _ in range(len(spec.options) + 1):
-            try:
-                with shapes_only():
-                    cls(**kwargs)
-                break
-            except (ValueError, TypeError, OverflowError) as e:
-                name = _option_of(str(e), {n: v for n, v in spec.options.items() if kwargs.get(n) is v})
-                if name is None:
-                    break                      # shape-dependent (e.g. groups vs in_channels): build reports it
-                problems.append(_locate(spec, cls, e))
-                default = opts[name].default
-                kwargs[name] = 1 if default is inspect.Parameter.empty else default
-    return problems
+    """:func:`check_spec` of every layer, in order."""
+    return [p for spec in specs for p in check_spec(spec)]
 
 
 class Model:
@@ -140,16 +71,14 @@ class Model:
 
     Attributes:
         layers: The layer objects, in order.
-        specs: The specs they were built from.
         input_shape: One sample's shape (C, H, W) or (F,).
         shapes: Output shape of each layer (no batch axis).
         rng: The generator that drew the initial weights and draws dropout masks.
     """
 
-    def __init__(self, layers: list[Layer], specs: list[LayerSpec], input_shape: tuple[int, ...],
+    def __init__(self, layers: list[Layer], input_shape: tuple[int, ...],
                  shapes: list[tuple[int, ...]], rng: np.random.Generator, dtype):
         self.layers = layers
-        self.specs = specs
         self.input_shape = tuple(input_shape)
         self.shapes = shapes
         self.rng = rng
@@ -289,7 +218,9 @@ def build(specs: list[LayerSpec], input_shape: tuple[int, ...], *, seed: int = 0
     """Build a :class:`Model` from layer specs for inputs of ``input_shape`` (no batch axis).
 
     Fills each layer's inferred sizes (``in_channels``, ``in_features``, ``num_features``)
-    from the running shape and validates geometry with ``output_shape``.
+    from the running shape and validates geometry with ``output_shape``. Each layer's
+    constructor runs once; specs a validated config made (``spec.checked``) are not checked
+    again, others get the checks of :func:`check_spec` that need no constructor call first.
 
     Args:
         specs: The layers, in order.
@@ -298,10 +229,10 @@ def build(specs: list[LayerSpec], input_shape: tuple[int, ...], *, seed: int = 0
         dtype: float32 to train, float64 for gradcheck.
 
     Raises:
-        ConfigError: Every type/option problem, or the first shape problem, with key paths.
+        ConfigError: Every type/option-name problem; else the first refused value or shape
+            problem, at ``model.layers[i].option`` or ``model.layers[i]``.
     """
-    problems = check_specs(specs)
-    problems += check_options(specs)
+    problems = [p for spec in specs if not spec.checked for p in check_spec(spec, values=False)]
     if problems:
         raise ConfigError(problems)
     shape = check_input_shape(input_shape)
@@ -309,24 +240,20 @@ def build(specs: list[LayerSpec], input_shape: tuple[int, ...], *, seed: int = 0
     layers, shapes = [], []
     for spec in specs:
         cls = resolve(spec.type)
-        kwargs = dict(spec.options)
         try:
-            for name, infer in getattr(cls, "inferred", {}).items():
-                kwargs[name] = infer(shape)
-            accepted = inspect.signature(cls.__init__).parameters
-            extra = {"rng": rng, "dtype": dtype}
-            kwargs.update({k: v for k, v in extra.items() if k in accepted and k in BUILD_ARGS})
-            layer = cls(**kwargs)
+            inferred = {name: infer(shape) for name, infer in cls.inferred.items()}
+            layer = cls(**spec.options, **_builder_args(cls, inferred, rng, dtype))
             shape = tuple(layer.output_shape(shape))
             check_size("its output (one sample)", shape)
         except (ValueError, TypeError, OverflowError) as e:
-            raise ConfigError([_locate(spec, cls, e)]) from None
+            raise ConfigError([locate(e, cls.type_name, spec.path, spec.line, spec.options,
+                                      spec.option_lines)]) from None
         except MemoryError:
             raise ConfigError([Problem(spec.path, f"({cls.type_name}) not enough memory for its weights; "
                                        f"use smaller sizes", spec.line)]) from None
         layers.append(layer)
         shapes.append(shape)
-    return Model(layers, list(specs), tuple(int(s) for s in input_shape), shapes, rng, dtype)
+    return Model(layers, tuple(int(s) for s in input_shape), shapes, rng, dtype)
 
 
 def check_input_shape(input_shape: Any) -> tuple[int, ...]:

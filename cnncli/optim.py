@@ -17,24 +17,12 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from cnncli.layers.base import check_bool, check_float
+from cnncli.checks import OptionError, check_bool, check_float
+from cnncli.registry import Registry
 
-OPTIMIZERS: dict[str, type] = {}
-
-
-def registrar(table: dict[str, type]):
-    """A ``@register(name)`` class decorator filling ``table`` and setting ``type_name``
-    (shared by optimizers and schedules)."""
-    def register(name: str):
-        def add(cls):
-            table[name] = cls
-            cls.type_name = name
-            return cls
-        return add
-    return register
-
-
-register = registrar(OPTIMIZERS)
+#: Optimizer name -> class. ``params`` (the arrays) and ``norm_keys`` (from the model) are
+#: passed by the trainer; every other constructor argument is a ``train.optimizer`` option.
+OPTIMIZERS = Registry("optimizer", supplied=("params", "norm_keys"))
 
 
 class Optimizer:
@@ -120,7 +108,7 @@ class Optimizer:
         self.steps = steps
 
 
-@register("sgd")
+@OPTIMIZERS.register("sgd")
 class SGD(Optimizer):
     """Stochastic gradient descent with momentum, as ``torch.optim.SGD``.
 
@@ -147,7 +135,7 @@ class SGD(Optimizer):
         self.dampening = check_float("dampening", dampening)
         self.nesterov = check_bool("nesterov", nesterov)
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
-            raise ValueError("nesterov needs momentum > 0 and dampening 0")
+            raise OptionError("nesterov", "needs momentum > 0 and dampening 0")
 
     def needed_state(self) -> tuple[str, ...]:
         return ("momentum_buffer",) if self.momentum else ()
@@ -169,7 +157,7 @@ class SGD(Optimizer):
         p -= p.dtype.type(self.lr) * g
 
 
-@register("adam")
+@OPTIMIZERS.register("adam")
 class Adam(Optimizer):
     """Adam, as ``torch.optim.Adam`` (L2 ``weight_decay`` added to the gradient).
 
@@ -195,7 +183,7 @@ class Adam(Optimizer):
                  *, norm_keys: Iterable[str] = ()):
         super().__init__(params, lr, weight_decay, exclude_bias_and_norm, norm_keys)
         if not isinstance(betas, (list, tuple)) or len(betas) != 2:
-            raise ValueError(f"betas must be a pair [b1, b2], got {betas!r}")
+            raise OptionError("betas", f"must be a pair [b1, b2], got {betas!r}")
         self.betas = (check_float("betas[0]", betas[0], 0.0, 1.0, high_open=True),
                       check_float("betas[1]", betas[1], 0.0, 1.0, high_open=True))
         self.eps = check_float("eps", eps, 0.0)
@@ -225,7 +213,7 @@ class Adam(Optimizer):
         p -= p.dtype.type(self.lr / bc1) * (m / denom)
 
 
-@register("adamw")
+@OPTIMIZERS.register("adamw")
 class AdamW(Adam):
     """AdamW, as ``torch.optim.AdamW``: decoupled decay p = p * (1 - lr * weight_decay), then Adam.
 
@@ -246,7 +234,7 @@ class AdamW(Adam):
         super().__init__(params, lr, betas, eps, weight_decay, exclude_bias_and_norm, norm_keys=norm_keys)
 
 
-@register("rmsprop")
+@OPTIMIZERS.register("rmsprop")
 class RMSprop(Optimizer):
     """RMSprop, as ``torch.optim.RMSprop``.
 

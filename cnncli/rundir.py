@@ -23,6 +23,7 @@ from cnncli.callbacks import EarlyStopping, resolve_monitor
 from cnncli.config import Config
 from cnncli.errors import CheckpointError, OutputError
 from cnncli.events import EpochEnded, RunStarted
+from cnncli.layers import LAYERS
 
 if TYPE_CHECKING:
     from cnncli.state import TrainState
@@ -85,14 +86,12 @@ def write_text_atomic(path: Path, text: str) -> None:
 def _layer_signature(item: Any) -> tuple[str, dict[str, Any]]:
     """A ``model.layers`` item of ``Config.to_dict`` as (canonical type, every option with
     defaults filled), so that ``- bn`` and ``- batchnorm: {eps: 1.0e-5}`` compare equal."""
-    from cnncli.layers import options, resolve
-
     name, opts = (item, {}) if isinstance(item, str) else next(iter(item.items()))
     try:
-        cls = resolve(name)
+        cls = LAYERS.get(name)
     except KeyError:
         return str(name), dict(opts or {})
-    full = {n: p.default for n, p in options(cls).items()}
+    full = {n: p.default for n, p in LAYERS.options(cls).items()}
     full.update(opts or {})
     return cls.type_name, full
 

@@ -36,11 +36,12 @@ import math
 from typing import Any
 
 from cnncli.callbacks import MODES, MONITORS, Monitor, resolve_monitor
-from cnncli.layers.base import check_choice, check_float, check_int
-from cnncli.optim import registrar
+from cnncli.checks import OptionError, check_choice, check_float, check_int
+from cnncli.registry import Registry
 
-SCHEDULES: dict[str, type] = {}
-register = registrar(SCHEDULES)
+#: Schedule name -> class. ``base_lr``, ``epochs`` and ``steps_per_epoch`` are passed by the
+#: trainer; every other constructor argument is a ``train.schedule`` option.
+SCHEDULES = Registry("schedule", supplied=("base_lr", "epochs", "steps_per_epoch"))
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
@@ -84,7 +85,7 @@ class Schedule:
         """
 
 
-@register("constant")
+@SCHEDULES.register("constant")
 class Constant(Schedule):
     """The optimizer's lr throughout (torch: no scheduler)."""
 
@@ -95,7 +96,7 @@ class Constant(Schedule):
         return self.base_lr
 
 
-@register("step")
+@SCHEDULES.register("step")
 class Step(Schedule):
     """lr = base * gamma ** (epoch // step_size), as ``torch.optim.lr_scheduler.StepLR``.
 
@@ -113,7 +114,7 @@ class Step(Schedule):
         return self.base_lr * self.gamma ** (epoch // self.step_size)
 
 
-@register("multistep")
+@SCHEDULES.register("multistep")
 class MultiStep(Schedule):
     """lr = base * gamma ** (number of milestones <= epoch), as ``MultiStepLR``.
 
@@ -126,10 +127,10 @@ class MultiStep(Schedule):
     def __init__(self, base_lr, epochs, steps_per_epoch, *, milestones: list, gamma: float = 0.1):
         super().__init__(base_lr, epochs, steps_per_epoch)
         if not isinstance(milestones, (list, tuple)) or not milestones:
-            raise ValueError(f"milestones must be a non-empty list of epochs, e.g. [3, 6], got {milestones!r}")
+            raise OptionError("milestones", f"must be a non-empty list of epochs, e.g. [3, 6], got {milestones!r}")
         ms = [check_int("milestones", m, 1) for m in milestones]
         if any(b <= a for a, b in itertools.pairwise(ms)):
-            raise ValueError(f"milestones must be strictly increasing, got {ms}")
+            raise OptionError("milestones", f"must be strictly increasing, got {ms}")
         self.milestones = ms
         self.gamma = check_float("gamma", gamma, 0.0, low_open=True)
 
@@ -137,7 +138,7 @@ class MultiStep(Schedule):
         return self.base_lr * self.gamma ** bisect.bisect_right(self.milestones, epoch)
 
 
-@register("exponential")
+@SCHEDULES.register("exponential")
 class Exponential(Schedule):
     """lr = base * gamma ** epoch, as ``ExponentialLR``.
 
@@ -153,7 +154,7 @@ class Exponential(Schedule):
         return self.base_lr * self.gamma ** epoch
 
 
-@register("cosine")
+@SCHEDULES.register("cosine")
 class Cosine(Schedule):
     """Cosine annealing over the run, after an optional linear warmup.
 
@@ -165,8 +166,13 @@ class Cosine(Schedule):
 
     Args:
         eta_min: Final learning rate (>= 0). Default: 0.
-        warmup_epochs: Epochs of linear warmup (with ``train.epochs`` or more, the whole run
-            is warmup; a config refuses that, and an ``eta_min`` above the lr). Default: 0.
+        warmup_epochs: Epochs of linear warmup. With ``train.epochs`` or more (a short trial
+            run of a longer config, e.g. ``--epochs 1``) the run ends inside the warmup, as
+            torch's ``SequentialLR`` before its milestone. Default: 0.
+
+    Raises:
+        OptionError: On ``eta_min`` above ``base_lr`` (the lr would rise instead of anneal),
+            or a bad option value.
 
     References:
         Loshchilov & Hutter 2016 (SGDR), https://arxiv.org/abs/1608.03983;
@@ -176,6 +182,10 @@ class Cosine(Schedule):
     def __init__(self, base_lr, epochs, steps_per_epoch, *, eta_min: float = 0.0, warmup_epochs: int = 0):
         super().__init__(base_lr, epochs, steps_per_epoch)
         self.eta_min = check_float("eta_min", eta_min, 0.0)
+        if self.eta_min > self.base_lr:
+            raise OptionError("eta_min", f"is {self.eta_min:g}, above train.optimizer.lr {self.base_lr:g}: the lr "
+                              f"would rise instead of anneal. Use a final lr below the start, e.g. "
+                              f"eta_min: {self.base_lr / 100:g}")
         # warmup_epochs >= epochs is allowed (a short trial run of a longer config): the run
         # then ends inside the warmup, as torch's SequentialLR before its milestone
         self.warmup_epochs = check_int("warmup_epochs", warmup_epochs, 0)
@@ -188,7 +198,7 @@ class Cosine(Schedule):
         return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * (epoch - w) / t)) / 2
 
 
-@register("onecycle")
+@SCHEDULES.register("onecycle")
 class OneCycle(Schedule):
     """The 1cycle policy, per optimizer step, as ``torch.optim.lr_scheduler.OneCycleLR``
     (``anneal_strategy="cos"``, ``three_phase=False``, ``cycle_momentum=False``).
@@ -238,7 +248,7 @@ class OneCycle(Schedule):
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-@register("reduce_on_plateau")
+@SCHEDULES.register("reduce_on_plateau")
 class ReduceOnPlateau(Schedule):
     """Multiply lr by ``factor`` when ``monitor`` stops improving, as ``ReduceLROnPlateau``
     (``threshold_mode="rel"``, eps 1e-8).
@@ -315,15 +325,6 @@ class ReduceOnPlateau(Schedule):
         self.current_lr = check_float("lr", state.get("lr", self.base_lr), 0.0, low_open=True)
         self.num_bad_epochs = check_int("num_bad_epochs", state.get("num_bad_epochs", 0), 0)
         self.cooldown_counter = check_int("cooldown_counter", state.get("cooldown_counter", 0), 0)
-
-
-def schedule_options(cls: type) -> dict[str, Any]:
-    """The YAML options of a schedule class: its keyword-only arguments, with defaults
-    (``inspect.Parameter.empty`` for a required one)."""
-    import inspect
-
-    return {n: p.default for n, p in inspect.signature(cls.__init__).parameters.items()
-            if p.kind is p.KEYWORD_ONLY}
 
 
 def make_schedule(name: str, options: dict[str, Any], base_lr: float, epochs: int,

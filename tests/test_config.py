@@ -232,8 +232,6 @@ def test_a_non_mapping_file_is_reported_even_with_overrides(write_config):
 @pytest.mark.parametrize("sets, where, fragment", [
     (["data.mean=33.3"], "data.mean", "divide it by 255"),
     (["data.std=[0.3, 78.6, 0.3]"], "data.std", "divide it by 255"),
-    (["train.epochs=1", "train.schedule={type: cosine, warmup_epochs: 1}"], "train.schedule.warmup_epochs",
-     "Use warmup_epochs: 0 (no warmup) or more epochs"),
     (["model.layers[3]={linear: 10}"], "model.layers[3]", "a mapping like {out_features: ...}, got 10"),
     (["model.layers[0].conv2d.padding_mode=reflect"], "model.layers[0].padding_mode",
      "pads with zeros only"),
@@ -243,3 +241,19 @@ def test_messages_for_common_slips_say_what_to_write(write_config, sets, where, 
         C.load(write_config(GOOD), sets)
     msg = " ".join(str(e.value).split())
     assert where in msg and fragment in msg, msg
+
+
+def test_a_trial_run_inside_the_cosine_warmup_loads(write_config):
+    """The README's first look, ``cnncli train CONFIG --epochs 1``, on a cosine config with a
+    warmup: the run ends inside the warmup (as ``schedules.Cosine`` and torch's SequentialLR
+    allow), it is not refused (the config used to refuse warmup_epochs >= epochs)."""
+    cfg = C.load(write_config(GOOD + "  schedule: {type: cosine, warmup_epochs: 2}\n"), ["train.epochs=1"])
+    assert cfg.train.epochs == 1
+    assert cfg.train.schedule == C.ScheduleConfig("cosine", {"warmup_epochs": 2})
+
+
+def test_cosine_eta_min_above_the_lr_is_located_at_eta_min(write_config):
+    with pytest.raises(ConfigError) as e:
+        C.load(write_config(GOOD + "  schedule: {type: cosine, eta_min: 0.5}\n"))
+    assert problems(e.value) == [("train.schedule.eta_min", 11)]
+    assert "is 0.5, above train.optimizer.lr 0.001: the lr would rise instead of anneal" in str(e.value)

@@ -14,7 +14,7 @@ exception fails the test with hypothesis's minimal example. Inputs:
 
 The budget is small by default (the whole file well under a minute); set
 ``CNNCLI_FUZZ_EXAMPLES=5000`` to run that many examples per test. Weight and activation
-sizes are capped at 2**22 values here (``layers.base.MAX_ELEMENTS``) so no example
+sizes are capped at 2**22 values here (``checks.MAX_ELEMENTS``) so no example
 allocates much memory; the cap itself is what is being checked.
 """
 
@@ -50,7 +50,7 @@ from cnncli.errors import CheckpointError, CnncliError, ConfigError, DataError
 from cnncli.evaluation import load_model
 from cnncli.images import read_images
 from cnncli.layers import ALIASES, LAYERS, options
-from cnncli.layers import base as layer_base
+from cnncli import checks
 from cnncli.model import Model
 from cnncli.assemble import build_model
 from cnncli.data import prepare_data
@@ -70,7 +70,7 @@ def budget(default: int):
 def small_size_limit():
     """Cap every weight/activation at 2**22 values so no example allocates much."""
     mp = pytest.MonkeyPatch()
-    mp.setattr(layer_base, "MAX_ELEMENTS", 2 ** 22)
+    mp.setattr(checks, "MAX_ELEMENTS", 2 ** 22)
     yield
     mp.undo()
 
@@ -168,7 +168,7 @@ def layer_items(draw):
     """A layer as YAML would hold it: a bare name, {name: options} or {type: name, ...},
     with real option names and mostly plausible values (so geometry is exercised)."""
     name = draw(st.sampled_from(LAYER_NAMES) | st.text(max_size=8))
-    cls = LAYERS.get(ALIASES.get(name, name))
+    cls = LAYERS[ALIASES.get(name, name)] if ALIASES.get(name, name) in LAYERS else None
     names = (sorted(options(cls)) if cls is not None else OPTION_NAMES) or ["p"]
     opts = draw(st.dictionaries(st.sampled_from(names) | keys, plausible | values, max_size=4))
     form = draw(st.sampled_from(["bare", "nested", "type"]))

@@ -30,12 +30,12 @@ def output(console: Console) -> str:
 
 def test_summary_shows_the_memory_estimate_train_checks():
     """One estimate: summary's figure is Model.training_bytes_per_image() * batch size, the
-    number training.check_batch refuses batches by (it once summed forward outputs only)."""
-    from cnncli import training
+    number assemble.check_batch refuses batches by (it once summed forward outputs only)."""
+    from cnncli import assemble, data
     from cnncli.config import load
 
     cfg = load(REPO / "configs" / "mnist.yaml")
-    model = training.build_model(cfg, training.input_shape(cfg))
+    model = assemble.build_model(cfg, data.input_shape(cfg))
     expected = model.training_bytes_per_image() * cfg.train.batch_size / 2**20
     result = runner.invoke(app, ["summary", str(REPO / "configs" / "mnist.yaml")], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
@@ -46,7 +46,7 @@ def test_misclassified_odd_height_image_shows_its_last_row():
     """The last row of an odd-height image is drawn (the eval renderer once dropped it)."""
     from cnncli.metrics import confusion_matrix
     from cnncli.render import render_misclassified
-    from cnncli.training import EvalResult
+    from cnncli.loop import EvalResult
 
     images = np.zeros((1, 1, 5, 6), np.uint8)
     images[0, 0, -1] = 255                               # only the last (fifth) row is lit
@@ -62,7 +62,7 @@ def test_misclassified_odd_height_image_shows_its_last_row():
 def test_misclassified_rgb_images_are_drawn():
     from cnncli.metrics import confusion_matrix
     from cnncli.render import render_misclassified
-    from cnncli.training import EvalResult
+    from cnncli.loop import EvalResult
 
     images = np.full((3, 3, 8, 8), 200, np.uint8)
     labels, preds = np.array([0, 1, 2]), np.array([1, 1, 0])

@@ -6,11 +6,12 @@ import math
 
 import numpy as np
 
-from cnncli.layers.base import Layer, check_choice, check_float, check_int
-from cnncli.layers.registry import register
+from cnncli.checks import check_choice, check_float, check_int
+from cnncli.layers.base import Layer
+from cnncli.layers.registry import LAYERS
 
 
-@register("relu")
+@LAYERS.register("relu")
 class ReLU(Layer):
     """y = max(x, 0); the gradient at 0 is 0 (as PyTorch).
 
@@ -26,7 +27,7 @@ class ReLU(Layer):
         return dy * self._cached()
 
 
-@register("leaky_relu", "leakyrelu")
+@LAYERS.register("leaky_relu", "leakyrelu")
 class LeakyReLU(Layer):
     """y = x if x > 0 else negative_slope * x (``torch.nn.LeakyReLU``).
 
@@ -51,7 +52,7 @@ class LeakyReLU(Layer):
         return np.where(pos, dy, dy * dy.dtype.type(self.negative_slope))
 
 
-@register("elu")
+@LAYERS.register("elu")
 class ELU(Layer):
     """y = x if x > 0 else alpha * (exp(x) - 1) (``torch.nn.ELU``).
 
@@ -83,7 +84,7 @@ class ELU(Layer):
 _erf = np.frompyfunc(math.erf, 1, 1)
 
 
-@register("gelu")
+@LAYERS.register("gelu")
 class GELU(Layer):
     """y = x * Phi(x), Phi the standard normal CDF (``torch.nn.GELU``).
 
@@ -125,7 +126,7 @@ class GELU(Layer):
         return (dy * grad).astype(dy.dtype, copy=False)
 
 
-@register("sigmoid")
+@LAYERS.register("sigmoid")
 class Sigmoid(Layer):
     """y = 1 / (1 + exp(-x)), computed without overflow.
 
@@ -144,7 +145,7 @@ class Sigmoid(Layer):
         return dy * y * (1 - y)
 
 
-@register("tanh")
+@LAYERS.register("tanh")
 class Tanh(Layer):
     """y = tanh(x).
 
@@ -168,7 +169,7 @@ def _check_dim(dim, input_shape, name):
         raise ValueError(f"{name}: dim {dim} is out of range for input of {nd} dims (batch axis 0 excluded)")
 
 
-@register("softmax")
+@LAYERS.register("softmax")
 class Softmax(Layer):
     """Probabilities along ``dim``: exp(x - max) / sum(exp(x - max)) (``torch.nn.Softmax``).
 
@@ -202,7 +203,7 @@ class Softmax(Layer):
         return y * (dy - np.sum(dy * y, axis=self.dim, keepdims=True))
 
 
-@register("log_softmax", "logsoftmax")
+@LAYERS.register("log_softmax", "logsoftmax")
 class LogSoftmax(Layer):
     """Log-probabilities along ``dim``: x - max - log(sum(exp(x - max))) (``torch.nn.LogSoftmax``).
 

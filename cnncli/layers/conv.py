@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnncli.layers.base import Layer, check_bool, check_choice, check_int, check_ndim, check_pair, check_size
+from cnncli.checks import OptionError, check_bool, check_choice, check_int, check_ndim, check_pair, check_size
+from cnncli.layers.base import Layer
 from cnncli.layers.init import INITIALIZERS, initialize
-from cnncli.layers.registry import register
+from cnncli.layers.registry import LAYERS
 from cnncli.layers.windows import chwn, out_size, valid_range
 
 
@@ -23,14 +24,14 @@ def conv_padding(padding, kernel: tuple[int, int], dilation: tuple[int, int],
         if mode == "valid":
             return 0, 0, 0, 0
         if stride != (1, 1):
-            raise ValueError("padding 'same' needs stride 1 (as in PyTorch); give padding as a number instead")
+            raise OptionError("padding", "'same' needs stride 1 (as in PyTorch); give padding as a number instead")
         th, tw = dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1)
         return th // 2, th - th // 2, tw // 2, tw - tw // 2
     ph, pw = check_pair("padding", padding, 0)
     return ph, ph, pw, pw
 
 
-@register("conv2d", "conv")
+@LAYERS.register("conv2d", "conv")
 class Conv2d(Layer):
     """2-D convolution over NCHW input: im2col by strided slabs, then one matrix multiply per batch.
 
@@ -80,7 +81,7 @@ class Conv2d(Layer):
         self.dilation = check_pair("dilation", dilation, 1)
         self.groups = check_int("groups", groups, 1)
         if padding_mode in ("reflect", "replicate", "circular"):
-            raise ValueError(f"padding_mode {padding_mode!r} is not supported: cnncli pads with zeros only "
+            raise OptionError("padding_mode", f"{padding_mode!r} is not supported: cnncli pads with zeros only "
                              f"(PyTorch's reflect, replicate and circular modes are not implemented); "
                              f"use padding_mode: zeros or leave it out")
         self.padding_mode = check_choice("padding_mode", padding_mode, ("zeros",))

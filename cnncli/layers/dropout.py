@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnncli.layers.base import Layer, check_float, check_ndim
-from cnncli.layers.registry import register
+from cnncli.checks import check_float, check_ndim
+from cnncli.layers.base import Layer
+from cnncli.layers.registry import LAYERS
 
 
-@register("dropout")
+@LAYERS.register("dropout")
 class Dropout(Layer):
     """Inverted dropout: zero elements with probability p in training, scale the rest by 1/(1-p).
 
@@ -55,7 +56,7 @@ class Dropout(Layer):
         return dy if mask is False else dy * mask
 
 
-@register("dropout2d", "spatial_dropout2d")
+@LAYERS.register("dropout2d", "spatial_dropout2d")
 class Dropout2d(Dropout):
     """Channel dropout: zero whole channels with probability p in training, scale the rest by 1/(1-p).
 

@@ -1,7 +1,7 @@
 """Weight initialisers, selectable per layer with ``init:``.
 
-Each takes ``(rng, weight_shape, fan_in, fan_out, dtype)`` and returns
-``(weight, bias_fill)`` where ``bias_fill(shape)`` makes the bias.
+Each is registered in :data:`INITIALIZERS` and takes ``(rng, weight_shape, fan_in,
+fan_out, bias_shape)``, returning ``(weight, bias)`` (bias None: zeros).
 fan_in/fan_out follow PyTorch's ``_calculate_fan_in_and_fan_out``:
 conv ``in_channels/groups * kh * kw`` and ``out_channels * kh * kw``; linear
 ``in_features`` and ``out_features``.
@@ -21,9 +21,53 @@ import math
 
 import numpy as np
 
-from cnncli.layers.base import check_size
+from cnncli.checks import check_size
+from cnncli.registry import Registry
 
-INITIALIZERS = ("he_normal", "he_uniform", "xavier_normal", "xavier_uniform", "torch_default")
+#: Initializer name -> function ``(rng, shape, fan_in, fan_out, bias_shape) -> (weight, bias)``
+#: (float64 values, ``bias`` None for a zero bias; :func:`initialize` casts them). None of
+#: their arguments is a YAML option: ``init: NAME`` picks one.
+INITIALIZERS = Registry("initializer", supplied=("rng", "shape", "fan_in", "fan_out", "bias_shape"))
+
+
+@INITIALIZERS.register("he_normal")
+def he_normal(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, fan_out: int,
+              bias_shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """N(0, 2 / fan_in) (He et al. 2015, torch ``kaiming_normal_``)."""
+    return rng.normal(0.0, math.sqrt(2.0 / fan_in), shape), None
+
+
+@INITIALIZERS.register("he_uniform")
+def he_uniform(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, fan_out: int,
+               bias_shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """U(-b, b) with b = sqrt(6 / fan_in) (torch ``kaiming_uniform_``)."""
+    bound = math.sqrt(6.0 / fan_in)
+    return rng.uniform(-bound, bound, shape), None
+
+
+@INITIALIZERS.register("xavier_normal")
+def xavier_normal(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, fan_out: int,
+                  bias_shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """N(0, 2 / (fan_in + fan_out)) (Glorot & Bengio 2010)."""
+    return rng.normal(0.0, math.sqrt(2.0 / (fan_in + fan_out)), shape), None
+
+
+@INITIALIZERS.register("xavier_uniform")
+def xavier_uniform(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, fan_out: int,
+                   bias_shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """U(-b, b) with b = sqrt(6 / (fan_in + fan_out)) (Glorot & Bengio 2010)."""
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-bound, bound, shape), None
+
+
+@INITIALIZERS.register("torch_default")
+def torch_default(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, fan_out: int,
+                  bias_shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's ``reset_parameters`` (kaiming_uniform with
+    a=sqrt(5)); the bias is drawn from the same range, after the weight."""
+    bound = 1.0 / math.sqrt(fan_in)
+    w = rng.uniform(-bound, bound, shape)
+    return w, None if bias_shape is None else rng.uniform(-bound, bound, bias_shape)
 
 _SHAPES_ONLY = contextvars.ContextVar("cnncli_init_shapes_only", default=False)
 
@@ -54,22 +98,11 @@ def initialize(name: str, rng: np.random.Generator, shape: tuple[int, ...], fan_
     if _SHAPES_ONLY.get():
         zero = np.zeros((), dtype=dtype)
         return np.broadcast_to(zero, shape), None if bias_shape is None else np.broadcast_to(zero, bias_shape)
-    bias = None if bias_shape is None else np.zeros(bias_shape, dtype=dtype)
-    if name == "he_normal":
-        w = rng.normal(0.0, math.sqrt(2.0 / fan_in), shape)
-    elif name == "he_uniform":
-        bound = math.sqrt(6.0 / fan_in)
-        w = rng.uniform(-bound, bound, shape)
-    elif name == "xavier_normal":
-        w = rng.normal(0.0, math.sqrt(2.0 / (fan_in + fan_out)), shape)
-    elif name == "xavier_uniform":
-        bound = math.sqrt(6.0 / (fan_in + fan_out))
-        w = rng.uniform(-bound, bound, shape)
-    elif name == "torch_default":
-        bound = 1.0 / math.sqrt(fan_in)
-        w = rng.uniform(-bound, bound, shape)
-        if bias_shape is not None:
-            bias = rng.uniform(-bound, bound, bias_shape).astype(dtype)
-    else:
-        raise ValueError(f"unknown init {name!r}; choose one of {', '.join(INITIALIZERS)}")
-    return w.astype(dtype), bias
+    try:
+        draw = INITIALIZERS.get(name)
+    except KeyError:
+        raise ValueError(f"unknown init {name!r}; choose one of {', '.join(INITIALIZERS)}") from None
+    w, bias = draw(rng, shape, fan_in, fan_out, bias_shape)
+    if bias is None and bias_shape is not None:
+        bias = np.zeros(bias_shape, dtype=dtype)
+    return w.astype(dtype), None if bias is None else bias.astype(dtype)

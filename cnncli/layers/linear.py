@@ -6,13 +6,14 @@ import math
 
 import numpy as np
 
-from cnncli.layers.base import Layer, check_bool, check_choice, check_int
+from cnncli.checks import check_bool, check_choice, check_int
+from cnncli.layers.base import Layer
 from cnncli.layers.init import INITIALIZERS, initialize
-from cnncli.layers.registry import register
+from cnncli.layers.registry import LAYERS
 from cnncli.layers.windows import is_chwn
 
 
-@register("linear", "dense", "fc")
+@LAYERS.register("linear", "dense", "fc")
 class Linear(Layer):
     """Affine map y = x @ weight + bias (``torch.nn.Linear`` with its weight transposed).
 
@@ -82,7 +83,7 @@ class Linear(Layer):
         return dy @ self.params["weight"].T
 
 
-@register("flatten")
+@LAYERS.register("flatten")
 class Flatten(Layer):
     """Flatten every axis after the batch axis (``torch.nn.Flatten()``), in C order.
 

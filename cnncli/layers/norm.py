@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnncli.layers.base import Layer, check_bool, check_float, check_int, check_ndim
-from cnncli.layers.registry import register
+from cnncli.checks import check_bool, check_float, check_int, check_ndim
+from cnncli.layers.base import Layer
+from cnncli.layers.registry import LAYERS
 from cnncli.layers.windows import is_chwn
 
 
-@register("batchnorm", "batchnorm2d", "batchnorm1d", "batch_norm", "bn")
+@LAYERS.register("batchnorm", "batchnorm2d", "batchnorm1d", "batch_norm", "bn")
 class BatchNorm(Layer):
     """Batch normalization per channel (NCHW) or per feature (NF).
 
@@ -40,9 +41,9 @@ class BatchNorm(Layer):
         https://pytorch.org/docs/stable/generated/torch.nn.BatchNorm2d.html
     """
 
+    inferred = {"num_features": lambda s: s[0]}
     normalizes_over_batch = True
     is_normalization = True
-    inferred = {"num_features": lambda s: s[0]}
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, *, dtype=np.float32):

@@ -5,16 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnncli.layers.base import (
-    MAX_ELEMENTS,
-    Layer,
-    check_bool,
-    check_int,
-    check_ndim,
-    check_pair,
-    check_size,
-)
-from cnncli.layers.registry import register
+from cnncli.checks import MAX_ELEMENTS, OptionError, check_bool, check_int, check_ndim, check_pair, check_size
+from cnncli.layers.base import Layer
+from cnncli.layers.registry import LAYERS
 from cnncli.layers.windows import empty_chwn, is_chwn, offset_slice, out_size, pad, window_view
 
 
@@ -29,7 +22,7 @@ class _Pool2d(Layer):
         self.ceil_mode = check_bool("ceil_mode", ceil_mode)
         for p, k in zip(self.padding, self.kernel_size):
             if p > k // 2:  # torch: "pad should be at most half of effective kernel size"
-                raise ValueError(f"padding {self.padding} must be at most half of kernel_size {self.kernel_size}")
+                raise OptionError("padding", f"{self.padding} must be at most half of kernel_size {self.kernel_size}")
 
     def extra_repr(self) -> str:
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
@@ -84,7 +77,7 @@ class _Pool2d(Layer):
         return dxp[:, :, ph:ph + H, pw:pw + W]
 
 
-@register("maxpool2d", "maxpool", "max_pool2d")
+@LAYERS.register("maxpool2d", "maxpool", "max_pool2d")
 class MaxPool2d(_Pool2d):
     """Max over each window, as ``torch.nn.MaxPool2d``.
 
@@ -210,7 +203,7 @@ def _logical(p, stored_chwn: bool):
     return p.transpose(3, 0, 1, 2) if stored_chwn else p
 
 
-@register("avgpool2d", "avgpool", "avg_pool2d")
+@LAYERS.register("avgpool2d", "avgpool", "avg_pool2d")
 class AvgPool2d(_Pool2d):
     """Mean over each window, as ``torch.nn.AvgPool2d``.
 
@@ -281,7 +274,7 @@ class AvgPool2d(_Pool2d):
         return self._col2im(x_shape, xp_shape, lambda a, b: share)
 
 
-@register("global_avgpool", "global_avg_pool", "gap")
+@LAYERS.register("global_avgpool", "global_avg_pool", "gap")
 class GlobalAvgPool(Layer):
     """Mean over all spatial positions of each channel (``torch.nn.AdaptiveAvgPool2d(1)``).
 

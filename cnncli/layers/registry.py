@@ -1,67 +1,24 @@
-"""The layer registry: YAML type name -> layer class.
+"""The layer registry: YAML type name -> layer class (a :class:`cnncli.registry.Registry`).
 
-Adding a layer is one class in one module plus its ``@register`` line
-(the decorator-fills-a-dict pattern of explosion/catalogue and thinc).
+Adding a layer is one class in one module plus its ``@register`` line.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from typing import Any
 
-from cnncli.errors import did_you_mean
+from cnncli.registry import Registry
 
-#: Canonical type name -> class.
-LAYERS: dict[str, type] = {}
+#: Canonical type name -> class; ``LAYERS.aliases`` maps Keras/PyTorch spellings to it.
+#: ``rng`` and ``dtype`` are passed by ``model.build``; ``cls.inferred`` sizes come from
+#: the running shape: neither is a YAML option.
+LAYERS = Registry("layer", supplied=("rng", "dtype"), listing="Run 'cnncli layers' to list them.")
 #: Alternative spellings a user may know from Keras or PyTorch -> canonical name.
-ALIASES: dict[str, str] = {}
-
-#: Constructor arguments that are not YAML options: filled by ``model.build``.
-BUILD_ARGS = ("rng", "dtype")
-
-
-def register(name: str, *aliases: str) -> Callable[[type], type]:
-    """Class decorator: make the layer available in YAML as ``name`` (and ``aliases``).
-
-    Raises:
-        ValueError: If the name is taken (two layers must never share one).
-    """
-
-    def add(cls: type) -> type:
-        for key in (name, *aliases):
-            if key in LAYERS or key in ALIASES:
-                raise ValueError(f"layer name {key!r} is registered twice")
-        LAYERS[name] = cls
-        for alias in aliases:
-            ALIASES[alias] = name
-        cls.type_name = name
-        return cls
-
-    return add
-
-
-def resolve(name: str) -> type:
-    """Return the class registered as ``name`` (or one of its aliases).
-
-    Raises:
-        KeyError: With a message naming the closest registered name.
-    """
-    key = str(name).strip().lower()
-    if key in LAYERS:
-        return LAYERS[key]
-    if key in ALIASES:
-        return LAYERS[ALIASES[key]]
-    raise KeyError(f"unknown layer '{name}'.{did_you_mean(key, [*LAYERS, *ALIASES])}"
-                   f" Run 'cnncli layers' to list them.")
-
-
-def options(cls: type) -> dict[str, inspect.Parameter]:
-    """The YAML options of a layer class: its constructor arguments, less the ones
-    ``model.build`` infers from the input shape (``cls.inferred``) or passes itself."""
-    sig = inspect.signature(cls.__init__)
-    skip = {"self", *BUILD_ARGS, *getattr(cls, "inferred", {})}
-    return {n: p for n, p in sig.parameters.items()
-            if n not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+ALIASES = LAYERS.aliases
+register = LAYERS.register
+resolve = LAYERS.get
+options = LAYERS.options
 
 
 def describe(cls: type) -> dict[str, Any]:
