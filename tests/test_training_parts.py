@@ -193,3 +193,17 @@ def test_a_run_folder_given_as_checkpoint_points_to_best(tmp_path):
     _save(tmp_path / "best.npz")
     with pytest.raises(CheckpointError, match="is a folder, not a checkpoint. Did you mean"):
         checkpoint.load(tmp_path)
+
+
+def test_model_keeps_only_what_it_uses():
+    """``Model.specs`` was stored and never read (issue 13): a built model holds its layers,
+    shapes, generator and dtype, and nothing that duplicates the config."""
+    import inspect
+
+    from cnncli.model import LayerSpec, Model, build
+
+    assert list(inspect.signature(Model.__init__).parameters) == ["self", "layers", "input_shape", "shapes",
+                                                                   "rng", "dtype"]
+    model = build([LayerSpec("flatten"), LayerSpec("linear", {"out_features": 3})], (1, 2, 2))
+    assert not hasattr(model, "specs")
+    assert model.shapes == [(4,), (3,)] and model.output_shape == (3,)
