@@ -170,7 +170,8 @@ def train(
             training.train(cfg, reporter, resume=resume, branch=out is not None, overwrite=overwrite,
                            batch_size_flag="--batch-size" if batch_size is not None else None)
         except training.TrainingInterrupted as e:
-            e.args = (f"{e.args[0]}\n{_resume_hint(config, overrides, e.resume_from, e.path.parent)}",)
+            if not e.complete:
+                e.args = (f"{e.args[0]}\n{_resume_hint(config, overrides, e.resume_from, e.path.parent)}",)
             raise
         finally:
             reporter.close()

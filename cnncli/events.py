@@ -30,6 +30,8 @@ class RunStarted:
     num_params: int
     start_epoch: int = 0          # epochs already finished (a resumed run)
     changes: tuple[str, ...] = ()  # settings that differ from the resumed checkpoint's run
+    left_out: int = 0             # training images each epoch leaves out (a last batch of one)
+    repaired: tuple[str, ...] = ()  # what resuming mended in the run folder (rundir.repair)
 
 
 @dataclass(frozen=True)

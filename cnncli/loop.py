@@ -20,6 +20,7 @@ from cnncli.losses import softmax_cross_entropy
 from cnncli.metrics import confusion_matrix
 from cnncli.model import Model
 from cnncli.optim import Optimizer
+from cnncli.schedules import steps_per_epoch
 
 
 @dataclass
@@ -59,7 +60,7 @@ def run_batches(model: Model, ds: Dataset, batch_size: int, lut: np.ndarray, *, 
     """
     n = len(ds)
     order = np.arange(n) if order is None else order
-    if training and n > batch_size and n % batch_size == 1:
+    if training and steps_per_epoch(n, batch_size) < math.ceil(n / batch_size):
         # a last batch of one image would break batchnorm (one value per feature); drop it, as
         # DataLoader(drop_last=True) would, but only then: every other image is still used
         order = order[:-1]

@@ -233,6 +233,12 @@ class TrainReporter:
         self.console.print(f"data: {e.n_train:,} train, {e.n_val:,} validation, {e.n_test:,} test images; "
                            f"model: {e.num_params:,} parameters; {_n(e.epochs, 'epoch')} of "
                            f"{_n(e.batches_per_epoch, 'batch')}")
+        if e.left_out:
+            self.console.print(f"each epoch leaves out {_n(e.left_out, 'training image')} (the last batch would "
+                               f"hold one, which batchnorm cannot normalize; shuffling picks another each epoch)")
+        if e.repaired:
+            self.console.print("resume repaired the run folder: " + "; ".join(e.repaired), markup=False,
+                               highlight=False)
         if e.start_epoch:
             self.console.print(f"resuming after epoch {e.start_epoch} of {e.epochs}")
         if e.changes:

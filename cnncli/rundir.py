@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from cnncli import checkpoint
+from cnncli import checkpoint, runlock
 from cnncli.callbacks import EarlyStopping, resolve_monitor
 from cnncli.config import Config
 from cnncli.errors import CheckpointError, OutputError
@@ -37,29 +37,27 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "timing.jsonl", "best.npz", "last.n
 
 
 def new_run_dir(base: str | Path, overwrite: bool = False) -> Path:
-    """``base`` if it is free (or ``overwrite``), else the first free ``base-2``, ``base-3``, ...
+    """``base`` if it is free (or ``overwrite``), else the first free ``base-2``, ``base-3``, ...;
+    locked for this process (:mod:`cnncli.runlock`) before it is returned.
 
     A run folder is never overwritten silently (Ultralytics' ``exp2`` rule). With
     ``overwrite`` the previous run's files (config, checkpoints, metrics) are removed first,
-    so the folder never mixes two runs.
+    so the folder never mixes two runs. Picking is atomic: a folder is taken by creating it
+    or, when it exists empty (or ``overwrite``), by locking it, so two runs started together
+    with the same ``base`` get two folders.
 
     Raises:
-        CnncliError: If ``base`` is an existing file, or the folder cannot be created or written.
+        OutputError: ``base`` is an existing file, the folder cannot be created or written, or
+            (``overwrite``) another process is writing it.
     """
     base = Path(base)
-
-    def taken(p: Path) -> bool:
-        return p.exists() and (not p.is_dir() or any(p.iterdir()))
-
-    path = base
+    path, k = base, 1
     try:
         if base.exists() and not base.is_dir():
             raise OutputError(f"{base}: exists and is not a folder; choose a run folder with --out")
-        k = 1
-        while not overwrite and taken(path):
+        while not _claim(path, overwrite):
             k += 1
             path = base.with_name(f"{base.name}-{k}")
-        path.mkdir(parents=True, exist_ok=True)
         if overwrite:
             for name in RUN_FILES:
                 (path / name).unlink(missing_ok=True)
@@ -73,9 +71,54 @@ def new_run_dir(base: str | Path, overwrite: bool = False) -> Path:
     except OutputError:
         raise
     except OSError as e:
+        runlock.release(path)
         raise OutputError(f"{path}: cannot write the run folder ({e.strerror or e}). "
                           f"Choose another with --out.") from None
     return path
+
+
+def _claim(path: Path, overwrite: bool) -> bool:
+    """Take ``path`` for a new run: create it, or lock it if it exists and is empty (any
+    existing folder with ``overwrite``); False if it is taken.
+
+    Raises:
+        OutputError: ``overwrite`` of a folder another process is writing.
+        OSError: The folder cannot be created or locked.
+    """
+    try:
+        path.mkdir(parents=True)
+        created = True
+    except FileExistsError:
+        if not path.is_dir() or not (overwrite or not any(path.iterdir())):
+            return False
+        created = False
+    try:
+        runlock.acquire(path)
+    except runlock.FolderBusy as e:
+        if overwrite:
+            raise OutputError(f"{path}: {e}; --overwrite cannot replace a run that is still being written. "
+                              f"Wait for it to end, stop it, or choose another --out.") from None
+        return False
+    if not created and not overwrite and any(path.iterdir()):   # another run filled it meanwhile
+        runlock.release(path)
+        return False
+    return True
+
+
+def lock_run_dir(folder: Path) -> None:
+    """Lock ``folder``, a run folder about to be written (a resumed run's own folder, or one
+    ``fit`` is given), for this process (no-op if it already holds it).
+
+    Raises:
+        CheckpointError: Another process is writing it, named by its PID.
+    """
+    try:
+        runlock.acquire(folder)
+    except runlock.FolderBusy as e:
+        raise CheckpointError(f"{e}: one run writes a run folder at a time, so this one cannot write there "
+                              f"while it trains. Wait for it to end (or stop it), or choose another --out.") from None
+    except OSError as e:
+        raise CheckpointError(f"{folder}: cannot open the run folder ({e.strerror or e})") from None
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -329,11 +372,17 @@ class RunWriter:
     user's subscriber, so a file that cannot be written stops the run before it is reported).
 
     On ``RunStarted``: ``config.yaml`` (the state's resolved config, headed by its run id).
-    On ``EpochEnded``: ``last.npz``; removes an ``interrupted.npz`` (now older than
-    ``last.npz``); ``best.npz`` if the epoch is the best; ``epoch_{k}.npz`` every ``every``
-    epochs (0: never); then the epoch's lines of ``metrics.jsonl`` (the metrics, no timings,
-    so equal runs write equal bytes) and ``timing.jsonl``. A resumed run keeps the lines of
-    the epochs its checkpoint had finished and rewrites the rest.
+    On ``EpochEnded``, in this order, so that ``last.npz`` is the commit record of the epoch
+    and a kill at any instant leaves a folder that ``--resume`` (with :func:`repair`) ends
+    exactly as an uninterrupted run: ``epoch_{k}.npz`` every ``every`` epochs (0: never);
+    the epoch's lines of ``metrics.jsonl`` (the metrics, no timings, so equal runs write
+    equal bytes) and ``timing.jsonl``; ``last.npz``; then ``best.npz`` if the epoch is the
+    best (a kill before it is repaired from ``last.npz``, which then holds the same state);
+    and the removal of an ``interrupted.npz`` (now older than ``last.npz``). A resumed run
+    keeps the lines of the epochs its checkpoint had finished and rewrites the rest.
+
+    Attributes:
+        committed: The epoch whose ``last.npz`` is written (the resumed epoch at first).
 
     Args:
         state: The run's :class:`~cnncli.state.TrainState` (its ``epoch`` is the resumed epoch).
@@ -347,6 +396,7 @@ class RunWriter:
         self.state = state
         self.every = every
         self.folder = state.run_dir
+        self.committed = state.epoch
         self.metrics_path, self.timing_path = self.folder / "metrics.jsonl", self.folder / "timing.jsonl"
         self.rows = read_rows(self.metrics_path, state.epoch) if state.epoch else []
         self.timing_rows = read_rows(self.timing_path, state.epoch) if state.epoch else []
@@ -368,10 +418,6 @@ class RunWriter:
 
     def end_epoch(self, e: EpochEnded) -> None:
         save, folder = self.state.save, self.folder
-        save(folder / "last.npz")
-        (folder / "interrupted.npz").unlink(missing_ok=True)
-        if e.is_best:
-            save(folder / "best.npz")
         if self.every and e.epoch % self.every == 0:
             save(folder / f"epoch_{e.epoch}.npz")
         self.rows.append(e.metrics)
@@ -379,3 +425,60 @@ class RunWriter:
                                  "seconds": round(e.seconds, 3), "images_per_s": round(e.images_per_s, 1)})
         write_rows(self.metrics_path, self.rows)
         write_rows(self.timing_path, self.timing_rows)
+        save(folder / "last.npz")                       # the commit record of the epoch
+        self.committed = e.epoch
+        if e.is_best:
+            save(folder / "best.npz")
+        (folder / "interrupted.npz").unlink(missing_ok=True)
+
+
+def repair(ck: checkpoint.Checkpoint) -> list[str]:
+    """Mend what a kill left half-done in the run folder of ``ck``, the folder's ``last.npz``,
+    before the run continues there; return what was done, as sentences.
+
+    ``last.npz`` is the commit record (see :class:`RunWriter`): lines of ``metrics.jsonl`` and
+    ``timing.jsonl`` after its epoch k and ``epoch_{j}.npz`` with j > k belong to an epoch
+    that never committed and are removed (the resumed run writes them again, equal);
+    ``metrics.jsonl`` missing epoch k's line gets it from the checkpoint's metadata; a
+    ``best.npz`` that should hold epoch k (the checkpoint's best epoch) but does not is
+    copied from ``last.npz`` (the same state); hidden temporaries (``.*.tmp``) of cut writes
+    are deleted.
+
+    Raises:
+        OutputError: A file cannot be rewritten.
+    """
+    folder, meta = ck.path.parent, ck.meta
+    epoch = meta["epoch"]
+    done = []
+    for name in ("metrics.jsonl", "timing.jsonl"):
+        path = folder / name
+        if not path.exists():
+            continue
+        rows = read_rows(path, epoch)
+        if name == "metrics.jsonl" and isinstance(meta.get("metrics"), dict) and meta["metrics"].get("epoch") == epoch \
+                and not any(r.get("epoch") == epoch for r in rows):
+            rows.append(meta["metrics"])
+            done.append(f"metrics.jsonl: the line of epoch {epoch} restored from {ck.path.name}")
+        if path.read_bytes() != "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8"):
+            write_rows(path, rows)
+    for old in folder.glob("epoch_*.npz"):
+        k = old.stem.removeprefix("epoch_")
+        if k.isdigit() and int(k) > epoch:
+            old.unlink(missing_ok=True)
+            done.append(f"{old.name} removed (its epoch never committed)")
+    for tmp in folder.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    best_epoch = (meta.get("best") or {}).get("best_epoch")
+    best = folder / "best.npz"
+    if best_epoch == epoch and _epoch_of(best) != epoch:
+        shutil.copyfile(ck.path, best)
+        done.append(f"best.npz restored from {ck.path.name} (epoch {epoch})")
+    return done
+
+
+def _epoch_of(path: Path) -> int | None:
+    """The epoch a checkpoint holds (None if it is missing or unreadable)."""
+    try:
+        return checkpoint.load(path).meta.get("epoch") if path.is_file() else None
+    except CheckpointError:
+        return None

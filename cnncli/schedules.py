@@ -46,7 +46,9 @@ SCHEDULES = Registry("schedule", supplied=("base_lr", "epochs", "steps_per_epoch
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
     """Optimizer steps in one epoch of ``n_train`` images: ceil(n / batch_size), less the
-    last batch when it would hold a single image (the trainer drops it, see ``run_batches``)."""
+    last batch when it would hold a single image. This is the rule: ``loop.run_batches``
+    leaves that image out of the epoch (a batch of one cannot be batch-normalized), and
+    the trainer reports it."""
     n = n_train - 1 if n_train > batch_size and n_train % batch_size == 1 else n_train
     return max(1, math.ceil(n / batch_size))
 

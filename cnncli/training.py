@@ -29,22 +29,25 @@ from cnncli.events import (BatchEnded, EpochEnded, EpochStarted, Event, EventHan
 from cnncli.loop import EvalResult, evaluate, run_batches  # noqa: F401 (EvalResult re-exported)
 from cnncli.model import Model
 from cnncli.optim import Optimizer
-from cnncli.rundir import (RunWriter, check_resume, check_resume_in_place, new_run_dir, resume_changes,
-                           same_folder, start_branch)
-from cnncli.schedules import Schedule
+from cnncli import runlock
+from cnncli.rundir import (RunWriter, check_resume, check_resume_in_place, lock_run_dir, new_run_dir, repair,
+                           resume_changes, same_folder, start_branch)
+from cnncli.schedules import Schedule, steps_per_epoch
 from cnncli.state import TrainState
 
 
 class TrainingInterrupted(CnncliError):
     """Ctrl-C during training; the state was saved to ``path``. ``resume_from`` is the
-    checkpoint that continues the run exactly (``last.npz``), None if no epoch finished."""
+    checkpoint that continues the run exactly (``last.npz``), None if no epoch finished or
+    the run is ``complete`` (every epoch was trained; ``path`` is then its ``last.npz``)."""
 
     exit_code = 130
 
-    def __init__(self, message: str, path: Path, resume_from: Path | None = None):
+    def __init__(self, message: str, path: Path, resume_from: Path | None = None, complete: bool = False):
         super().__init__(message)
         self.path = path
         self.resume_from = resume_from
+        self.complete = complete
 
 
 
@@ -80,6 +83,7 @@ def train(cfg: Config, on_event: EventHandler, *, resume: str | Path | None = No
         ck = checkpoint.load(resume)
         check_resume(cfg, ck)                 # a wrong or finished checkpoint fails before data is read
         if not branch:
+            lock_run_dir(ck.path.parent)      # one writer per run folder: never resume a live run
             check_resume_in_place(ck)         # never overwrite another folder's files nor rewind a run
     # with a declared input shape, bad geometry fails before any data is read
     model = build_model(cfg) if cfg.model.input_shape is not None else None
@@ -141,21 +145,44 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
     augment = Augment(cfg.data.augment.translate, cfg.data.augment.hflip, rng=state.augment_rng)
     if resume is not None:
         state.restore(resume, check_resume(resolved, resume), augment.active)
-    emit = _broadcast(RunWriter(state, t.checkpoint.every), on_event)
-    emit(RunStarted(run_dir, t.epochs, math.ceil(len(data.train) / t.batch_size), len(data.train),
-                    len(data.val or ()), len(data.test or ()), model.num_params(), state.epoch,
-                    tuple(resume_changes(resolved, resume)) if resume is not None else ()))
-    t_run = time.perf_counter()
-    lut = pixel_lut(resolved.data.mean, resolved.data.std, model.dtype)
+    lock_run_dir(run_dir)                   # one writer per run folder, for the run's life
+    try:
+        repaired = tuple(repair(resume)) if in_place else ()
+        writer = RunWriter(state, t.checkpoint.every)
+        emit = _broadcast(writer, on_event)
+        steps = steps_per_epoch(len(data.train), t.batch_size)   # less a last batch of one image, left out
+        emit(RunStarted(run_dir, t.epochs, steps, len(data.train), len(data.val or ()), len(data.test or ()),
+                        model.num_params(), state.epoch,
+                        tuple(resume_changes(resolved, resume)) if resume is not None else (),
+                        int(steps < math.ceil(len(data.train) / t.batch_size)), repaired))
+        t_run = time.perf_counter()
+        lut = pixel_lut(resolved.data.mean, resolved.data.std, model.dtype)
+        stopped_early = _epochs(state, data, lut, augment if augment.active else None, emit, writer)
+        test = _test(state, data, lut)
+        end = RunEnded(run_dir, state.best.best_epoch, run_dir / "best.npz", run_dir / "last.npz", test,
+                       time.perf_counter() - t_run, stopped_early)
+        emit(end)
+        return end
+    finally:
+        runlock.release(run_dir)
+
+
+def _epochs(state: TrainState, data: Data, lut: np.ndarray, augment: Augment | None, emit: EventHandler,
+            writer: RunWriter) -> str | None:
+    """Train the epochs left; return why early stopping ended the run (None if it did not).
+
+    Raises:
+        TrainingInterrupted: Ctrl-C (see :func:`_interrupted`).
+    """
+    t = state.cfg.train
     stepper = _Stepper(state.optimizer, state.schedule, t.grad_clip_norm)
-    stopped_early = None
     interrupt = _DeferredInterrupt()
     try:
         with interrupt:
             for epoch in range(state.epoch + 1, t.epochs + 1):
                 emit(EpochStarted(epoch, t.epochs))
-                metrics, seconds, train_seconds = _train_epoch(state, data, epoch, lut, stepper,
-                                                               augment if augment.active else None, emit, interrupt)
+                metrics, seconds, train_seconds = _train_epoch(state, data, epoch, lut, stepper, augment, emit,
+                                                               interrupt)
                 state.schedule.epoch_end(metrics)
                 is_best = state.best.update(metrics[state.best.monitor], epoch)
                 stop = state.early.epoch_end(metrics[state.early.tracker.monitor], epoch) \
@@ -164,21 +191,31 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
                 emit(EpochEnded(epoch, t.epochs, metrics, seconds, is_best,
                                 len(data.train) / max(train_seconds, 1e-9), train_seconds))
                 if stop:
-                    stopped_early = state.early.reason(state.early.tracker.monitor)
-                    break
+                    return state.early.reason(state.early.tracker.monitor)
                 interrupt.check()
     except KeyboardInterrupt:
-        raise _interrupted(state) from None
-    best_path, last_path = run_dir / "best.npz", run_dir / "last.npz"
-    test = None
-    if data.test is not None:
-        ck = checkpoint.load(best_path if best_path.exists() else last_path)
-        model.load_arrays(ck.params, ck.buffers)
-        test = evaluate(model, data.test, t.eval_batch_size, lut, model.output_shape[0])
-    end = RunEnded(run_dir, state.best.best_epoch, best_path, last_path, test, time.perf_counter() - t_run,
-                   stopped_early)
-    emit(end)
-    return end
+        raise _interrupted(state, writer.committed) from None
+    return None
+
+
+def _test(state: TrainState, data: Data, lut: np.ndarray) -> EvalResult | None:
+    """The best checkpoint (``last.npz`` if there is none) evaluated on the test split, if any.
+
+    Raises:
+        TrainingInterrupted: Ctrl-C; the run is complete, only this evaluation was cut short.
+    """
+    if data.test is None:
+        return None
+    best_path, last_path = state.run_dir / "best.npz", state.run_dir / "last.npz"
+    path = best_path if best_path.exists() else last_path
+    try:
+        ck = checkpoint.load(path)
+        state.model.load_arrays(ck.params, ck.buffers)
+        return evaluate(state.model, data.test, state.cfg.train.eval_batch_size, lut, state.model.output_shape[0])
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(f"interrupted during the test evaluation; the run is complete ({state.epoch} "
+                                  f"epochs, {last_path}). Measure it with: cnncli eval {path}",
+                                  last_path, None, complete=True) from None
 
 
 def _broadcast(*handlers: EventHandler) -> EventHandler:
@@ -244,17 +281,22 @@ def _stopped(e: TrainingError, state: TrainState, epoch: int) -> TrainingError:
     return type(e)(f"{at}: {e}. Training stopped; {kept}.{hint}")
 
 
-def _interrupted(state: TrainState) -> TrainingInterrupted:
-    """Save the state where Ctrl-C stopped training to ``interrupted.npz`` (beside ``last.npz``,
-    which keeps the last finished epoch; meta epoch = epochs finished, batch = batches of the
-    next epoch done) and say so."""
+def _interrupted(state: TrainState, committed: int) -> TrainingInterrupted:
+    """Ctrl-C stopped training: save the state where it stopped to ``interrupted.npz`` (beside
+    ``last.npz``, which keeps ``committed``, the last epoch whose files were all written;
+    meta epoch = epochs finished, batch = batches of the next epoch done) and say so; after
+    the last epoch, say that the run is complete instead."""
     stopped, last_path = state.run_dir / "interrupted.npz", state.run_dir / "last.npz"
+    if committed >= state.cfg.train.epochs:
+        return TrainingInterrupted(f"interrupted after the last epoch; the run is complete ({committed} epochs, "
+                                   f"{last_path}; the test evaluation was skipped). Measure it with: cnncli eval "
+                                   f"{state.run_dir / 'best.npz'}", last_path, None, complete=True)
     finished, batch = state.epoch, state.batch
     state.save(stopped, interrupted=True, batch=batch)
-    kept = f"; {last_path} keeps epoch {finished}" if finished else ""
+    kept = f"; {last_path} keeps epoch {committed}" if committed else ""
     where = f"during epoch {finished + 1} (batch {batch})" if batch else f"after epoch {finished}"
     return TrainingInterrupted(f"interrupted at step {state.step}, {where}; the state was saved to {stopped}{kept}",
-                               stopped, last_path if finished else None)
+                               stopped, last_path if committed else None)
 
 
 def _check_finite(model: Model) -> None:
