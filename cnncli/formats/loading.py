@@ -206,7 +206,7 @@ def _same_channels(train: Dataset | None, test: Dataset | None) -> tuple[Dataset
         return train, test
     grey = "train" if train.image_shape[0] == 1 else "test"
     ds = train if grey == "train" else test
-    ds = Dataset(np.repeat(ds.images, 3, axis=1), ds.labels, ds.source)
+    ds = Dataset(np.repeat(ds.images, 3, axis=1), ds.labels, ds.source, ds.labels_source)
     return (ds, test) if grey == "train" else (train, ds)
 
 
@@ -282,7 +282,10 @@ def _is_folder_format(location: Any, fmt: str) -> bool:
 
 
 def label_where(ds: Dataset, row: int) -> str:
-    """``file:line`` for a CSV row, ``file`` (with the sample index) otherwise."""
+    """``file:line`` for a CSV row, ``file (sample i)`` otherwise, naming the file that holds the
+    labels (an IDX pair's labels file, not its images file)."""
+    if ds.labels_source is not None:
+        return f"{ds.labels_source} (sample {row})"
     source = Path(ds.source)
     if source.is_file() and source.name.lower().endswith(CSV_SUFFIXES):
         return f"{source}:{csv_line_of_label(source, row)}"
