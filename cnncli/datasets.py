@@ -57,7 +57,6 @@ IDX_TYPES: dict[int, np.dtype] = {
     0x0E: np.dtype(">f8"),
 }
 
-_GZIP_MAGIC = b"\x1f\x8b"
 _REDOWNLOAD = "Re-download it (or copy it again from its source)."
 _SPLIT_PREFIXES = {"train": ("train",), "test": ("t10k", "test")}
 # (kind, idx tags accepted); 4-D channels-last images are usually named idx4.
@@ -93,16 +92,6 @@ def listing(folder: Path) -> str:
     return text + (f", ... ({len(entries)} entries)" if len(entries) > MAX_LISTED else "")
 
 
-def _idx_stream(path: Path, f: BinaryIO, size: int):
-    """``f`` itself, or a gzip reader over it when it starts with the gzip magic; and the
-    most bytes it may yield (the file's size, or :func:`cnncli.files.inflate_limit` of it)."""
-    gz = f.read(2) == _GZIP_MAGIC
-    f.seek(0)
-    if not gz:
-        return f, size
-    return gzip.GzipFile(fileobj=f, mode="rb"), files.inflate_limit(size)
-
-
 def _read_exactly(stream: BinaryIO, n: int) -> bytes:
     """Up to ``n`` bytes (fewer only at the end of the data)."""
     parts, got = [], 0
@@ -115,13 +104,11 @@ def _read_exactly(stream: BinaryIO, n: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _count_rest(stream: BinaryIO, bound: int) -> int:
-    """Bytes left in ``stream``, counted (not kept) up to ``bound``."""
+def _count_rest(stream: BinaryIO) -> int:
+    """Bytes left in ``stream``, counted, not kept (a gzip stream from :func:`cnncli.files.open_unpacked`
+    stops at its inflate limit)."""
     n = 0
-    while n <= bound:
-        block = stream.read(min(1 << 20, bound + 1 - n))
-        if not block:
-            break
+    while block := stream.read(1 << 20):
         n += len(block)
     return n
 
@@ -192,17 +179,12 @@ def _read_idx_data(path: Path, stream: BinaryIO, bound: int, gz: bool,
     data = _read_exactly(stream, expected)
     got = len(data)
     if got == expected:
-        got += _count_rest(stream, bound - header - expected)
+        got += _count_rest(stream)
     if got != expected:
-        room = bound - header - expected          # the most extra bytes counted
-        what, has = "truncated", f"{got}"
-        if got > expected:
-            what, has = f"{got - expected} extra bytes after the data", f"{got}"
-        if got - expected > room:
-            what, has = f"more than {room:,} extra bytes after the data", f"more than {bound - header:,}"
+        what = "truncated" if got < expected else f"{got - expected} extra bytes after the data"
         raise DataError(
             f"{path}: {what}: shape {shape} of {_type_name(code)} needs {expected} bytes of data, "
-            f"the file has {has}. The file is incomplete or corrupt. {_REDOWNLOAD}")
+            f"the file has {got}. The file is incomplete or corrupt. {_REDOWNLOAD}")
     return code, shape, data
 
 
@@ -245,9 +227,9 @@ def read_idx(path: str | os.PathLike, kind: str | None = None) -> np.ndarray:
                         "Check the path, or download the dataset into that folder.")
     size = files.check_regular(path, DataError, "an IDX file")
     try:
-        with files.open_regular(path, DataError, "an IDX file") as f:
-            stream, bound = _idx_stream(path, f, size)
-            code, shape, data = _read_idx_data(path, stream, bound, stream is not f, kind)
+        stream, bound, gz = files.open_unpacked(path, DataError, "an IDX file")
+        with stream:
+            code, shape, data = _read_idx_data(path, stream, bound, gz, kind)
     except DataError:
         raise
     except EOFError as e:

@@ -23,6 +23,8 @@ Errors are raised as the caller's error class (:class:`~cnncli.errors.DataError`
 
 from __future__ import annotations
 
+import gzip
+import io
 import math
 import os
 import stat
@@ -37,7 +39,7 @@ import numpy.lib.format as npy_format
 from cnncli.errors import CnncliError
 
 __all__ = ["INFLATE_SLACK", "MAX_FILE_BYTES", "MAX_INFLATE_RATIO", "NpyHeader", "check_regular", "inflate_limit",
-           "npz_members", "npy_header", "open_regular", "read_member", "read_npy", "read_regular"]
+           "Limited", "npz_members", "npy_header", "open_regular", "open_unpacked", "read_member", "read_npy", "read_regular"]
 
 #: The largest file read (and the most any compressed file or NPZ member may unpack to): 4 GiB.
 MAX_FILE_BYTES = 4 << 30
@@ -133,6 +135,62 @@ def read_regular(path: str | os.PathLike, error: type[CnncliError], expected: st
     if len(data) > MAX_FILE_BYTES:
         raise error(f"{path}: holds more than the {_size(MAX_FILE_BYTES)} cnncli reads from one file.")
     return data
+
+
+class Limited(io.RawIOBase):
+    """A binary stream that raises ``error(message)`` once more than ``limit`` bytes were read
+    from ``raw`` (a gzip reader: unpacked bytes beyond :func:`inflate_limit` are never kept)."""
+
+    def __init__(self, raw: BinaryIO, limit: int, error: type[CnncliError], message: str,
+                 underlying: BinaryIO | None = None):
+        self.raw, self.limit, self.error, self.message, self.done = raw, limit, error, message, 0
+        self.underlying = underlying      # closed with this stream (GzipFile leaves its fileobj open)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = self.raw.readinto(b)
+        self.done += n or 0
+        if self.done > self.limit:
+            raise self.error(self.message)
+        return n
+
+    def close(self) -> None:
+        try:
+            self.raw.close()
+            if self.underlying is not None:
+                self.underlying.close()
+        finally:
+            super().close()
+
+
+def open_unpacked(path: str | os.PathLike, error: type[CnncliError],
+                  expected: str = "a file") -> tuple[BinaryIO, int, bool]:
+    """A regular file (:func:`open_regular`) opened for binary reading, gunzipped when it starts
+    with the gzip magic (whatever its name), unpacking at most :func:`inflate_limit` of its size.
+
+    Returns:
+        ``(stream, limit, gzipped)``: the stream (closing it closes the file), the most bytes
+        it yields (the file's size, or the inflate limit), and whether it is gzip.
+
+    Raises:
+        error: As :func:`open_regular`; when read, more unpacked data than the limit.
+    """
+    f = open_regular(path, error, expected)
+    try:
+        gz = f.read(2) == b"\x1f\x8b"
+        f.seek(0)
+        size = os.fstat(f.fileno()).st_size
+    except BaseException:
+        f.close()
+        raise
+    if not gz:
+        return f, size, False
+    limit = inflate_limit(size)
+    message = (f"{path}: the gzip data unpacks to more than {_size(limit)}, {MAX_INFLATE_RATIO} times its "
+               f"{size:,} bytes: a decompression bomb or a corrupt file; refused.")
+    return io.BufferedReader(Limited(gzip.GzipFile(fileobj=f, mode="rb"), limit, error, message, f)), limit, True
 
 
 # ---------------------------------------------------------------- .npy and .npz

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from cnncli import files
 from cnncli.datasets import MAX_LISTED, Dataset, listing, load_pair, load_split
 from cnncli.errors import DataError
 from cnncli.formats.csv_text import CSV_SUFFIXES, csv_line_of_label, read_csv
@@ -298,9 +299,10 @@ def _emnist_classes(folder: Path) -> tuple[str, ...] | None:
     if not mapping.is_file():
         return None
     try:
-        rows = [line.split() for line in mapping.read_text().splitlines() if line.strip()]
+        text = files.read_regular(mapping, DataError, "EMNIST's mapping.txt").decode()
+        rows = [line.split() for line in text.splitlines() if line.strip()]
         table = {int(r[0]): "".join(chr(int(c)) for c in r[1:]) for r in rows}
-    except (OSError, ValueError, IndexError):
+    except (ValueError, IndexError):     # UnicodeDecodeError is a ValueError
         return None
     if not table:
         return None
