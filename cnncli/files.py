@@ -150,7 +150,7 @@ class Limited(io.RawIOBase):
         return True
 
     def readinto(self, b) -> int:
-        n = self.raw.readinto(b)
+        n = self.raw.readinto(memoryview(b)[:_CHUNK])       # chunks: no full-size temporary inside gzip
         self.done += n or 0
         if self.done > self.limit:
             raise self.error(self.message)
@@ -285,9 +285,9 @@ def read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, error: ty
     try:
         with z.open(info) as m:
             header = npy_header(m, where, error)
-            _check_member(info, header, where, error)
             if check is not None:
                 check(header)
+            _check_member(info, header, where, error)
             shape = header.shape
             if rows is not None and not header.fortran_order and len(shape) >= 1 and rows < shape[0]:
                 shape = (rows, *shape[1:])
