@@ -20,13 +20,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cnncli import __version__
+from cnncli import __version__, files
 from cnncli.errors import CheckpointError, DivergedError, OutputError
 
 FORMAT_VERSION = 1
@@ -107,32 +108,63 @@ def save(path: Path, *, params: dict[str, np.ndarray], buffers: dict[str, np.nda
 _TEXT_ENTRIES = ("config", "meta")
 
 
+#: The most the arrays of one checkpoint may declare, in bytes (their ``.npy`` headers, summed): 2 GiB.
+MAX_CHECKPOINT_BYTES = 2 << 30
+
+
+def _check_header(path: Path, key: str, header: files.NpyHeader) -> None:
+    """The header's dtype, checked before the array is read: text entries are unicode, the
+    rest real numbers (as :func:`_check_array` checks the values)."""
+    if key in _TEXT_ENTRIES:
+        if header.dtype.kind != "U" or header.shape != ():
+            raise CheckpointError(f"{path}: corrupt '{key}' entry: expected JSON text, got a {header.dtype} array "
+                                  f"of shape {header.shape}")
+        return
+    allowed = "f" if key.partition("/")[0] in ("param", "optim") else "fiu"
+    if header.dtype.kind not in allowed or header.dtype.names is not None:
+        want = "floating-point" if allowed == "f" else "numeric"
+        raise CheckpointError(f"{path}: entry {key!r} holds {header.dtype} values, a checkpoint holds {want} arrays. "
+                              f"The file is corrupt or was not written by cnncli.")
+
+
+def _declared(z: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], path: Path) -> None:
+    """Refuse a checkpoint whose arrays declare more than :data:`MAX_CHECKPOINT_BYTES` in all,
+    reading only their headers."""
+    total = 0
+    for key, info in members.items():
+        with z.open(info) as m:
+            total += files.npy_header(m, f"{path} (entry {key!r})", CheckpointError).nbytes
+    if total > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{path}: its arrays declare {total:,} bytes in all, more than the "
+                              f"{MAX_CHECKPOINT_BYTES:,} a cnncli checkpoint may hold; the file is corrupt or not a "
+                              f"checkpoint. Use RUN/best.npz or RUN/last.npz of a run.")
+
+
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every array of the .npz at ``path``, read with ``allow_pickle=False`` (file always closed)."""
+    """Every array of the .npz at ``path``: first every member's ``.npy`` header is checked
+    (a .npy member, a dtype a checkpoint holds, sizes that agree with the zip's, the total
+    declared), then the arrays are read (:func:`cnncli.files.read_member`; never unpickled)."""
     try:
-        with open(path, "rb") as f:
+        with files.open_regular(path, CheckpointError, "a .npz checkpoint") as f:
             magic = f.read(6)
             f.seek(0)
             if magic.startswith(b"\x93NUMPY"):
                 raise CheckpointError(f"{path}: a single .npy array, not a cnncli checkpoint (.npz)")
             if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-                # numpy would try to unpickle anything else; say what it is instead
                 what = "an empty file" if not magic else f"a file starting with {magic!r}"
                 raise CheckpointError(f"{path}: not a readable .npz checkpoint: {what}, not a zip archive. "
                                       f"Use RUN/best.npz or RUN/last.npz of a run.")
-            with np.load(f, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
+            with zipfile.ZipFile(f) as z:
+                members = files.npz_members(z, str(path), CheckpointError)
+                _declared(z, members, path)
+                return {k: files.read_member(z, info, f"{path} (entry {k!r})", CheckpointError,
+                                             check=lambda h, k=k: _check_header(path, k, h))
+                        for k, info in members.items()}
     except CheckpointError:
         raise
-    except ValueError as e:
-        if "pickle" in str(e).lower():
-            raise CheckpointError(f"{path}: holds pickled Python objects; cnncli never unpickles files. "
-                                  f"Use a checkpoint written by 'cnncli train'.") from None
-        raise CheckpointError(f"{path}: not a readable .npz checkpoint ({e})") from None
     except Exception as e:  # noqa: BLE001
-        # zipfile and numpy's .npy header parser raise many kinds on damaged bytes: BadZipFile,
-        # EOFError, zlib.error, NotImplementedError (unknown compression), RuntimeError (encrypted
-        # member), SyntaxError/tokenize.TokenError (header), MemoryError (absurd declared shape), ...
+        # zipfile raises many kinds on damaged bytes: BadZipFile, EOFError, zlib.error,
+        # NotImplementedError (unknown compression), RuntimeError (encrypted member), ...
         raise CheckpointError(f"{path}: not a readable .npz checkpoint ({type(e).__name__}: {e}). "
                               f"It may be truncated; use another checkpoint of the run.") from None
 
@@ -170,7 +202,11 @@ def load(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint written by :func:`save`.
 
     Raises:
-        CheckpointError: Missing file, not an ``.npz``, pickled objects inside, missing
+        CheckpointError: Missing file, not a regular file (a device, FIFO), not an ``.npz``, a
+            member that is not ``.npy``, arrays whose ``.npy`` headers declare a dtype a
+            checkpoint never holds, sizes that disagree with the zip's, or more than
+            :data:`MAX_CHECKPOINT_BYTES` in all (checked before any array is read), pickled
+            objects inside, missing
             entries, unreadable JSON, a newer (or invalid) format version, or arrays that
             are not finite real numbers.
     """
@@ -184,6 +220,8 @@ def load(path: str | os.PathLike) -> Checkpoint:
             hint = f" Did you mean {path / 'best.npz'}?" if (path / "best.npz").is_file() else ""
             raise CheckpointError(f"{path}: is a folder, not a checkpoint.{hint} "
                                   f"Runs keep theirs as RUN/best.npz and RUN/last.npz.")
+        if os.path.exists(path):     # a device, FIFO or socket: say what it is
+            files.check_regular(path, CheckpointError, "a .npz checkpoint")
         raise CheckpointError(f"{path}: checkpoint not found. Runs keep theirs as RUN/best.npz and RUN/last.npz.")
     arrays = _read_npz(path)
     for key in _TEXT_ENTRIES:

@@ -25,9 +25,11 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
+from . import files
 from .errors import DataError
 
 __all__ = [
@@ -55,7 +57,6 @@ IDX_TYPES: dict[int, np.dtype] = {
     0x0E: np.dtype(">f8"),
 }
 
-_GZIP_MAGIC = b"\x1f\x8b"
 _REDOWNLOAD = "Re-download it (or copy it again from its source)."
 _SPLIT_PREFIXES = {"train": ("train",), "test": ("t10k", "test")}
 # (kind, idx tags accepted); 4-D channels-last images are usually named idx4.
@@ -91,72 +92,57 @@ def listing(folder: Path) -> str:
     return text + (f", ... ({len(entries)} entries)" if len(entries) > MAX_LISTED else "")
 
 
-def _read_bytes(path: Path) -> bytes:
-    """Return the file's bytes, gunzipped if they start with the gzip magic."""
-    if not _exists(path):
-        raise DataError(f"file not found: {path} (absolute: {path.absolute()}). "
-                        "Check the path, or download the dataset into that folder.")
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder, expected an IDX file.")
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()  # one read: the whole file
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the file ({e.strerror or e}). "
-                        "Check its permissions.") from e
-    if raw[:2] != _GZIP_MAGIC:
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except MemoryError:
-        raise DataError(f"{path}: the gzip data expands to more than fits in memory; the file is "
-                        f"corrupt or not a dataset. {_REDOWNLOAD}") from None
-    except EOFError as e:
-        raise DataError(f"{path}: the gzip stream is truncated ({len(raw)} compressed bytes, "
-                        f"ends before the end-of-stream marker). The file is incomplete. "
-                        f"{_REDOWNLOAD}") from e
-    except (OSError, zlib.error, ValueError) as e:  # gzip.BadGzipFile is an OSError
-        raise DataError(f"{path}: corrupt gzip data ({e}). {_REDOWNLOAD}") from e
+def _read_exactly(stream: BinaryIO, n: int) -> bytes:
+    """Up to ``n`` bytes (fewer only at the end of the data)."""
+    parts, got = [], 0
+    while got < n:
+        block = stream.read(n - got)
+        if not block:
+            break
+        parts.append(block)
+        got += len(block)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file, plain or gzip-compressed, into an array.
+def _count_rest(stream: BinaryIO) -> int:
+    """Bytes left in ``stream``, counted, not kept (a gzip stream from :func:`cnncli.files.open_unpacked`
+    stops at its inflate limit)."""
+    n = 0
+    while block := stream.read(1 << 20):
+        n += len(block)
+    return n
 
-    The format is described in the module docstring and at
-    http://yann.lecun.com/exdb/mnist/ ("FILE FORMATS FOR THE MNIST DATABASE").
-    Compression is detected from the gzip magic bytes ``1f 8b``, not from the
-    file name, so a decompressed file that kept its ``.gz`` name still loads.
 
-    Args:
-        path: The IDX file.
+#: The magic numbers of uint8 MNIST files (``00 00 08 <ndim>`` read as one big-endian int).
+_MAGIC = {"images": "2051 (00 00 08 03) for images (N, H, W), or 2052 (00 00 08 04) for (N, H, W, C)",
+          "labels": "2049 (00 00 08 01) for labels"}
 
-    Returns:
-        An array of the shape stored in the header. ``uint8``/``int8`` data is
-        a read-only view of the file's bytes (no copy); multi-byte types
-        (int16, int32, float32, float64) are converted from big-endian to
-        native byte order (one copy). Dimensions of size 0 are allowed here
-        (an empty dataset is rejected by :func:`load_split`).
 
-    Raises:
-        DataError: If the file is missing or unreadable, the gzip stream is
-            corrupt or truncated, the magic number is wrong, the type code is
-            unsupported, the header declares no dimensions or is cut short, or
-            the payload is not exactly ``prod(dims) * itemsize`` bytes
-            (truncated file or trailing bytes). The message names the file.
-    """
-    path = Path(path)
-    data = _read_bytes(path)
-    if not data:
+def _bad_magic(path: Path, head: bytes, kind: str | None) -> DataError:
+    """The message for a file whose first 4 bytes are not an IDX magic number: the magic
+    expected (for ``kind``), what was found, and a hint for a byte-swapped header or a web page."""
+    got = head[:4].hex(" ")
+    found = f"{int.from_bytes(head[:4], 'big')} ('{got}')" if len(head) >= 4 else f"only '{got}'"
+    expected = _MAGIC[kind] if kind in _MAGIC else f"{_MAGIC['images']}; {_MAGIC['labels']}"
+    hint = ""
+    if len(head) >= 4 and head[2:4] == b"\x00\x00" and head[::-1][:4][2] in IDX_TYPES:
+        swapped = int.from_bytes(head[:4], "little")
+        hint = (f" The bytes are those of {swapped} in reverse (little-endian) order: IDX headers (the magic "
+                f"number and every size) are big-endian; write them with '>u4'.")
+    elif head.lstrip()[:1] == b"<":
+        hint = " It looks like an HTML/XML page, e.g. an error page saved by a failed download."
+    return DataError(
+        f"{path}: not an IDX file: it must start with the magic number 00 00 <type> <ndim>, expected "
+        f"{expected}; found {found}.{hint} {_REDOWNLOAD} Format: {IDX_REFERENCE}.")
+
+
+def _idx_header(path: Path, head: bytes, kind: str | None = None) -> tuple[int, np.dtype, int]:
+    """(type code, dtype, ndim) from the first 4 bytes of an IDX file."""
+    if not head:
         raise DataError(f"{path}: the file is empty (0 bytes). {_REDOWNLOAD}")
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        got = data[:4].hex(" ")
-        hint = ""
-        if data.lstrip()[:1] == b"<":
-            hint = " It looks like an HTML/XML page, e.g. an error page saved by a failed download."
-        raise DataError(
-            f"{path}: not an IDX file: it must start with the magic number 00 00 <type> <ndim>, "
-            f"got '{got}'.{hint} {_REDOWNLOAD} Format: {IDX_REFERENCE}.")
-    code, ndim = data[2], data[3]
+    if len(head) < 4 or head[0] != 0 or head[1] != 0:
+        raise _bad_magic(path, head, kind)
+    code, ndim = head[2], head[3]
     dtype = IDX_TYPES.get(code)
     if dtype is None:
         known = ", ".join(_type_name(c) for c in IDX_TYPES)
@@ -165,20 +151,98 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if ndim == 0:
         raise DataError(f"{path}: the IDX header declares 0 dimensions; the file is corrupt. "
                         f"{_REDOWNLOAD}")
+    return code, dtype, ndim
+
+
+def _read_idx_data(path: Path, stream: BinaryIO, bound: int, gz: bool,
+                   kind: str | None) -> tuple[int, tuple[int, ...], bytes]:
+    """(type code, shape, payload) of an IDX stream, reading no more than the header declares
+    (plus the count of any extra bytes, up to ``bound``)."""
+    head = _read_exactly(stream, 4)
+    code, dtype, ndim = _idx_header(path, head, kind)
     header = 4 + 4 * ndim
-    if len(data) < header:
+    dims = _read_exactly(stream, 4 * ndim)
+    if len(dims) < 4 * ndim:
         raise DataError(f"{path}: the IDX header is truncated: {ndim} dimensions need "
-                        f"{header} header bytes, the file has {len(data)}. {_REDOWNLOAD}")
-    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+                        f"{header} header bytes, the file has {4 + len(dims)}. {_REDOWNLOAD}")
+    shape = tuple(int(d) for d in np.frombuffer(dims, dtype=">u4", count=ndim))
     expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
-    got = len(data) - header
+    if expected > bound - header:
+        if not gz:   # the file's size is known: it is short
+            raise DataError(
+                f"{path}: truncated: shape {shape} of {_type_name(code)} needs {expected} bytes of data, "
+                f"the file has {bound - header}. The file is incomplete or corrupt. {_REDOWNLOAD}")
+        raise DataError(
+            f"{path}: the IDX header declares shape {shape} of {_type_name(code)}, {expected:,} bytes of data, "
+            f"but the gzip file cannot hold that much real data (refused above {bound:,} unpacked bytes, "
+            f"{files.MAX_INFLATE_RATIO} times its size): it is corrupt or a decompression bomb. {_REDOWNLOAD}")
+    data = _read_exactly(stream, expected)
+    got = len(data)
+    if got == expected:
+        got += _count_rest(stream)
     if got != expected:
         what = "truncated" if got < expected else f"{got - expected} extra bytes after the data"
         raise DataError(
             f"{path}: {what}: shape {shape} of {_type_name(code)} needs {expected} bytes of data, "
             f"the file has {got}. The file is incomplete or corrupt. {_REDOWNLOAD}")
+    return code, shape, data
+
+
+def read_idx(path: str | os.PathLike, kind: str | None = None) -> np.ndarray:
+    """Read an IDX file, plain or gzip-compressed, into an array.
+
+    The format is described in the module docstring and at
+    http://yann.lecun.com/exdb/mnist/ ("FILE FORMATS FOR THE MNIST DATABASE").
+    Compression is detected from the gzip magic bytes ``1f 8b``, not from the
+    file name, so a decompressed file that kept its ``.gz`` name still loads.
+    The file must be a regular file (:func:`cnncli.files.open_regular`: not a
+    device or FIFO); the header is read first and only the data it declares is
+    read (or unpacked): gzip data declared to unpack to more than
+    :func:`cnncli.files.inflate_limit` of the file's size is refused unread,
+    and extra data after the declared payload is counted, never kept.
+
+    Args:
+        path: The IDX file.
+        kind: ``"images"`` or ``"labels"``: names the magic number expected in a message
+            about a file that does not start with one (2051 / 2049). Default: None (both).
+
+    Returns:
+        An array of the shape stored in the header. ``uint8``/``int8`` data is
+        a read-only view of the bytes read (no copy); multi-byte types
+        (int16, int32, float32, float64) are converted from big-endian to
+        native byte order (one copy). Dimensions of size 0 are allowed here
+        (an empty dataset is rejected by :func:`load_split`).
+
+    Raises:
+        DataError: If the file is missing, not a regular file, or unreadable,
+            the gzip stream is corrupt or truncated, the magic number is wrong,
+            the type code is unsupported, the header declares no dimensions or
+            is cut short, the payload is not exactly ``prod(dims) * itemsize``
+            bytes (truncated file or trailing bytes), or a gzip file declares
+            more data than it can hold. The message names the file.
+    """
+    path = Path(path)
+    if not _exists(path):
+        raise DataError(f"file not found: {path} (absolute: {path.absolute()}). "
+                        "Check the path, or download the dataset into that folder.")
+    size = files.check_regular(path, DataError, "an IDX file")
     try:
-        array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+        stream, bound, gz = files.open_unpacked(path, DataError, "an IDX file")
+        with stream:
+            code, shape, data = _read_idx_data(path, stream, bound, gz, kind)
+    except DataError:
+        raise
+    except EOFError as e:
+        raise DataError(f"{path}: the gzip stream is truncated ({size} compressed bytes, "
+                        f"ends before the end-of-stream marker). The file is incomplete. "
+                        f"{_REDOWNLOAD}") from e
+    except (OSError, zlib.error, ValueError) as e:  # gzip.BadGzipFile is an OSError
+        if isinstance(e, OSError) and not isinstance(e, gzip.BadGzipFile) and e.strerror:
+            raise DataError(f"{path}: cannot read the file ({e.strerror}). Check its permissions.") from e
+        raise DataError(f"{path}: corrupt gzip data ({e}). {_REDOWNLOAD}") from e
+    dtype = IDX_TYPES[code]
+    try:
+        array = np.frombuffer(data, dtype=dtype).reshape(shape)
     except ValueError:
         # an empty shape whose other sizes multiply beyond what numpy can index, e.g. (0, 2**25, 2**30)
         raise DataError(f"{path}: the IDX header declares shape {shape}, which no array can have; "
@@ -207,7 +271,7 @@ def load_images(path: str | os.PathLike) -> np.ndarray:
             http://yann.lecun.com/exdb/mnist/ ("FILE FORMATS FOR THE MNIST DATABASE").
     """
     path = Path(path)
-    array = read_idx(path)
+    array = read_idx(path, "images")
     if array.dtype != np.uint8:
         raise DataError(f"{path}: images are {array.dtype.name}, cnncli keeps datasets as uint8 "
                         "(IDX type 0x08). Convert the images to 0..255 uint8.")
@@ -239,7 +303,7 @@ def load_labels(path: str | os.PathLike) -> np.ndarray:
             http://yann.lecun.com/exdb/mnist/ ("FILE FORMATS FOR THE MNIST DATABASE").
     """
     path = Path(path)
-    array = read_idx(path)
+    array = read_idx(path, "labels")
     if array.ndim != 1:
         hint = " This looks like an images file." if array.ndim >= 3 else ""
         raise DataError(f"{path}: labels must have 1 dimension (N,), got shape {array.shape}."
@@ -263,6 +327,8 @@ class Dataset:
             the file's bytes, so never modify it in place.
         labels: ``int64`` array ``(N,)`` of class indices in ``[0, num_classes)``.
         source: Where the data came from (the images file path).
+        labels_source: The file holding the labels when it is not ``source`` (an IDX
+            labels file), for messages about a label. Default: None (``source``).
 
     Raises:
         ValueError: If ``images`` is not 4-D, ``labels`` not 1-D, or their
@@ -272,6 +338,7 @@ class Dataset:
     images: np.ndarray
     labels: np.ndarray
     source: str
+    labels_source: str | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.labels.ndim != 1:
@@ -400,4 +467,4 @@ def load_pair(images_path: str | os.PathLike, labels_path: str | os.PathLike, sp
                         f"{_REDOWNLOAD}")
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
-    return Dataset(images=images, labels=labels, source=str(images_path))
+    return Dataset(images=images, labels=labels, source=str(images_path), labels_source=str(labels_path))

@@ -169,8 +169,10 @@ def fetch(url: str, dest: Path, remote: RemoteFile, on_event: EventHandler = _ig
         ``"present"`` if ``dest`` was already there and verified, else ``"downloaded"``.
 
     Raises:
-        DownloadError: A network or HTTP error (the .part file is kept for a resume), or a
-            SHA-256 that does not match (the .part file is deleted).
+        DownloadError: A network or HTTP error (the .part file is kept for a resume), a
+            server that announces or sends more than :func:`max_bytes` (nothing beyond it is
+            written; the .part file is deleted), or a SHA-256 that does not match (the .part
+            file is deleted).
     """
     part = dest.with_name(dest.name + ".part")
     try:
@@ -215,8 +217,10 @@ def fetch(url: str, dest: Path, remote: RemoteFile, on_event: EventHandler = _ig
                 on_event(Note(f"{url}: the server does not resume downloads; starting over"))
                 offset = 0
             total = offset + length if length is not None else None
+            if total is not None and total > max_bytes(remote):
+                raise _too_long(url, part, remote, f"the server announces {total:,} bytes")
             on_event(FileStarted(remote.name, url, dest, total, offset))
-            _stream(response, part, offset, total, url, remote.name, on_event)
+            _stream(response, part, offset, total, url, remote, on_event)
         break
     else:
         raise DownloadError(f"{url}: could not resume the download of {part}; delete it and run the command again.")
@@ -235,6 +239,30 @@ def fetch(url: str, dest: Path, remote: RemoteFile, on_event: EventHandler = _ig
     return "downloaded"
 
 
+#: Extra bytes accepted beyond the catalog's size for a file whose unpacked content we hold: a
+#: mirror's re-compressed copy (accepted by its unpacked SHA-256) may be somewhat larger.
+RECOMPRESSED_SLACK = 0.25
+
+
+def max_bytes(remote: RemoteFile) -> int:
+    """The most bytes a download of ``remote`` may hold: the catalog's size (a longer file cannot
+    have the pinned SHA-256), or, when a re-compressed copy is accepted (``unpacked_sha256``),
+    the size plus :data:`RECOMPRESSED_SLACK` of it and 64 KiB."""
+    if remote.unpacked_sha256:
+        return remote.size + int(remote.size * RECOMPRESSED_SLACK) + (64 << 10)
+    return remote.size
+
+
+def _too_long(url: str, part: Path, remote: RemoteFile, what: str) -> DownloadError:
+    try:
+        part.unlink()
+    except OSError:
+        pass
+    return DownloadError(f"{url}: {what}, but {remote.name} is {remote.size:,} bytes (the catalog's size; at most "
+                         f"{max_bytes(remote):,} accepted); the server does not serve the published file. "
+                         f"Nothing was kept. Use another --mirror, or the source.")
+
+
 def _range_start(content_range: str) -> int | None:
     """The first byte of ``Content-Range: bytes START-END/TOTAL``."""
     try:
@@ -244,8 +272,11 @@ def _range_start(content_range: str) -> int | None:
         return None
 
 
-def _stream(response, part: Path, offset: int, total: int | None, url: str, name: str,
+def _stream(response, part: Path, offset: int, total: int | None, url: str, remote: RemoteFile,
             on_event: EventHandler) -> None:
+    """Append the response to ``part``, stopping at :func:`max_bytes` (a server that streams
+    forever gets no more written, then a DownloadError)."""
+    name, limit = remote.name, max_bytes(remote)
     done = offset
     try:
         out = open(part, "ab" if offset else "wb")
@@ -262,6 +293,9 @@ def _stream(response, part: Path, offset: int, total: int | None, url: str, name
                                     f"{_resume_hint(part)}") from None
             if not block:
                 break
+            if done + len(block) > limit:
+                out.close()
+                raise _too_long(url, part, remote, f"the server sent more than {limit:,} bytes")
             try:
                 out.write(block)
             except OSError as e:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cnncli import files
 from cnncli.errors import DataError
 
 
@@ -93,9 +94,13 @@ def _fit_model(a: np.ndarray, input_shape: tuple[int, int, int], path: Path) -> 
                     f"{fix_hint(input_shape)}")
 
 
-def _read_pgm(path: Path) -> np.ndarray:
-    """Netpbm graymap, binary (P5) or plain (P2), maxval <= 255 (netpbm.sourceforge.net/doc/pgm.html)."""
-    data = path.read_bytes()
+#: Longest plain-PGM (P2) number read: maxval and pixels are at most 65535 (5 digits); a longer
+#: token (leading zeros aside, which the format allows) is refused without converting it.
+_P2_DIGITS = 20
+
+
+def _pgm_header(path: Path, data: bytes) -> tuple[bytes, int, int, int, int]:
+    """(magic, width, height, maxval, position after the header's last token) of a PGM file."""
     tokens: list[bytes] = []
     pos = 0
     while len(tokens) < 4:
@@ -112,29 +117,46 @@ def _read_pgm(path: Path) -> np.ndarray:
             raise DataError(f"{path}: truncated PGM header")
         tokens.append(data[start:pos])
     magic = tokens[0]
-    try:
-        w, h, maxval = (int(t) for t in tokens[1:])
-    except ValueError:
-        raise DataError(f"{path}: bad PGM header {b' '.join(tokens)[:80]!r}") from None
+    if not all(t.isdigit() and len(t.lstrip(b"0")) <= _P2_DIGITS for t in tokens[1:]):
+        raise DataError(f"{path}: bad PGM header {b' '.join(t[:20] for t in tokens)[:80]!r}")
+    w, h, maxval = (int(t) for t in tokens[1:])
     if magic not in (b"P5", b"P2") or not (0 < maxval <= 255) or w < 1 or h < 1:
         raise DataError(f"{path}: only 8-bit grayscale PGM (P5/P2, maxval <= 255) is supported")
+    return magic, w, h, maxval, pos
+
+
+def _pixel_above(path: Path, a: np.ndarray, maxval: int) -> DataError:
+    """The message for a pixel above the header's maxval, with where it is (row, column)."""
+    r, c = (int(i) for i in np.unravel_index(int(np.argmax(a > maxval)), a.shape))
+    return DataError(f"{path}: PGM pixel at row {r}, column {c} (0-based) is {int(a[r, c])}, above the header's "
+                     f"maxval {maxval}; pixel values must lie in 0..{maxval}. Fix the file or its maxval.")
+
+
+def _read_pgm(path: Path) -> np.ndarray:
+    """Netpbm graymap, binary (P5) or plain (P2), maxval <= 255 (netpbm.sourceforge.net/doc/pgm.html).
+
+    Raises:
+        DataError: A header or pixel that is not a number, a truncated file, a pixel above
+            the maxval (with its row and column): the format says every value lies in 0..maxval.
+    """
+    data = files.read_regular(path, DataError, "a PGM image")
+    magic, w, h, maxval, pos = _pgm_header(path, data)
     if magic == b"P5":
         body = data[pos + 1:]
         if len(body) < w * h:
             raise DataError(f"{path}: truncated PGM: {len(body)} of {w * h} pixel bytes")
         a = np.frombuffer(body[:w * h], dtype=np.uint8).reshape(h, w)
     else:
-        values = data[pos:].split()
+        values = data[pos:].split(maxsplit=w * h)[:w * h]
         if len(values) < w * h:
             raise DataError(f"{path}: truncated PGM: {len(values)} of {w * h} pixels")
-        try:
-            a = np.array([int(v) for v in values[:w * h]], dtype=np.int64).reshape(h, w)
-        except (ValueError, OverflowError):
-            bad = next(v for v in values[:w * h] if not v.isdigit())
-            raise DataError(f"{path}: plain PGM (P2) pixel {bad[:20]!r} is not a number") from None
-        if a.size and (a.min() < 0 or a.max() > maxval):
-            raise DataError(f"{path}: PGM pixel values must lie in 0..{maxval} (the header's maxval), "
-                            f"got {a.min()}..{a.max()}")
+        bad = next((v for v in values if not v.isdigit() or len(v.lstrip(b"0")) > _P2_DIGITS), None)
+        if bad is not None:
+            what = "is not a number" if not bad.isdigit() else f"has {len(bad):,} digits"
+            raise DataError(f"{path}: plain PGM (P2) pixel {bad[:20]!r} {what}; pixels are numbers 0..{maxval}")
+        a = np.array([int(v) for v in values], dtype=np.int64).reshape(h, w)
+    if a.size and a.max() > maxval:
+        raise _pixel_above(path, a, maxval)
     return scale_to_uint8(a, maxval) if maxval != 255 else a.astype(np.uint8)
 
 
@@ -219,7 +241,7 @@ def read_image_file(path: str | Path, channels: int | None = None, hint: str = "
     path = Path(path)
     Image = pillow(path, f"{path.suffix or 'such'} files", "give .npy, IDX or PGM")
     try:
-        with Image.open(path) as im:
+        with files.open_regular(path, DataError, "an image file") as f, Image.open(f) as im:
             mode = im.mode
             if mode in _WIDE_GRAY_MODES:
                 grey = _wide_gray(im, path)
@@ -239,22 +261,15 @@ def read_image_file(path: str | Path, channels: int | None = None, hint: str = "
 
 
 def _read_npy(path: Path) -> np.ndarray:
-    """One array from a .npy file, read with ``allow_pickle=False`` (the file is always closed)."""
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(6)
-            f.seek(0)
-            if magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-                raise DataError(f"{path}: an .npz archive, not a single .npy array; save the images with np.save")
-            if not magic.startswith(b"\x93NUMPY"):
-                raise DataError(f"{path}: not a .npy file (it does not start with the .npy magic \\x93NUMPY)")
-            return np.load(f, allow_pickle=False)
-    except DataError:
-        raise
-    except MemoryError:
-        raise DataError(f"{path}: its header declares an array too large to load; the file is corrupt") from None
-    except Exception as e:  # noqa: BLE001 - numpy's header parser raises ValueError, SyntaxError, tokenize.TokenError, ...
-        raise DataError(f"{path}: not a readable .npy array ({type(e).__name__}: {e})") from None
+    """One array from a .npy file (:func:`cnncli.files.read_npy`: a regular file whose header is
+    checked against its size before any data is read; pickles are never loaded)."""
+    with files.open_regular(path, DataError, "a .npy file") as f:
+        magic = f.read(6)
+    if magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        raise DataError(f"{path}: an .npz archive, not a single .npy array; save the images with np.save")
+    if not magic.startswith(b"\x93NUMPY"):
+        raise DataError(f"{path}: not a .npy file (it does not start with the .npy magic \\x93NUMPY)")
+    return files.read_npy(path, DataError)
 
 
 def read_images(path: str | Path, channels: int | None = None,
@@ -271,7 +286,8 @@ def read_images(path: str | Path, channels: int | None = None,
     grayscale, or to RGB when ``channels`` (default: ``input_shape[0]``, else 1) is 3.
 
     Raises:
-        DataError: A folder, a missing or unreadable file, a file holding no images,
+        DataError: A folder, a missing or unreadable file, a device or FIFO (never opened), a
+            file holding no images, a PGM pixel above its maxval,
             pixels out of range, or (given ``input_shape``) images the model cannot take.
     """
     from cnncli.datasets import load_images
@@ -280,8 +296,9 @@ def read_images(path: str | Path, channels: int | None = None,
     if path.is_dir():
         raise DataError(f"{path}: is a folder; predict reads image files (.npy, IDX, PGM, or PNG and others "
                         f"with cnncli[images]): give the files themselves, e.g. {path / '*.png'}")
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"{path}: file not found")
+    files.check_regular(path, DataError, "an image file")     # not a device or FIFO
     shape = tuple(input_shape) if input_shape is not None and len(input_shape) == 3 else None
     if channels is None:
         channels = shape[0] if shape else 1

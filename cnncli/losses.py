@@ -27,8 +27,17 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray,
     Returns:
         (loss, dlogits): the mean loss as a Python float, and d loss / d logits
         (N, K) in the logits' dtype: (softmax - target) / N.
+
+    Raises:
+        ValueError: A label outside [0, K) (-1 would silently index the last class), naming
+            the first such label and its index. One min/max pass over the labels.
     """
     N, K = logits.shape
+    labels = np.asarray(labels)
+    if N and (labels.min() < 0 or labels.max() >= K):
+        i = int(np.argmax((labels < 0) | (labels >= K)))
+        raise ValueError(f"labels[{i}] is {int(labels[i])}, outside [0, {K}): labels are class indices of the "
+                         f"{K} logits per row")
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     s = e.sum(axis=1, keepdims=True)

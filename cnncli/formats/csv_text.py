@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import io
 import math
 import os
@@ -13,17 +12,34 @@ from pathlib import Path
 
 import numpy as np
 
+from cnncli import files
 from cnncli.datasets import Dataset, _exists
 from cnncli.errors import DataError
 from cnncli.formats.arrays import _dataset, _image_shape
 
 CSV_SUFFIXES = (".csv", ".csv.gz")
 
+#: The longest CSV line read, in characters: 4 Mi, room for a 512 x 512 RGB image ("255," per value).
+MAX_LINE = 4 << 20
+
+
 def _open_text(path: Path):
-    with open(path, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
-    raw = gzip.open(path, "rb") if gz else open(path, "rb")
+    """The file as text: a regular file (never a device or FIFO), gunzipped within
+    :func:`cnncli.files.inflate_limit` when it starts with the gzip magic."""
+    raw, _, _ = files.open_unpacked(path, DataError, "a CSV file")
     return io.TextIOWrapper(raw, encoding="utf-8-sig", newline=None)
+
+
+def _lines(path: Path, f):
+    """The lines of text file ``f``, each at most :data:`MAX_LINE` characters (a longer one, such
+    as a file without line breaks, is refused before it is held in memory)."""
+    number = 0
+    while line := f.readline(MAX_LINE + 1):
+        number += 1
+        if len(line) > MAX_LINE and not line.endswith("\n"):
+            raise DataError(f"{path}:{number}: a line longer than {MAX_LINE:,} characters; a CSV dataset holds "
+                            f"one image per line (label,pixel,pixel,...). Check the file.")
+        yield line
 
 
 def _is_number(text: str) -> bool:
@@ -39,7 +55,7 @@ def _csv_head(path: Path) -> tuple[int, int, str]:
     try:
         with _open_text(path) as f:
             first = ""
-            for line in f:
+            for line in _lines(path, f):
                 if line.strip():
                     first = line.strip()
                     break
@@ -59,7 +75,7 @@ def _csv_lines(path: Path):
     number = 0
     with _open_text(path) as f:
         try:
-            for number, line in enumerate(f, 1):
+            for number, line in enumerate(_lines(path, f), 1):
                 s = line.strip()
                 if s:
                     yield number, s
@@ -116,6 +132,7 @@ def read_csv(path: str | os.PathLike, image_shape: Sequence[int] | None = None, 
         raise DataError(f"file not found: {path} (absolute: {path.absolute()}).")
     if path.is_dir():
         raise DataError(f"{path}: is a folder, expected a CSV file.")
+    files.check_regular(path, DataError, "a CSV file")
     header, columns, _ = _csv_head(path)
     if columns < 2:
         raise DataError(f"{path}: lines hold {columns} value; expected the label then the pixels "
@@ -167,8 +184,12 @@ def _csv_table(path: Path, header: int, columns: int, limit: int | None) -> np.n
     return table
 
 
+#: The largest label a CSV file may hold (int32's largest): a class index, never beyond it.
+MAX_CSV_LABEL = 2**31 - 1
+
+
 def _check_values(path: Path, header: int, table: np.ndarray) -> None:
-    """Pixels must be whole numbers 0..255 and labels whole numbers >= 0.
+    """Pixels must be whole numbers 0..255 and labels whole numbers in 0..:data:`MAX_CSV_LABEL`.
 
     Raises:
         DataError: Naming the file and line of the first bad value.
@@ -192,6 +213,11 @@ def _check_values(path: Path, header: int, table: np.ndarray) -> None:
     if bad_label.any():
         row, line = bad_row(bad_label)
         raise DataError(f"{path}:{line}: the label is {labels_raw[row]:g}; labels are class indices 0, 1, 2, ...")
+    huge = labels_raw > MAX_CSV_LABEL            # int32 parsing failed: beyond int64's exact range too, perhaps
+    if huge.any():
+        row, line = bad_row(huge)
+        raise DataError(f"{path}:{line}: the label is {labels_raw[row]:.0f}, too large for a class index (at most "
+                        f"{MAX_CSV_LABEL:,}); labels are class indices 0, 1, 2, ...")
 
 
 def csv_line_of_label(path: str | os.PathLike, row: int) -> int:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
 import zlib
 from pathlib import Path
 
+from cnncli import files
 from cnncli.datasets import _exists, find_split_files, listing
 from cnncli.errors import DataError, did_you_mean
 from cnncli.formats.csv_text import CSV_SUFFIXES
@@ -16,13 +16,11 @@ SPLIT_DIRS = {"train": ("train", "training"), "test": ("test", "testing")}
 SPLIT_WORDS = {"train": ("train", "training"), "test": ("test", "testing", "t10k")}
 
 def _sniff(path: Path) -> bytes:
-    """The first bytes of a file, gunzipped when it is gzip."""
+    """The first bytes of a file, gunzipped when it is gzip (a regular file only: never a device or FIFO)."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(64)
-        if head[:2] == b"\x1f\x8b":
-            with gzip.open(path, "rb") as g:
-                head = g.read(64)
+        stream, _, _ = files.open_unpacked(path, DataError, "a dataset file")
+        with stream:
+            head = stream.read(64)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read the file ({getattr(e, 'strerror', None) or e}).") from None
     return head
@@ -116,11 +114,12 @@ def detect_format(path: str | os.PathLike) -> str:
     or folders only -> folder; ``.npz`` files -> npz; ``.csv`` files -> csv.
 
     Raises:
-        DataError: Missing path, or nothing recognizable (the folder's contents are listed).
+        DataError: Missing path, a device, FIFO or socket (never opened), or nothing recognizable (the folder's contents are listed).
     """
     path = Path(path)
     _check_exists(path)
-    if path.is_file():
+    if not path.is_dir():
+        files.check_regular(path, DataError, "a dataset file or folder")     # a device or FIFO: say so
         return _file_format(path)
     try:
         find_split_files(path, "train")

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from cnncli import files
 from cnncli.datasets import MAX_LISTED, Dataset, listing, load_pair, load_split
 from cnncli.errors import DataError
 from cnncli.formats.csv_text import CSV_SUFFIXES, csv_line_of_label, read_csv
@@ -206,7 +207,7 @@ def _same_channels(train: Dataset | None, test: Dataset | None) -> tuple[Dataset
         return train, test
     grey = "train" if train.image_shape[0] == 1 else "test"
     ds = train if grey == "train" else test
-    ds = Dataset(np.repeat(ds.images, 3, axis=1), ds.labels, ds.source)
+    ds = Dataset(np.repeat(ds.images, 3, axis=1), ds.labels, ds.source, ds.labels_source)
     return (ds, test) if grey == "train" else (train, ds)
 
 
@@ -282,7 +283,10 @@ def _is_folder_format(location: Any, fmt: str) -> bool:
 
 
 def label_where(ds: Dataset, row: int) -> str:
-    """``file:line`` for a CSV row, ``file`` (with the sample index) otherwise."""
+    """``file:line`` for a CSV row, ``file (sample i)`` otherwise, naming the file that holds the
+    labels (an IDX pair's labels file, not its images file)."""
+    if ds.labels_source is not None:
+        return f"{ds.labels_source} (sample {row})"
     source = Path(ds.source)
     if source.is_file() and source.name.lower().endswith(CSV_SUFFIXES):
         return f"{source}:{csv_line_of_label(source, row)}"
@@ -295,9 +299,10 @@ def _emnist_classes(folder: Path) -> tuple[str, ...] | None:
     if not mapping.is_file():
         return None
     try:
-        rows = [line.split() for line in mapping.read_text().splitlines() if line.strip()]
+        text = files.read_regular(mapping, DataError, "EMNIST's mapping.txt").decode()
+        rows = [line.split() for line in text.splitlines() if line.strip()]
         table = {int(r[0]): "".join(chr(int(c)) for c in r[1:]) for r in rows}
-    except (OSError, ValueError, IndexError):
+    except (ValueError, IndexError):     # UnicodeDecodeError is a ValueError
         return None
     if not table:
         return None
