@@ -23,7 +23,7 @@ from cnncli.assemble import build_model, check_augment, check_batch, check_fits
 from cnncli.augment import Augment
 from cnncli.config import Config
 from cnncli.data import Data, pixel_lut, prepare_data, resolved_config
-from cnncli.errors import CnncliError, DivergedError, TrainingError
+from cnncli.errors import CheckpointError, CnncliError, DivergedError, TrainingError
 from cnncli.events import (BatchEnded, EpochEnded, EpochStarted, Event, EventHandler,  # noqa: F401 (re-exported)
                            RunEnded, RunStarted)
 from cnncli.loop import EvalResult, evaluate, run_batches  # noqa: F401 (EvalResult re-exported)
@@ -81,9 +81,13 @@ def train(cfg: Config, on_event: EventHandler, *, resume: str | Path | None = No
     ck = None
     if resume is not None:
         ck = checkpoint.load(resume)
-        check_resume(cfg, ck)                 # a wrong or finished checkpoint fails before data is read
         if not branch:
             lock_run_dir(ck.path.parent)      # one writer per run folder: never resume a live run
+        try:
+            check_resume(cfg, ck)             # a wrong or finished checkpoint fails before data is read
+        except CheckpointError as e:
+            raise _mended(e, ck) if not branch else e from None
+        if not branch:
             check_resume_in_place(ck)         # never overwrite another folder's files nor rewind a run
     # with a declared input shape, bad geometry fails before any data is read
     model = build_model(cfg) if cfg.model.input_shape is not None else None
@@ -102,6 +106,19 @@ def train(cfg: Config, on_event: EventHandler, *, resume: str | Path | None = No
         if ck is not None:
             start_branch(ck, run_dir)         # a resumed run branched into a new folder
     return fit(cfg, model, data, run_dir, on_event, resume=ck)
+
+
+def _mended(e: CheckpointError, ck: checkpoint.Checkpoint) -> CheckpointError:
+    """``e`` (a refused resume, e.g. of a finished run) after mending the checkpoint's run folder
+    as a resumed run would (``rundir.repair``), when it is that run's folder and ``ck`` its latest
+    state: a kill after the last epoch's ``last.npz`` leaves nothing to train but may leave
+    ``best.npz`` behind it. Says what was mended."""
+    try:
+        check_resume_in_place(ck)
+    except CheckpointError:
+        return e
+    done = repair(ck)
+    return CheckpointError(f"{e} (The run folder was mended: {'; '.join(done)}.)") if done else e
 
 
 def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHandler,
