@@ -135,7 +135,12 @@ def numeric_grad(f: Callable[[], tuple[float, list]], v: np.ndarray, idx: np.nda
 
     Returns:
         (numeric (len(idx),) float64, kinked (len(idx),) bool).
+
+    Raises:
+        ValueError: ``v`` is not C-contiguous (its flat view would be a copy, never perturbed).
     """
+    if not v.flags.c_contiguous:
+        raise ValueError("numeric_grad perturbs v through v.reshape(-1): give a C-contiguous array")
     flat = v.reshape(-1)
     out = np.empty(len(idx), dtype=np.float64)
     kinked = np.zeros(len(idx), dtype=bool)
@@ -226,7 +231,7 @@ def _activations(model: Model, x: np.ndarray, restore) -> list[np.ndarray]:
     restore()
     inputs = []
     for layer in model.layers:
-        inputs.append(np.array(x, dtype=np.float64))
+        inputs.append(np.array(x, dtype=np.float64, order="C"))   # C order: perturbed through a flat view
         x = layer.forward(x, True)
     return inputs
 
@@ -283,7 +288,7 @@ def check_model(model: Model, batch_size: int = 4, *, h: float = DEFAULT_STEP,
     """
     require_float64(model)
     rng = np.random.default_rng(seed + 1)
-    x = rng.standard_normal((batch_size, *model.input_shape)) if inputs is None else np.array(inputs, np.float64)
+    x = rng.standard_normal((batch_size, *model.input_shape)) if inputs is None else np.array(inputs, np.float64, order="C")
     y = rng.integers(0, model.output_shape[0], len(x))
     restore = _frozen_rng(model)
 
