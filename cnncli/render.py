@@ -100,27 +100,38 @@ def render_gradcheck(results: list, tol: float, console: Console | None = None) 
 
     ``PASS (zero)`` marks a vanishing gradient (both sides within rounding noise, see
     :mod:`cnncli.gradcheck`), ``PASS (noise)`` a relative error above ``tol`` whose absolute
-    difference is within that noise. The summary's worst relative error is over the
-    non-vanishing rows; the vanishing ones are counted apart.
+    difference is within that noise. ``checked`` shows ``, K skipped (kink)`` when K entries
+    were left out because their central difference straddled a kink; ``SKIP (kink)`` marks a
+    tensor with nothing else. The summary's worst relative error is over the non-vanishing
+    rows; the vanishing ones are counted apart, and the skipped entries are totalled.
     """
     console = console or make_console()
     from cnncli.gradcheck import ZERO_NOISE
 
     table = Table(title=f"gradient check (float64, central differences; pass if rel. error <= {tol:g}; "
                         f"PASS (zero): a zero gradient, both sides within {ZERO_NOISE:g}x rounding noise; "
-                        f"PASS (noise): the difference within it)")
+                        f"PASS (noise): the difference within it; skipped (kink): entries whose central "
+                        f"difference straddles a kink, not judged)")
     for col, just in (("layer", "left"), ("tensor", "left"), ("checked", "right"),
                       ("rel. error", "right"), ("max abs error", "right"), ("", "left")):
         table.add_column(col, justify=just)
     for r in results:
         ok = r.passed(tol)
-        verdict = ("PASS (zero)" if r.vanishing else "PASS" if r.rel_error <= tol
+        verdict = ("SKIP (kink)" if r.all_kinks else "PASS (zero)" if r.vanishing else "PASS" if r.rel_error <= tol
                    else "PASS (noise)" if ok else "FAIL")
-        table.add_row(r.layer, r.tensor, f"{r.checked}/{r.size}", f"{r.rel_error:.2e}", f"{r.max_abs_error:.2e}",
-                      Text(verdict, style="green" if ok else "bold red"))
+        skipped = f", {r.skipped} skipped (kink)" if r.skipped else ""
+        table.add_row(r.layer, r.tensor, f"{r.checked}/{r.size}{skipped}", f"{r.rel_error:.2e}",
+                      f"{r.max_abs_error:.2e}",
+                      Text(verdict, style="yellow" if r.all_kinks else "green" if ok else "bold red"))
     console.print(table)
-    judged = [r for r in results if not r.vanishing]
-    zeros = len(results) - len(judged)
+    console.print(_gradcheck_summary(results, tol))
+
+
+def _gradcheck_summary(results: list, tol: float) -> str:
+    """The line under the gradcheck table: verdict, worst relative error, what was not judged."""
+    compared = [r for r in results if not r.all_kinks]
+    judged = [r for r in compared if not r.vanishing]
+    zeros = len(compared) - len(judged)
     failed = sum(not r.passed(tol) for r in results)
     verdict = "all passed" if not failed else f"{failed} FAILED"
     if judged:
@@ -130,9 +141,17 @@ def render_gradcheck(results: list, tol: float, console: Console | None = None) 
     else:
         worst_text = "no non-zero gradient to compare"
     zero_text = f"; {_n(zeros, 'zero gradient')} (PASS (zero)) not counted" if zeros else ""
-    noisy = sum(r.passed(tol) and not r.vanishing and r.rel_error > tol for r in results)
+    noisy = sum(r.passed(tol) and not r.vanishing and r.rel_error > tol for r in compared)
     noise_text = f"; {noisy} passed within rounding noise (PASS (noise))" if noisy else ""
-    console.print(f"{len(results)} tensors checked, {verdict}; {worst_text}{zero_text}{noise_text}")
+    skipped = sum(r.skipped for r in results)
+    kink_text = ""
+    if skipped:
+        kinked = sum(r.skipped > 0 for r in results)
+        kink_text = (f"; {skipped:,} {'entry' if skipped == 1 else 'entries'} skipped at kinks "
+                     f"(in {_n(kinked, 'tensor')}), not judged")
+        none = len(results) - len(compared)
+        kink_text += f"; {_n(none, 'tensor')} with every entry tried at a kink (SKIP (kink))" if none else ""
+    return f"{len(results)} tensors checked, {verdict}; {worst_text}{zero_text}{noise_text}{kink_text}"
 
 
 def _si(n: float) -> str:

@@ -26,6 +26,10 @@ class ReLU(Layer):
     def backward(self, dy):
         return dy * self._cached()
 
+    def pieces(self):
+        """x > 0 per entry: the kink is at 0."""
+        return self._cached()
+
 
 @LAYERS.register("leaky_relu", "leakyrelu")
 class LeakyReLU(Layer):
@@ -50,6 +54,10 @@ class LeakyReLU(Layer):
     def backward(self, dy):
         pos = self._cached()
         return np.where(pos, dy, dy * dy.dtype.type(self.negative_slope))
+
+    def pieces(self):
+        """x > 0 per entry: the kink is at 0."""
+        return self._cached()
 
 
 @LAYERS.register("elu")
@@ -79,6 +87,10 @@ class ELU(Layer):
     def backward(self, dy):
         pos, neg = self._cached()
         return np.where(pos, dy, dy * (neg + dy.dtype.type(self.alpha)))
+
+    def pieces(self):
+        """x > 0 per entry: at 0 the slope jumps from alpha to 1 (the curvature, for alpha = 1)."""
+        return self._cached()[0]
 
 
 _erf = np.frompyfunc(math.erf, 1, 1)

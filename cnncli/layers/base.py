@@ -58,6 +58,18 @@ class Layer:
     def backward(self, dy: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def pieces(self) -> np.ndarray | None:
+        """After a training ``forward``: which piece of its piecewise-smooth definition each
+        output entry took (ReLU: whether its input is > 0; max-pool: each window's winning
+        position), or None for a layer smooth everywhere (the default).
+
+        Gradient checks compare it after forwards at v + h and v - h: where it differs, the
+        central difference straddled a kink (a ReLU input within h of 0, a max-pool near-tie)
+        and measures no derivative, so that entry is skipped (``cnncli.gradcheck``). A layer
+        with a kink overrides this; the array returned is never modified by a later forward.
+        """
+        return None
+
     def training_values(self, output_shape: tuple[int, ...]) -> int:
         """Values one image adds to a training step in this layer (no batch axis): its output
         and the output's gradient. Layers that cache more for backward add it (``Conv2d``)."""

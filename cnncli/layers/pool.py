@@ -174,6 +174,17 @@ class MaxPool2d(_Pool2d):
         kw = self.kernel_size[1]
         return self._col2im(x_shape, xp_shape, lambda a, b: dy * (idx == a * kw + b))
 
+    def pieces(self):
+        """Each window's winner a * kw + b (row-major window position), (N, C, H_out, W_out)."""
+        cache = self._cached()
+        if cache[0] == "windows":
+            return cache[3]
+        _, _, stored_chwn, rows, cols = cache
+        kw = self.kernel_size[1]
+        rows, cols = _logical(rows, stored_chwn), _logical(cols, stored_chwn)  # rows: (N, C, H_out, W_out*kw)
+        row = np.take_along_axis(rows.reshape(*cols.shape, kw), cols[..., None].astype(np.intp), axis=4)[..., 0]
+        return row.astype(np.int64) * kw + cols
+
     def _backward_tiled(self, dy, x_shape, stored_chwn, rows, cols):
         """Route dy to the winning column of each window, then down to the winning row."""
         (kh, kw) = self.kernel_size
