@@ -7,10 +7,8 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-from cnncli.datasets import Dataset, _exists
 from cnncli import files
+from cnncli.datasets import Dataset, _exists
 from cnncli.errors import DataError
 from cnncli.formats.arrays import _dataset, to_labels, to_nchw, to_pixels
 
