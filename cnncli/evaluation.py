@@ -10,11 +10,12 @@ import numpy as np
 from cnncli import checkpoint
 from cnncli.config import Config, from_dict
 from cnncli.datasets import Dataset
-from cnncli.errors import CheckpointError, CnncliError, ConfigError, DataError
+from cnncli import assemble
+from cnncli.errors import CheckpointError, CnncliError, ConfigError, DataError, DivergedError, NonFiniteError
 from cnncli.images import read_images
 from cnncli.losses import softmax
 from cnncli.metrics import class_name
-from cnncli.model import Model, check_input_shape
+from cnncli.model import Model, array_bytes, check_input_shape
 from cnncli.assemble import build_model
 from cnncli.data import normalize_batch, pixel_lut
 from cnncli.loop import EvalResult, evaluate
@@ -47,8 +48,10 @@ def load_model(path: str | Path, config: Config | None = None
             checkpoint's arrays. The returned config is then this one.
 
     Raises:
-        CheckpointError: Unreadable checkpoint, invalid stored config or metadata, arrays
-            that do not fit the stored architecture, or a model that does not match ``config``.
+        CheckpointError: Unreadable checkpoint, invalid stored config or metadata, a model
+            whose weights would not fit in the memory available (checked from shapes before it
+            is built), arrays that do not fit the stored architecture, or a model that does
+            not match ``config``.
     """
     ck = checkpoint.load(path)
     try:
@@ -58,6 +61,7 @@ def load_model(path: str | Path, config: Config | None = None
     shape = _stored_input_shape(ck, stored)
     cfg = stored if config is None else config
     try:
+        _check_memory(ck, cfg, shape)
         model = build_model(cfg, shape)
     except ConfigError as e:
         if config is None:
@@ -75,6 +79,31 @@ def load_model(path: str | Path, config: Config | None = None
     return model, cfg, ck
 
 
+#: What a non-finite output means and how to fix it, for :class:`NonFiniteError` messages.
+OVERFLOW_HINT = ("the checkpoint's weights overflow float32 (they are huge or not finite); retrain or use "
+                 "another checkpoint (e.g. an earlier epoch_K.npz)")
+
+
+def _check_memory(ck: checkpoint.Checkpoint, cfg: Config, shape: tuple[int, ...] | None) -> None:
+    """Refuse a config whose model's arrays (:func:`cnncli.model.array_bytes`, from shapes
+    alone) exceed the memory available now (:func:`cnncli.assemble.available_memory`, the
+    figure ``train`` refuses batches by), before anything is allocated.
+
+    Raises:
+        CheckpointError: Naming the size, the memory available and the config.
+        ConfigError: A layer or shape problem (as :func:`build_model`).
+    """
+    if shape is None:
+        return                      # build_model says the input shape is unknown
+    need = array_bytes(list(cfg.model.layers), shape)
+    avail = assemble.available_memory()
+    if avail is not None and need > avail:
+        raise CheckpointError(f"{ck.path}: the model of {cfg.source or 'its stored config'} needs "
+                              f"{need / 2**20:,.0f} MiB for its weights but {avail / 2**20:,.0f} MiB of memory "
+                              f"is available; it was not built. A checkpoint of cnncli holds its own "
+                              f"model's weights: is this one from another source?")
+
+
 def evaluate_checkpoint(path: str | Path, data_path: str | None = None,
                         batch_size: int | None = None, limit: int | None = None
                         ) -> tuple[EvalResult, Config, checkpoint.Checkpoint, Dataset]:
@@ -88,6 +117,7 @@ def evaluate_checkpoint(path: str | Path, data_path: str | None = None,
 
     Raises:
         CheckpointError, DataError: As the loaders do; a dataset without a test split.
+        NonFiniteError: The loss is not a finite number (the weights overflow): no figures.
     """
     from cnncli import formats
 
@@ -118,7 +148,11 @@ def evaluate_checkpoint(path: str | Path, data_path: str | None = None,
         raise CheckpointError(f"{ck.path}: the model has {num_classes} classes but {where} has labels "
                               f"up to {int(test.labels.max())}")
     lut = stored_lut(ck, cfg)
-    result = evaluate(model, test, batch_size or cfg.train.eval_batch_size, lut, num_classes)
+    try:
+        result = evaluate(model, test, batch_size or cfg.train.eval_batch_size, lut, num_classes)
+    except DivergedError as e:       # the batch loop refuses a non-finite loss (in training: divergence)
+        raise NonFiniteError(f"{ck.path}: on {where}, {e} (the model's outputs are not all finite numbers); "
+                             f"{OVERFLOW_HINT}") from None
     return result, cfg, ck, test
 
 
@@ -155,6 +189,7 @@ def predict_proba(model: Model, cfg: Config, images: np.ndarray, batch_size: int
 
     Raises:
         DataError: If the images' shape differs from the model's input shape.
+        NonFiniteError: If a probability is not a finite number (the weights overflow).
     """
     if tuple(images.shape[1:]) != tuple(model.input_shape):
         from cnncli.images import fix_hint
@@ -172,7 +207,12 @@ def predict_proba(model: Model, cfg: Config, images: np.ndarray, batch_size: int
     out = []
     for start in range(0, len(images), batch_size):
         x = normalize_batch(lut, images[start:start + batch_size])
-        out.append(softmax(model.forward(x, training=False).astype(np.float64)))
+        probs = softmax(model.forward(x, training=False).astype(np.float64))
+        if not np.isfinite(probs).all():
+            bad = start + int(np.argmin(np.isfinite(probs).all(axis=1)))
+            raise NonFiniteError(f"image {bad}: the model's outputs are not finite numbers (NaN or "
+                                 f"infinity); {OVERFLOW_HINT}")
+        out.append(probs)
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[0]))
 
 
@@ -193,6 +233,7 @@ def predict_files(path: str | Path, inputs: Sequence[str | Path], top_k: int = 1
     Raises:
         CheckpointError: As :func:`load_model`.
         DataError: An unreadable image or one the model cannot take; the message names the file.
+        NonFiniteError: The model's outputs for an image are not finite (its weights overflow).
     """
     model, cfg, _ = load_model(path)
     k = min(top_k, model.output_shape[0])

@@ -256,6 +256,22 @@ def build(specs: list[LayerSpec], input_shape: tuple[int, ...], *, seed: int = 0
     return Model(layers, tuple(int(s) for s in input_shape), shapes, rng, dtype)
 
 
+def array_bytes(specs: list[LayerSpec], input_shape: tuple[int, ...], dtype=np.float32) -> int:
+    """Bytes the parameters and buffers of ``build(specs, input_shape, dtype=dtype)`` would
+    take, from their shapes alone: the stack is built under ``init.shapes_only`` (weights are
+    read-only zero views, nothing is drawn or allocated), so a model far larger than memory
+    can be refused before it is built (``evaluation.load_model``).
+
+    Raises:
+        ConfigError: As :func:`build`.
+    """
+    from cnncli.layers.init import shapes_only
+
+    with shapes_only():
+        model = build(specs, input_shape, dtype=dtype, rng=np.random.default_rng(0))
+    return sum(a.size * a.dtype.itemsize for a in (*model.params().values(), *model.buffers().values()))
+
+
 def check_input_shape(input_shape: Any) -> tuple[int, ...]:
     """``input_shape`` as a tuple of ints if it is (C, H, W) or (F,) of positive integers
     holding at most ``MAX_ELEMENTS`` values.
