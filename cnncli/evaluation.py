@@ -15,9 +15,10 @@ from cnncli.errors import CheckpointError, CnncliError, ConfigError, DataError, 
 from cnncli.images import read_images
 from cnncli.losses import softmax
 from cnncli.metrics import class_name
-from cnncli.model import Model, array_bytes, check_input_shape
+from cnncli.model import Model, check_input_shape
 from cnncli.assemble import build_model
 from cnncli.data import normalize_batch, pixel_lut
+from cnncli.layers.init import shapes_only
 from cnncli.loop import EvalResult, evaluate
 
 
@@ -61,21 +62,24 @@ def load_model(path: str | Path, config: Config | None = None
     shape = _stored_input_shape(ck, stored)
     cfg = stored if config is None else config
     try:
-        _check_memory(ck, cfg, shape)
-        model = build_model(cfg, shape)
+        with shapes_only():                  # sized and matched against the arrays before any allocation
+            skeleton = build_model(cfg, shape)
     except ConfigError as e:
         if config is None:
             raise CheckpointError(f"{ck.path}: its stored config is invalid:\n{e}") from None
         raise CheckpointError(f"{ck.path}: the given config cannot build a model for this checkpoint's "
                               f"input shape {list(shape) if shape else '(unknown)'}:\n{e}") from None
+    _check_memory(ck, cfg, skeleton)
     try:
-        model.load_arrays(ck.params, ck.buffers)
+        skeleton.check_arrays(ck.params, ck.buffers)
     except ValueError as e:
         if config is None:
             raise CheckpointError(f"{ck.path}: {e}") from None
         raise CheckpointError(f"{ck.path}: the checkpoint's model does not match the layers of "
                               f"{config.source or 'the given config'}: {e}. Use the config the checkpoint "
                               f"was trained with (its run folder keeps it as config.yaml).") from None
+    model = build_model(cfg, shape)
+    model.load_arrays(ck.params, ck.buffers)
     return model, cfg, ck
 
 
@@ -84,18 +88,15 @@ OVERFLOW_HINT = ("the checkpoint's weights overflow float32 (they are huge or no
                  "another checkpoint (e.g. an earlier epoch_K.npz)")
 
 
-def _check_memory(ck: checkpoint.Checkpoint, cfg: Config, shape: tuple[int, ...] | None) -> None:
-    """Refuse a config whose model's arrays (:func:`cnncli.model.array_bytes`, from shapes
-    alone) exceed the memory available now (:func:`cnncli.assemble.available_memory`, the
-    figure ``train`` refuses batches by), before anything is allocated.
+def _check_memory(ck: checkpoint.Checkpoint, cfg: Config, skeleton: Model) -> None:
+    """Refuse a model whose arrays (:meth:`Model.array_bytes` of ``skeleton``, built from
+    shapes alone) exceed the memory available now (:func:`cnncli.assemble.available_memory`,
+    the figure ``train`` refuses batches by), before the real model is allocated.
 
     Raises:
         CheckpointError: Naming the size, the memory available and the config.
-        ConfigError: A layer or shape problem (as :func:`build_model`).
     """
-    if shape is None:
-        return                      # build_model says the input shape is unknown
-    need = array_bytes(list(cfg.model.layers), shape)
+    need = skeleton.array_bytes()
     avail = assemble.available_memory()
     if avail is not None and need > avail:
         raise CheckpointError(f"{ck.path}: the model of {cfg.source or 'its stored config'} needs "

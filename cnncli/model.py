@@ -169,11 +169,28 @@ class Model:
     def num_params(self) -> int:
         return sum(a.size for a in self.params().values())
 
+    def array_bytes(self) -> int:
+        """Bytes of the parameters and buffers, from their shapes and dtypes: also right for a
+        model built under ``init.shapes_only`` (weights are zero views, nothing allocated),
+        which is how a model too large for memory is sized before it is built."""
+        return sum(a.size * a.dtype.itemsize for a in (*self.params().values(), *self.buffers().values()))
+
     def load_arrays(self, params: dict[str, np.ndarray], buffers: dict[str, np.ndarray]) -> None:
         """Copy saved arrays into the model in place (optimizer references stay valid).
 
-        Nothing is copied unless every array fits: same keys, same shapes, and the same
-        kind of number (floating-point for float arrays, integers for integer counters).
+        Nothing is copied unless every array fits (:meth:`check_arrays`).
+
+        Raises:
+            ValueError: Naming the first missing, unexpected, mis-shaped or mis-typed array.
+        """
+        for target, a in self.check_arrays(params, buffers):
+            target[...] = a
+
+    def check_arrays(self, params: dict[str, np.ndarray], buffers: dict[str, np.ndarray]
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(model array, saved array) pairs if every saved array fits: same keys, same shapes,
+        and the same kind of number (floating-point for float arrays, integers for integer
+        counters). Reads only shapes and dtypes, so a ``shapes_only`` model can check them.
 
         Raises:
             ValueError: Naming the first missing, unexpected, mis-shaped or mis-typed array.
@@ -193,8 +210,7 @@ class Model:
                 if a.dtype.kind not in want or a.dtype.names is not None:
                     raise ValueError(f"{kind} {key} holds {a.dtype} values, the model needs {mine[key].dtype}")
                 pairs.append((mine[key], a))
-        for target, a in pairs:
-            target[...] = a
+        return pairs
 
 
 def summarize(model: "Model") -> list[dict[str, Any]]:
@@ -254,22 +270,6 @@ def build(specs: list[LayerSpec], input_shape: tuple[int, ...], *, seed: int = 0
         layers.append(layer)
         shapes.append(shape)
     return Model(layers, tuple(int(s) for s in input_shape), shapes, rng, dtype)
-
-
-def array_bytes(specs: list[LayerSpec], input_shape: tuple[int, ...], dtype=np.float32) -> int:
-    """Bytes the parameters and buffers of ``build(specs, input_shape, dtype=dtype)`` would
-    take, from their shapes alone: the stack is built under ``init.shapes_only`` (weights are
-    read-only zero views, nothing is drawn or allocated), so a model far larger than memory
-    can be refused before it is built (``evaluation.load_model``).
-
-    Raises:
-        ConfigError: As :func:`build`.
-    """
-    from cnncli.layers.init import shapes_only
-
-    with shapes_only():
-        model = build(specs, input_shape, dtype=dtype, rng=np.random.default_rng(0))
-    return sum(a.size * a.dtype.itemsize for a in (*model.params().values(), *model.buffers().values()))
 
 
 def check_input_shape(input_shape: Any) -> tuple[int, ...]:
