@@ -15,11 +15,17 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from cnncli.errors import shown
+
 #: Largest number of elements cnncli accepts for one parameter array, for one sample's
 #: output of a layer, and for one sample's padded input or im2col matrix of a conv/pool
 #: layer: 2**28 (1 GiB of float32). A YAML value like ``out_channels: 1e12`` is refused
 #: with a message before anything is allocated, instead of failing with MemoryError.
 MAX_ELEMENTS = 2 ** 28
+
+#: Largest integer any option accepts unless it names a smaller maximum: the largest int64
+#: (NumPy's index and C ``long``), so no option reaches NumPy as an ``OverflowError``.
+MAX_INT = 2 ** 63 - 1
 
 
 class OptionError(ValueError):
@@ -59,32 +65,36 @@ def check_size(what: str, shape: tuple[int, ...]) -> None:
                          f"cnncli's limit of {MAX_ELEMENTS:,} (1 GiB of float32). Use smaller sizes.")
 
 
-def check_int(name: str, value: Any, minimum: int = 0, maximum: int | None = None) -> int:
+def check_int(name: str, value: Any, minimum: int = 0, maximum: int = MAX_INT) -> int:
     """Return ``value`` as int if it is an integer in [``minimum``, ``maximum``] (bools refused).
+    Default ``maximum``: :data:`MAX_INT`.
 
     Raises:
         OptionError: On ``name`` otherwise.
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise OptionError(name, f"must be an integer, got {value!r}")
+        raise OptionError(name, f"must be an integer, got {shown(value)}")
     if value < minimum:
         raise OptionError(name, f"must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise OptionError(name, f"must be <= {maximum}, got {value}")
+    if value > maximum:
+        got = f"{value}" if value < 10 ** 30 else f"an integer of {len(str(value))} digits"
+        raise OptionError(name, f"must be <= {maximum:,}, got {got}")
     return int(value)
 
 
 def check_pair(name: str, value: Any, minimum: int = 0) -> tuple[int, int]:
-    """Return ``(h, w)`` from an int or a pair of ints, each >= ``minimum``.
+    """Return ``(h, w)`` from an int or a pair of ints, each in [``minimum``, :data:`MAX_ELEMENTS`]
+    (a window, step or padding larger than the largest array cnncli makes means nothing).
 
     Raises:
         OptionError: On ``name`` otherwise.
     """
     if isinstance(value, (list, tuple)):
         if len(value) != 2:
-            raise OptionError(name, f"must be an integer or a pair [h, w], got {list(value)!r}")
-        return check_int(name, value[0], minimum), check_int(name, value[1], minimum)
-    v = check_int(name, value, minimum)
+            raise OptionError(name, f"must be an integer or a pair [h, w], got {shown(list(value))}")
+        return (check_int(name, value[0], minimum, MAX_ELEMENTS),
+                check_int(name, value[1], minimum, MAX_ELEMENTS))
+    v = check_int(name, value, minimum, MAX_ELEMENTS)
     return v, v
 
 
@@ -97,13 +107,13 @@ def check_float(name: str, value: Any, low: float | None = None, high: float | N
         OptionError: On ``name`` otherwise.
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise OptionError(name, f"must be a number, got {value!r}")
+        raise OptionError(name, f"must be a number, got {shown(value)}")
     try:
         v = float(value)
     except OverflowError:  # an integer beyond float range, e.g. 10**400
         raise OptionError(name, f"must be finite, got an integer of {len(str(abs(int(value))))} digits") from None
     if not np.isfinite(v):
-        raise OptionError(name, f"must be finite, got {value!r}")
+        raise OptionError(name, f"must be finite, got {shown(value)}")
     if low is not None and (v < low or (low_open and v == low)):
         raise OptionError(name, f"must be {'>' if low_open else '>='} {low}, got {value}")
     if high is not None and (v > high or (high_open and v == high)):
@@ -118,7 +128,7 @@ def check_bool(name: str, value: Any) -> bool:
         OptionError: On ``name`` otherwise.
     """
     if not isinstance(value, (bool, np.bool_)):
-        raise OptionError(name, f"must be true or false, got {value!r}")
+        raise OptionError(name, f"must be true or false, got {shown(value)}")
     return bool(value)
 
 
@@ -133,7 +143,7 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
     choices = tuple(choices)
     if not isinstance(value, str) or value not in choices:
         hint = did_you_mean(str(value), choices)
-        raise OptionError(name, f"must be one of {', '.join(choices)}, got {value!r}.{hint}".rstrip("."))
+        raise OptionError(name, f"must be one of {', '.join(choices)}, got {shown(value)}.{hint}".rstrip("."))
     return value
 
 

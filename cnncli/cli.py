@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-import typer
-from typer.core import TyperGroup
+try:
+    import typer
+    from typer.core import TyperGroup
+except KeyboardInterrupt:       # Ctrl-C while the console script starts (typer takes ~0.1 s to import)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.stderr.write("interrupted\n")
+    raise SystemExit(130) from None
 
 from cnncli import __version__
 from cnncli.errors import CnncliError, DataError
@@ -34,15 +41,30 @@ def _pipe_closed_quietly():
         stdout_closed()
 
 
+@contextlib.contextmanager
+def _interrupt_exits_130(ctx=None):
+    """Ctrl-C outside :func:`user_errors` (parsing argv, a command without it) ends with
+    ``interrupted`` and exit 130, as inside it (click alone prints ``Aborted!``, exit 1);
+    with ``--debug`` (``ctx.obj.debug``) the traceback shows."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if ctx is not None and getattr(ctx.obj, "debug", False):
+            raise
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(code=130) from None
+
+
 class _Group(TyperGroup):
-    """The command group: every command (and --help) runs under :func:`_pipe_closed_quietly`."""
+    """The command group: every command (and --help) runs under :func:`_pipe_closed_quietly`
+    and :func:`_interrupt_exits_130`."""
 
     def make_context(self, *args, **kwargs):
-        with _pipe_closed_quietly():
+        with _pipe_closed_quietly(), _interrupt_exits_130():
             return super().make_context(*args, **kwargs)
 
     def invoke(self, ctx):
-        with _pipe_closed_quietly():
+        with _pipe_closed_quietly(), _interrupt_exits_130(ctx):
             return super().invoke(ctx)
 
 
@@ -374,6 +396,22 @@ app.add_typer(data_app, name="data")
 from cnncli import cli_data  # noqa: E402,F401  (its commands join data_app; they use user_errors above)
 
 
+def _first_interrupt_only(signum, frame) -> None:
+    """SIGINT handler of the console script: the first Ctrl-C raises KeyboardInterrupt, which
+    ends the command with exit 130; it also ignores every later one, so a second Ctrl-C can
+    never break into that ending (the message, a ``finally``, joining threads at exit) and
+    print a traceback. Training installs its own handler meanwhile (it finishes the batch)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: runs the app with :func:`_first_interrupt_only` as SIGINT
+    handler (not set for callers of ``app`` in-process, e.g. tests with CliRunner)."""
+    try:
+        signal.signal(signal.SIGINT, _first_interrupt_only)
+        app()
+    except KeyboardInterrupt:        # a Ctrl-C before click runs the command, or while it exits
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sys.stderr.write("interrupted\n")
+        raise SystemExit(130) from None

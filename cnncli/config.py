@@ -30,7 +30,7 @@ from cnncli.checks import check_choice, check_float, check_int
 from cnncli.config_data import (DATA_CHECKS, AugmentConfig, DataConfig, check_data, check_path, check_shape,
                                 validate_data)
 from cnncli.config_sections import Checks, check_section, defaults_of, kind_of, raise_problems
-from cnncli.errors import ConfigError, Problem, did_you_mean
+from cnncli.errors import ConfigError, Problem, did_you_mean, shown
 from cnncli.model import LayerSpec, check_specs
 from cnncli.overrides import Override, apply_overrides
 from cnncli.registry import check_block
@@ -218,7 +218,7 @@ def _options_example(name: str) -> str:
 def _layers(raw, problems: list[Problem], line: int | None = None) -> tuple[LayerSpec, ...]:
     if not isinstance(raw, list) or not raw:
         problems.append(Problem("model.layers", f"must be a non-empty list of layers, e.g. "
-                                f"'- conv2d: {{out_channels: 8, kernel_size: 3}}', got {raw!r}",
+                                f"'- conv2d: {{out_channels: 8, kernel_size: 3}}', got {shown(raw)}",
                                 getattr(raw, "line", None) or line))
         return ()
     specs = []
@@ -238,12 +238,12 @@ def _layers(raw, problems: list[Problem], line: int | None = None) -> tuple[Laye
                 opts = {}
             if not isinstance(opts, dict):
                 problems.append(Problem(path, f"options of '{name}' must be a mapping like "
-                                        f"{_options_example(str(name))}, got {opts!r}", line))
+                                        f"{_options_example(str(name))}, got {shown(opts)}", line))
                 continue
             specs.append(LayerSpec(str(name), plain(opts), path, line, {k: line_of(opts, k) for k in opts}))
             continue
         problems.append(Problem(path, f"a layer is a name ('relu') or one name with its options "
-                                f"('conv2d: {{out_channels: 8, kernel_size: 3}}'), got {item!r}", line))
+                                f"('conv2d: {{out_channels: 8, kernel_size: 3}}'), got {shown(item)}", line))
     problems.extend(check_specs(specs))
     return tuple(specs)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from cnncli.checks import OptionError, check_bool, check_choice, check_float, check_int, check_size
 from cnncli.config_sections import Checks, check_section, defaults_of, raise_problems
-from cnncli.errors import Problem, did_you_mean
+from cnncli.errors import Problem, did_you_mean, shown
 from cnncli.yamlio import line_of
 
 
@@ -63,15 +63,15 @@ def _optional_positive_int(name: str):
 def check_path(v: Any) -> str:
     """``v`` if it is a path: non-empty text without a NUL character (else ValueError)."""
     if not isinstance(v, str) or not v.strip():
-        raise ValueError(f"must be a path (text), got {v!r}")
+        raise ValueError(f"must be a path (text), got {shown(v)}")
     if "\0" in v:
-        raise ValueError(f"a path cannot contain a NUL character, got {v!r}")
+        raise ValueError(f"a path cannot contain a NUL character, got {shown(v)}")
     return v
 
 
 def _val_split(v):
     if isinstance(v, bool):
-        raise OptionError("val_split", f"must be a fraction in [0, 1) or a count of images, got {v!r}")
+        raise OptionError("val_split", f"must be a fraction in [0, 1) or a count of images, got {shown(v)}")
     if isinstance(v, int):
         return check_int("val_split", v, 0)
     return check_float("val_split", v, 0.0, 1.0, high_open=True)
@@ -80,7 +80,7 @@ def _val_split(v):
 def check_shape(v, name: str, lengths: tuple[int, ...], forms: str, what: str) -> tuple[int, ...]:
     """A list of ``lengths`` positive ints holding at most ``MAX_ELEMENTS`` values, as a tuple."""
     if not isinstance(v, list) or len(v) not in lengths:
-        raise OptionError(name, f"must be {forms}, got {v!r}")
+        raise OptionError(name, f"must be {forms}, got {shown(v)}")
     shape = tuple(check_int(name, s, 1) for s in v)
     check_size(what, shape)
     return shape
@@ -96,7 +96,7 @@ def _location(v):
         return None
     if isinstance(v, list):
         if len(v) != 2:
-            raise ValueError(f"must be a path, or a pair [images, labels] of IDX files, got {v!r}")
+            raise ValueError(f"must be a path, or a pair [images, labels] of IDX files, got {shown(v)}")
         return tuple(check_path(p) for p in v)
     return check_path(v)
 
@@ -107,7 +107,7 @@ def _dataset_name(v):
     if v is None:
         return None
     if not isinstance(v, str) or v not in NAMES:
-        raise ValueError(f"unknown dataset name {v!r}.{did_you_mean(str(v), NAMES)} Known names: "
+        raise ValueError(f"unknown dataset name {shown(v)}.{did_you_mean(str(v), NAMES)} Known names: "
                          f"{', '.join(NAMES)}; or give data.path")
     return v
 
@@ -128,12 +128,12 @@ def _npz_keys(v):
     if v is None:
         return None
     if not isinstance(v, dict):
-        raise ValueError(f"must be a mapping such as {{x_train: images, y_train: labels}}, got {v!r}")
+        raise ValueError(f"must be a mapping such as {{x_train: images, y_train: labels}}, got {shown(v)}")
     for k, name in v.items():
         if k not in NPZ_KEYS:
             raise ValueError(f"unknown key {k!r}.{did_you_mean(str(k), NPZ_KEYS)} Keys: {', '.join(NPZ_KEYS)}")
         if not isinstance(name, str) or not name:
-            raise ValueError(f"{k} must name an array of the archive (text), got {name!r}")
+            raise ValueError(f"{k} must name an array of the archive (text), got {shown(name)}")
     return {str(k): str(name) for k, name in v.items()}
 
 
@@ -141,11 +141,11 @@ def _classes(v):
     if v is None:
         return None
     if not isinstance(v, list) or len(v) < 2:
-        raise ValueError(f"must be a list of at least 2 class names, got {v!r}")
+        raise ValueError(f"must be a list of at least 2 class names, got {shown(v)}")
     names = []
     for c in v:
         if isinstance(c, bool) or not isinstance(c, (str, int)) or not str(c).strip():
-            raise ValueError(f"class names are text, got {c!r}")
+            raise ValueError(f"class names are text, got {shown(c)}")
         names.append(str(c))
     dup = next((c for c in names if names.count(c) > 1), None)
     if dup is not None:
@@ -159,7 +159,7 @@ def _normalizer(name: str, positive: bool):
         if v is None or v == "auto":
             return "auto"
         if isinstance(v, str):
-            raise OptionError(name, f"must be a number, a list of numbers (one per channel) or 'auto', got {v!r}")
+            raise OptionError(name, f"must be a number, a list of numbers (one per channel) or 'auto', got {shown(v)}")
         # pixels are scaled to [0, 1] before normalizing: a mean outside it, or a std above 1,
         # is almost surely given in 0-255 units
         bounds = dict(low=0.0, low_open=True, high=1.0) if positive else dict(low=0.0, high=1.0)

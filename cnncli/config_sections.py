@@ -8,7 +8,7 @@ import dataclasses
 from typing import Any, Callable
 
 from cnncli.checks import OptionError
-from cnncli.errors import ConfigError, Problem, did_you_mean
+from cnncli.errors import ConfigError, Problem, did_you_mean, shown
 from cnncli.yamlio import line_of
 
 #: A section's checks: key -> function returning the checked value (raising ValueError),
@@ -46,7 +46,7 @@ def check_section(name: str, raw: Any, problems: list[Problem], line: int | None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        problems.append(Problem(name, f"must be a mapping of keys ({', '.join(checks)}), got {raw!r}",
+        problems.append(Problem(name, f"must be a mapping of keys ({', '.join(checks)}), got {shown(raw)}",
                                 getattr(raw, "line", None) or line))
         return filled
     for key in raw:

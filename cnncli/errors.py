@@ -9,6 +9,7 @@ that escapes is a bug in cnncli.
 from __future__ import annotations
 
 import difflib
+import reprlib
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -20,6 +21,51 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """
     match = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" Did you mean '{match[0]}'?" if match else ""
+
+
+#: Longest text :func:`shown` gives for one value, and longest message one :class:`Problem`
+#: prints; a :class:`ConfigError` prints its first :data:`MAX_PROBLEMS` problems.
+MAX_SHOWN = 200
+MAX_MESSAGE = 1000
+MAX_PROBLEMS = 50
+
+
+def shown(value, limit: int = MAX_SHOWN) -> str:
+    """``repr(value)`` for a message, at most about ``limit`` characters: a long list or
+    mapping (at any depth) shows its first items and ``... (N items)``, long text is cut.
+
+    Bounded work for any value (:mod:`reprlib` looks at a few items and levels), so a
+    config's huge list cannot make a huge message.
+    """
+    r = _Repr()
+    r.maxstring, r.maxother = limit, limit
+    return capped(r.repr(value), limit + 40)
+
+
+class _Repr(reprlib.Repr):
+    """:class:`reprlib.Repr` that counts what it leaves out (``[1, 2, ... (500 items)]``) and
+    also abbreviates the YAML loader's list and dict subclasses (reprlib picks a method by
+    type name and would ``repr`` them whole)."""
+
+    def __init__(self):
+        super().__init__()
+        self.maxlevel, self.maxlist, self.maxtuple, self.maxdict, self.maxset, self.maxlong = 3, 6, 6, 4, 6, 40
+
+    def repr1(self, x, level):
+        if isinstance(x, dict):
+            text, most = self.repr_dict(x, level), self.maxdict
+        elif isinstance(x, list):
+            text, most = self.repr_list(x, level), self.maxlist
+        else:
+            return super().repr1(x, level)
+        if len(x) > most and text.endswith(("...]", "...}")):
+            text = f"{text[:-1]} ({len(x):,} items){text[-1]}"
+        return text
+
+
+def capped(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` cut to ``limit`` characters, ending ``... (N characters)`` when cut."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 class CnncliError(Exception):
@@ -43,11 +89,14 @@ class Problem:
             where = f"{source}:{self.line}" if self.line else source
         if self.path:
             where = f"{where} {self.path}" if where else self.path
-        return f"{where}: {self.message}" if where else self.message
+        message = capped(self.message)
+        return f"{where}: {message}" if where else message
 
 
 class ConfigError(CnncliError):
-    """A config file or override is invalid. Carries every problem found, not just the first.
+    """A config file or override is invalid. Carries every problem found, not just the first;
+    the message shows the first :data:`MAX_PROBLEMS`, each capped at :data:`MAX_MESSAGE`
+    characters, then how many more there are.
 
     Args:
         problems: The located problems, in file order.
@@ -57,7 +106,10 @@ class ConfigError(CnncliError):
     def __init__(self, problems: list[Problem], source: str | None = None):
         self.problems = list(problems)
         self.source = source
-        super().__init__("\n".join(p.format(source) for p in self.problems))
+        lines = [p.format(source) for p in self.problems[:MAX_PROBLEMS]]
+        if len(self.problems) > MAX_PROBLEMS:
+            lines.append(f"... and {len(self.problems) - MAX_PROBLEMS:,} more problems")
+        super().__init__("\n".join(lines))
 
 
 class DataError(CnncliError):
@@ -93,6 +145,14 @@ class TrainingError(CnncliError):
 
 class DivergedError(TrainingError):
     """The loss became NaN or infinite."""
+
+
+class NonFiniteError(CnncliError):
+    """A model's outputs (logits, probabilities or the loss) are not finite numbers: its
+    weights overflow. ``eval`` and ``predict`` refuse to report NaN as a result; exit 1 (the
+    check failed on valid input, as a diverged run)."""
+
+    exit_code = 1
 
 
 class BatchError(TrainingError):

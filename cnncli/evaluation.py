@@ -10,13 +10,15 @@ import numpy as np
 from cnncli import checkpoint
 from cnncli.config import Config, from_dict
 from cnncli.datasets import Dataset
-from cnncli.errors import CheckpointError, CnncliError, ConfigError, DataError
+from cnncli import assemble
+from cnncli.errors import CheckpointError, CnncliError, ConfigError, DataError, DivergedError, NonFiniteError
 from cnncli.images import read_images
 from cnncli.losses import softmax
 from cnncli.metrics import class_name
 from cnncli.model import Model, check_input_shape
 from cnncli.assemble import build_model
 from cnncli.data import normalize_batch, pixel_lut
+from cnncli.layers.init import shapes_only
 from cnncli.loop import EvalResult, evaluate
 
 
@@ -47,8 +49,10 @@ def load_model(path: str | Path, config: Config | None = None
             checkpoint's arrays. The returned config is then this one.
 
     Raises:
-        CheckpointError: Unreadable checkpoint, invalid stored config or metadata, arrays
-            that do not fit the stored architecture, or a model that does not match ``config``.
+        CheckpointError: Unreadable checkpoint, invalid stored config or metadata, a model
+            whose weights would not fit in the memory available (checked from shapes before it
+            is built), arrays that do not fit the stored architecture, or a model that does
+            not match ``config``.
     """
     ck = checkpoint.load(path)
     try:
@@ -58,21 +62,47 @@ def load_model(path: str | Path, config: Config | None = None
     shape = _stored_input_shape(ck, stored)
     cfg = stored if config is None else config
     try:
-        model = build_model(cfg, shape)
+        with shapes_only():                  # sized and matched against the arrays before any allocation
+            skeleton = build_model(cfg, shape)
     except ConfigError as e:
         if config is None:
             raise CheckpointError(f"{ck.path}: its stored config is invalid:\n{e}") from None
         raise CheckpointError(f"{ck.path}: the given config cannot build a model for this checkpoint's "
                               f"input shape {list(shape) if shape else '(unknown)'}:\n{e}") from None
+    _check_memory(ck, cfg, skeleton)
     try:
-        model.load_arrays(ck.params, ck.buffers)
+        skeleton.check_arrays(ck.params, ck.buffers)
     except ValueError as e:
         if config is None:
             raise CheckpointError(f"{ck.path}: {e}") from None
         raise CheckpointError(f"{ck.path}: the checkpoint's model does not match the layers of "
                               f"{config.source or 'the given config'}: {e}. Use the config the checkpoint "
                               f"was trained with (its run folder keeps it as config.yaml).") from None
+    model = build_model(cfg, shape)
+    model.load_arrays(ck.params, ck.buffers)
     return model, cfg, ck
+
+
+#: What a non-finite output means and how to fix it, for :class:`NonFiniteError` messages.
+OVERFLOW_HINT = ("the checkpoint's weights overflow float32 (they are huge or not finite); retrain or use "
+                 "another checkpoint (e.g. an earlier epoch_K.npz)")
+
+
+def _check_memory(ck: checkpoint.Checkpoint, cfg: Config, skeleton: Model) -> None:
+    """Refuse a model whose arrays (:meth:`Model.array_bytes` of ``skeleton``, built from
+    shapes alone) exceed the memory available now (:func:`cnncli.assemble.available_memory`,
+    the figure ``train`` refuses batches by), before the real model is allocated.
+
+    Raises:
+        CheckpointError: Naming the size, the memory available and the config.
+    """
+    need = skeleton.array_bytes()
+    avail = assemble.available_memory()
+    if avail is not None and need > avail:
+        raise CheckpointError(f"{ck.path}: the model of {cfg.source or 'its stored config'} needs "
+                              f"{need / 2**20:,.0f} MiB for its weights but {avail / 2**20:,.0f} MiB of memory "
+                              f"is available; it was not built. A checkpoint of cnncli holds its own "
+                              f"model's weights: is this one from another source?")
 
 
 def evaluate_checkpoint(path: str | Path, data_path: str | None = None,
@@ -88,6 +118,7 @@ def evaluate_checkpoint(path: str | Path, data_path: str | None = None,
 
     Raises:
         CheckpointError, DataError: As the loaders do; a dataset without a test split.
+        NonFiniteError: The loss is not a finite number (the weights overflow): no figures.
     """
     from cnncli import formats
 
@@ -118,7 +149,11 @@ def evaluate_checkpoint(path: str | Path, data_path: str | None = None,
         raise CheckpointError(f"{ck.path}: the model has {num_classes} classes but {where} has labels "
                               f"up to {int(test.labels.max())}")
     lut = stored_lut(ck, cfg)
-    result = evaluate(model, test, batch_size or cfg.train.eval_batch_size, lut, num_classes)
+    try:
+        result = evaluate(model, test, batch_size or cfg.train.eval_batch_size, lut, num_classes)
+    except DivergedError as e:       # the batch loop refuses a non-finite loss (in training: divergence)
+        raise NonFiniteError(f"{ck.path}: on {where}, {e} (the model's outputs are not all finite numbers); "
+                             f"{OVERFLOW_HINT}") from None
     return result, cfg, ck, test
 
 
@@ -155,6 +190,7 @@ def predict_proba(model: Model, cfg: Config, images: np.ndarray, batch_size: int
 
     Raises:
         DataError: If the images' shape differs from the model's input shape.
+        NonFiniteError: If a probability is not a finite number (the weights overflow).
     """
     if tuple(images.shape[1:]) != tuple(model.input_shape):
         from cnncli.images import fix_hint
@@ -172,7 +208,12 @@ def predict_proba(model: Model, cfg: Config, images: np.ndarray, batch_size: int
     out = []
     for start in range(0, len(images), batch_size):
         x = normalize_batch(lut, images[start:start + batch_size])
-        out.append(softmax(model.forward(x, training=False).astype(np.float64)))
+        probs = softmax(model.forward(x, training=False).astype(np.float64))
+        if not np.isfinite(probs).all():
+            bad = start + int(np.argmin(np.isfinite(probs).all(axis=1)))
+            raise NonFiniteError(f"image {bad}: the model's outputs are not finite numbers (NaN or "
+                                 f"infinity); {OVERFLOW_HINT}")
+        out.append(probs)
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[0]))
 
 
@@ -193,6 +234,7 @@ def predict_files(path: str | Path, inputs: Sequence[str | Path], top_k: int = 1
     Raises:
         CheckpointError: As :func:`load_model`.
         DataError: An unreadable image or one the model cannot take; the message names the file.
+        NonFiniteError: The model's outputs for an image are not finite (its weights overflow).
     """
     model, cfg, _ = load_model(path)
     k = min(top_k, model.output_shape[0])

@@ -40,14 +40,18 @@ class ModelSummary:
 
 def summary(cfg: Config) -> ModelSummary:
     """Build the model of ``cfg`` (float32, input shape from the config or the training data)
-    and describe it; a batch size ``train`` would refuse becomes a warning, not an error.
+    and describe it. What ``train`` refuses because of the config alone is an error here too
+    (a layer or shape problem, outputs other than ``data.num_classes`` when it is set: the
+    checks of :func:`cnncli.assemble.build_model`); a batch size ``train`` would refuse for
+    the memory of this machine becomes a warning, not an error.
 
     Raises:
-        ConfigError: A layer or shape problem in the config.
+        ConfigError: A layer or shape problem in the config, or a model whose outputs are not
+            ``data.num_classes``.
         DataError: The input shape must come from the data and the data cannot be read.
     """
     shape = data.input_shape(cfg)
-    model = assemble.build_model(cfg, shape)
+    model = assemble.build_model(cfg, shape, num_classes=cfg.data.num_classes)
     warnings = []
     try:
         assemble.check_batch(model, cfg.train.batch_size, source=cfg.source)

@@ -169,11 +169,28 @@ class Model:
     def num_params(self) -> int:
         return sum(a.size for a in self.params().values())
 
+    def array_bytes(self) -> int:
+        """Bytes of the parameters and buffers, from their shapes and dtypes: also right for a
+        model built under ``init.shapes_only`` (weights are zero views, nothing allocated),
+        which is how a model too large for memory is sized before it is built."""
+        return sum(a.size * a.dtype.itemsize for a in (*self.params().values(), *self.buffers().values()))
+
     def load_arrays(self, params: dict[str, np.ndarray], buffers: dict[str, np.ndarray]) -> None:
         """Copy saved arrays into the model in place (optimizer references stay valid).
 
-        Nothing is copied unless every array fits: same keys, same shapes, and the same
-        kind of number (floating-point for float arrays, integers for integer counters).
+        Nothing is copied unless every array fits (:meth:`check_arrays`).
+
+        Raises:
+            ValueError: Naming the first missing, unexpected, mis-shaped or mis-typed array.
+        """
+        for target, a in self.check_arrays(params, buffers):
+            target[...] = a
+
+    def check_arrays(self, params: dict[str, np.ndarray], buffers: dict[str, np.ndarray]
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(model array, saved array) pairs if every saved array fits: same keys, same shapes,
+        and the same kind of number (floating-point for float arrays, integers for integer
+        counters). Reads only shapes and dtypes, so a ``shapes_only`` model can check them.
 
         Raises:
             ValueError: Naming the first missing, unexpected, mis-shaped or mis-typed array.
@@ -193,8 +210,7 @@ class Model:
                 if a.dtype.kind not in want or a.dtype.names is not None:
                     raise ValueError(f"{kind} {key} holds {a.dtype} values, the model needs {mine[key].dtype}")
                 pairs.append((mine[key], a))
-        for target, a in pairs:
-            target[...] = a
+        return pairs
 
 
 def summarize(model: "Model") -> list[dict[str, Any]]:

@@ -3,6 +3,13 @@
 Loading uses ``yaml.safe_load`` semantics (plus YAML 1.2 floats such as ``1e-3``,
 which YAML 1.1 reads as strings), refuses duplicate keys, and records the line of every
 key and item, so each config problem can be reported at ``file:line``.
+
+Bounded: aliases (``*name`` of an ``&name`` anchor, also in ``<<:`` merges) may repeat at
+most :data:`ALIAS_BUDGET` values in all, counted while the document is composed and before
+anything is built, so an alias bomb ("billion laughs") is refused at the alias that crosses
+the budget within milliseconds; an alias inside the node it names is refused too. Text must
+be valid Unicode: a lone surrogate (``"\\udc80"``) cannot be written to ``config.yaml``, a
+checkpoint or JSON, so it is refused where it is written.
 """
 
 from __future__ import annotations
@@ -12,7 +19,12 @@ from typing import Any
 
 import yaml
 
-from cnncli.errors import ConfigError, Problem
+from cnncli.errors import ConfigError, Problem, shown
+
+#: Values (scalars, lists, mappings) that all the aliases of one document may repeat, in all:
+#: far more than any config needs (a whole config holds a few hundred), far less than an
+#: alias bomb (nine levels of nine aliases repeat 387,420,489).
+ALIAS_BUDGET = 10_000
 
 
 class LineDict(dict):
@@ -36,13 +48,51 @@ class LineList(list):
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that builds LineDict/LineList and refuses duplicate keys."""
+    """SafeLoader that builds LineDict/LineList, refuses duplicate keys, lone surrogates,
+    recursive aliases and aliases that repeat more than :data:`ALIAS_BUDGET` values."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._sizes: dict[int, int] = {}      # id(node) -> values in it, aliases expanded
+        self._open: set[str] = set()          # anchors of the collections being composed
+        self._repeated = 0                    # values the aliases so far repeat
+
+    def _size(self, node) -> int:
+        """Values in ``node`` with its aliases expanded (memoized: linear in the nodes written)."""
+        size = self._sizes.get(id(node))
+        if size is None:
+            children = node.value if isinstance(node, yaml.SequenceNode) else \
+                [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+            size = self._sizes[id(node)] = 1 + sum(self._size(n) for n in children)
+        return size
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) and event.anchor in self.anchors:
+            if event.anchor in self._open:
+                raise yaml.composer.ComposerError(
+                    None, None, f"alias *{event.anchor} is inside the node it names (a loop); "
+                    "a config cannot hold itself", event.start_mark)
+            self._repeated += self._size(self.anchors[event.anchor])
+            if self._repeated > ALIAS_BUDGET:
+                raise yaml.composer.ComposerError(
+                    None, None, f"aliases repeat more than {ALIAS_BUDGET:,} values by alias *{event.anchor} "
+                    f"(an alias bomb?); a config needs a few hundred. Write the values out or use "
+                    "fewer aliases", event.start_mark)
+            return super().compose_node(parent, index)
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None and isinstance(event, yaml.CollectionStartEvent):
+            self._open.add(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._open.discard(anchor)
 
     def construct_object(self, node, deep=False):
         # PyYAML's scalar constructors raise bare ValueError/KeyError/... on values such as
         # `!!int abc`, `!!bool maybe` or the impossible date `2020-02-30`; locate them instead.
         try:
-            return super().construct_object(node, deep)
+            value = super().construct_object(node, deep)
         except yaml.YAMLError:
             raise
         except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError) as e:
@@ -52,6 +102,15 @@ class _Loader(yaml.SafeLoader):
             detail = f" ({e})" if str(e) and not isinstance(e, (KeyError, IndexError, AttributeError)) else ""
             raise yaml.constructor.ConstructorError(
                 None, None, f"{what}{detail}. Quote the value to keep it as text, or fix it", node.start_mark) from None
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"text {shown(value)} holds {value[e.start]!r} at position {e.start}, a lone "
+                    "surrogate that is not a character (a file name's undecodable byte?): it cannot be "
+                    "written to config.yaml, a checkpoint or JSON. Use valid UTF-8 text", node.start_mark) from None
+        return value
 
 
 def _construct_map(loader: _Loader, node: yaml.MappingNode) -> LineDict:
@@ -102,7 +161,8 @@ def parse_yaml(text: str, source: str | None = None) -> Any:
         what = e.problem or str(e)
         if e.context:
             what = f"{e.context}: {what}" if e.problem else e.context
-        kind = "YAML error" if isinstance(e, yaml.constructor.ConstructorError) else "YAML syntax error"
+        kind = "YAML syntax error" if isinstance(e, (yaml.scanner.ScannerError, yaml.parser.ParserError)) \
+            else "YAML error"
         raise ConfigError([Problem("", f"{kind}{col}: {what}", line)], source) from None
     except yaml.reader.ReaderError as e:   # a control character, e.g. a NUL byte
         line = text.count("\n", 0, e.position) + 1 if isinstance(e.position, int) else None
