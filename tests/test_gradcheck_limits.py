@@ -218,7 +218,7 @@ BAD = [
     ("nan", lambda p: np.save(p, np.full((2, 1, 28, 28), np.nan)), "NaN or infinite"),
     ("empty", lambda p: np.save(p, np.zeros((0, 1, 28, 28))), r"an array of shape \(0, 1, 28, 28\)"),
     ("not-npy", lambda p: p.write_text("hello"), "not a .npy file"),
-    ("pickle", lambda p: np.save(p, np.array([{"a": 1}], dtype=object)), "not a readable .npy"),
+    ("pickle", lambda p: np.save(p, np.array([{"a": 1}], dtype=object)), "holds pickled Python objects"),
     ("missing", lambda p: None, "not found"),
 ]
 

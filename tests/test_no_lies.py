@@ -9,7 +9,6 @@ limit and a timeout (the old code), never expanded in the test process.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
