@@ -140,6 +140,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="per-case limit")
     ap.add_argument("--rss-mib", type=int, default=1024, help="address-space limit of a child")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--budget-seconds", type=float, default=0, help="start no child after this (0: no limit)")
     ap.add_argument("--report", type=Path, default=Path("fuzz-report.json"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--checkpoint", help=argparse.SUPPRESS)
@@ -154,13 +155,14 @@ def main() -> int:
     kinds = args.kinds or list(S.ATTACKS)
     ck, data = S.make_run(Path(tempfile.mkdtemp(prefix="fuzz-run-")))
     per_kind = -(-args.cases // len(kinds))
-    jobs = [(k, min(args.chunk, per_kind - i), args.seed * 100_000 + n)
-            for n, k in enumerate(kinds) for i in range(0, per_kind, args.chunk)]
-    jobs = [(k, c, s + i) for i, (k, c, s) in enumerate(jobs)]
+    # (kind, cases, seed), round-robin over the kinds: a run stopped by --budget-seconds covers every kind
+    chunks = [(j, n, k, min(args.chunk, per_kind - i)) for n, k in enumerate(kinds)
+              for j, i in enumerate(range(0, per_kind, args.chunk))]
+    jobs = [(k, c, args.seed * 100_000 + n * 1000 + j) for j, n, k, c in sorted(chunks)]
     totals = {k: {"cases": 0, "max_seconds": 0.0, "maxrss_kib": 0, "crashed": 0} for k in kinds}
     failures: list = []
     t0 = time.monotonic()
-    while jobs:
+    while jobs and not (args.budget_seconds and time.monotonic() - t0 > args.budget_seconds):
         batch, jobs = jobs[:args.jobs], jobs[args.jobs:]
         collect([(k, spawn(k, c, s, args, ck, data)) for k, c, s in batch], totals, failures, 2 * args.seconds + 5)
     wall = time.monotonic() - t0

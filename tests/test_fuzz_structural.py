@@ -140,7 +140,8 @@ def _collection(draw, items: list[str]) -> str:
 
 def _laughs(draw, p: str) -> tuple[list[str], str]:
     """Billion laughs: &p0 LEAF, &p{k} holds WIDTH aliases of *p{k-1}; the last alias."""
-    levels, width = draw(st.integers(0, 10)), draw(st.integers(1, 12))
+    # often large: an unbounded loader spends seconds to hours on these (9 levels of 9: 3.9e8 values)
+    levels, width = draw(st.integers(0, 10) | st.integers(7, 10)), draw(st.integers(1, 12) | st.integers(8, 12))
     defs = [f"&{p}0 {draw(LEAVES)}"]
     defs += [f"&{p}{k} " + _collection(draw, [f"*{p}{k - 1}"] * width) for k in range(1, levels + 1)]
     return defs, f"*{p}{levels}"
@@ -382,8 +383,9 @@ def idx_blobs(draw):
     form = draw(st.sampled_from(["plain", "gzip", "bomb", "cut-gzip", "two-members"]))
     if form == "gzip":
         return zlib_gzip(body)
-    if form == "bomb":
-        return _gzip_zeros(header, draw(st.integers(0, 4)) << 20)
+    if form == "bomb":         # declares exactly the MiB of zeros it holds: only the inflate bound refuses it
+        mib = draw(st.integers(2, 4))
+        return _gzip_zeros(bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (mib, 1024, 1024)), mib << 20)
     if form == "cut-gzip":
         blob = zlib_gzip(body)
         return blob[:draw(st.integers(0, len(blob)))]
@@ -414,7 +416,10 @@ def run_idx(case, ctx: Context):
     img.write_bytes(images)
     lab.write_bytes(labels)
     if target == "read_idx":
-        return outcome(read_idx, img)
+        out = outcome(read_idx, img)
+        if images[:2] == b"\x1f\x8b" and len(images) < 20_000 and not isinstance(out, CnncliError):
+            assert out.nbytes < files.inflate_limit(len(images)), f"{out.nbytes:,} bytes from {len(images):,}"
+        return out
     if target in ("images", "labels"):
         return outcome(load_images if target == "images" else load_labels, img if target == "images" else lab)
     if target == "split":
@@ -452,22 +457,35 @@ def npy_members(draw, key: str):
         text = text.ljust(118) + "\n"
         blob = b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode() + bytes(16)
     elif kind == "not-npy":
-        return key, draw(st.binary(max_size=64)), draw(st.booleans())
+        return key, draw(st.binary(max_size=64)), draw(st.booleans()), True
     elif kind == "bytes":
         blob = draw(st.binary(max_size=64))
     elif kind == "fortran":
         blob = _npy_bytes(np.asfortranarray(np.zeros((4, 4, 4), np.uint8)))
     else:
-        n = draw(st.integers(1, 4)) << 20
-        return key + ".npy", _npy_bytes(np.zeros((n // 16, 4, 4), np.uint8)), True
-    return key + ".npy", blob, draw(st.booleans())
+        n = draw(st.integers(2, 4)) << 20          # 2-4 MiB of zeros in a few KiB: beyond the inflate limit
+        return key + ".npy", _npy_bytes(np.zeros((n // 16, 4, 4), np.uint8)), True, True
+    hostile = kind in ("object", "garbage-header", "bytes") or (kind == "lie" and _lies(blob))
+    return key + ".npy", blob, draw(st.booleans()), hostile
+
+
+def _lies(blob: bytes) -> bool:
+    """Whether a .npy blob's header disagrees with its data (or is unreadable)."""
+    f = io.BytesIO(blob)
+    try:
+        version = np.lib.format.read_magic(f)
+        shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                           np.lib.format.read_array_header_2_0)(f)
+    except Exception:  # noqa: BLE001
+        return True
+    return dtype.hasobject or int(np.prod(shape, dtype=object)) * dtype.itemsize != len(blob) - f.tell()
 
 
 def write_zip(path: Path, members: list[tuple[str, bytes, bool]], lie_size: int | None = None) -> None:
     """An archive of ``members``; ``lie_size`` patches the first member's declared size in
     both its local and central headers."""
     with zipfile.ZipFile(path, "w") as z:
-        for name, blob, deflate in members:
+        for name, blob, deflate, *_ in members:
             z.writestr(name, blob, zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED)
     if lie_size is not None and members:
         data = bytearray(path.read_bytes())
@@ -490,12 +508,23 @@ def npz_cases(draw):
 
 
 def run_npz(case, ctx: Context):
+    """Reads the archive; a member that is hostile (a bomb, not .npy, a lying header, objects)
+    among those read must give a typed error, never an array."""
     target, members, lie, limit = case
     path = ctx.work / "fuzz.npz"
+    out = _run_npz(target, members, lie, limit, ctx, path)
+    read = ("x_train", "y_train") if target == "dataset" else ("param/", "optim/", "buffer/", "config", "meta") \
+        if target == "checkpoint" else ()
+    if lie is None and any(m[3] and m[0].startswith(read) for m in members if read):
+        assert isinstance(out, CnncliError), f"a hostile member was read: {out!r}"[:500]
+    return out
+
+
+def _run_npz(target, members, lie, limit, ctx: Context, path: Path):
     if target == "checkpoint":       # the real checkpoint's members, some replaced or added
         with zipfile.ZipFile(ctx.checkpoint) as z:
             real = {i.filename: (z.read(i), False) for i in z.infolist()}
-        for name, blob, deflate in members:
+        for name, blob, deflate, _ in members:
             real.pop(name + ("" if name.endswith(".npy") else ".npy"), None)
             real[name] = (blob, deflate)
         write_zip(path, [(k, b, d) for k, (b, d) in real.items()], lie)
