@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cnncli.checks import OptionError, check_bool, check_choice, check_float, check_int, check_size
@@ -66,6 +67,11 @@ def check_path(v: Any) -> str:
         raise ValueError(f"must be a path (text), got {shown(v)}")
     if "\0" in v:
         raise ValueError(f"a path cannot contain a NUL character, got {shown(v)}")
+    try:
+        Path(v).expanduser()
+    except RuntimeError:                 # ~user of a user this system does not know
+        raise ValueError(f"starts with '{v.split('/', 1)[0]}', but there is no such user's home folder to "
+                         f"expand it to; write the folder out, or ./{v} for a folder named so") from None
     return v
 
 
@@ -260,7 +266,7 @@ def _data_source(values: dict[str, Any], raw: Any, problems: list[Problem], pres
                 if follower and follower not in from_cli:
                     values[follower] = None
         given = [k for k in given if k in from_cli]
-    if not given and not any(k in raw for k in ("name", "path", "train")):
+    if not given and not any(raw.get(k) is not None for k in ("name", "path", "train")):
         problems.append(Problem("data", "no dataset: give data.path (a dataset folder or file), data.name "
                                 "(mnist, fashion-mnist, kmnist, emnist-...) or data.train (and data.test)",
                                 getattr(raw, "line", None)))

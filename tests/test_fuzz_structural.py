@@ -695,9 +695,18 @@ def test_devices_and_fifos_named_as_files(ctx, case):
     check_case("devices", case, ctx)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="found by this fuzzer: data.path null (or --set data.path= "
-                   "/ =~ / =null) without model.input_shape reaches Path(None) in formats.loading._read_location; "
-                   "left for the lead (config_data or formats/loading)")
-def test_known_bug_a_null_data_path_in_summary_is_a_traceback(ctx):
+def test_a_null_data_path_is_a_config_error(ctx):
+    """Found by this fuzzer: data.path null (or --set data.path= / =~ / =null) without
+    model.input_shape reached Path(None) in formats.loading (a TypeError traceback)."""
     text = TEMPLATE.format(**{**DEFAULTS, "path": "null", "input_shape": "null"})
     assert run_config_text(text, ctx, use_cli=True) == 2
+
+
+@pytest.mark.parametrize("path", ["~~0/0~", "~no-such-user-cnncli/data"])
+def test_a_path_under_an_unknown_users_home_is_a_config_error(ctx, path):
+    """Found by the campaign: data.path '~~0/0~' reached Path.expanduser, which raises
+    RuntimeError for a user the system does not know (a traceback, exit 1)."""
+    text = TEMPLATE.format(**{**DEFAULTS, "path": json.dumps(path), "input_shape": "null"})
+    assert run_config_text(text, ctx, use_cli=True) == 2
+    err = outcome(C.load, ctx.work / "fuzz.yaml", None)
+    assert isinstance(err, ConfigError) and "data.path" in str(err) and "no such user" in str(err), err
