@@ -2,8 +2,9 @@
 
 The matrix products run in NumPy's BLAS (OpenBLAS), whose thread pool is set through
 threadpoolctl (the well-kept way to do it at run time, rather than environment
-variables that must be set before NumPy loads). cnncli's own work beside them (the next
-batch prepared in the background, see ``loop.run_batches``) takes one more thread.
+variables that must be set before NumPy loads). The element-wise layers split their
+channels over as many threads (``layers.parallel``), and the next batch is prepared in
+the background (``loop.run_batches``).
 
 On a machine where other processes are busy, fewer threads than cores can be faster:
 a BLAS thread that must share a core with another process makes the others wait for it.
@@ -26,10 +27,18 @@ def available_cores() -> int:
 
 @contextlib.contextmanager
 def limit(threads: int | None = None) -> Iterator[int]:
-    """Within the block, BLAS computes with ``threads`` threads (None: :func:`available_cores`);
-    yields the number in force. Restores the previous setting on exit."""
+    """Within the block, BLAS computes with ``threads`` threads (None: :func:`available_cores`),
+    and so does the channel-split element-wise work of the layers (``layers.parallel``);
+    yields the number in force. Restores the previous settings on exit."""
     from threadpoolctl import threadpool_limits
 
+    from cnncli.layers import parallel
+
     n = threads or available_cores()
+    before = parallel.workers()
     with threadpool_limits(limits=n, user_api="blas"):
-        yield n
+        parallel.workers(n)
+        try:
+            yield n
+        finally:
+            parallel.workers(before)

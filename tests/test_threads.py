@@ -59,3 +59,37 @@ def test_same_seed_and_threads_give_byte_identical_runs(write_config, mnist_slic
     with np.load(a / "last.npz") as za, np.load(b / "last.npz") as zb:
         keys = [k for k in za.files if k.split("/")[0] in ("param", "buffer", "optim")]
         assert keys and all(np.array_equal(za[k], zb[k]) for k in keys)
+
+
+@pytest.mark.parametrize("layer, shape", [("batchnorm", (64, 32, 14, 14)), ("batchnorm", (512, 300)),
+                                          ("relu", (64, 32, 14, 14)), ("relu", (512, 300)),
+                                          ("maxpool2d", (64, 32, 14, 14)), ("maxpool2d", (16, 8, 15, 13))])
+def test_channel_split_layers_give_the_same_bits_on_any_thread_count(layer, shape, monkeypatch):
+    """Batchnorm, ReLU and tiled max-pooling split their channels over threads (layers.parallel): forward, backward,
+    running statistics and parameter gradients are the same bits with 1, 2 and 3 threads, in CHWN
+    and NCHW memory order."""
+    from cnncli.layers import LAYERS, parallel
+    from cnncli.layers.windows import to_chwn
+
+    monkeypatch.setattr(parallel, "MIN_ELEMENTS", 1024)       # split these small arrays too
+    rng = np.random.default_rng(0)
+    x0 = rng.standard_normal(shape).astype(np.float32)
+
+    def rng_dy(s):
+        return np.random.default_rng(1).standard_normal(s).astype(np.float32)
+    results = {}
+    for n in (1, 2, 3):
+        parallel.workers(n)
+        try:
+            for k, order in enumerate(((lambda a: a), to_chwn) if len(shape) == 4 else ((lambda a: a),)):
+                cls = LAYERS.get(layer)
+                lay = cls(shape[1]) if layer == "batchnorm" else cls(2) if layer == "maxpool2d" else cls()
+                x = order(x0.copy())
+                y = lay.forward(x, training=True)
+                dx = lay.backward(order(rng_dy(y.shape)))
+                results[n, k] = [np.array(a) for a in (y, dx, *lay.grads.values(), *lay.buffers.values())]
+        finally:
+            parallel.workers(1)
+    for (n, k), arrays in results.items():
+        assert len(arrays) == len(results[1, k]) >= 2
+        assert all(np.array_equal(a, b) for a, b in zip(results[1, k], arrays)), (n, k)
