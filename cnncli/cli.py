@@ -128,7 +128,7 @@ def _overrides(sets: list[str] | None, **shortcuts) -> list[str]:
     from cnncli.config import Override
 
     out = list(sets or [])
-    keys = {"epochs": "train.epochs", "seed": "train.seed", "batch_size": "train.batch_size",
+    keys = {"epochs": "train.epochs", "seed": "train.seed", "batch_size": "train.batch_size", "threads": "train.threads",
             "lr": "train.optimizer.lr", "out": "output.dir"}
     for name, value in shortcuts.items():
         if value is not None:
@@ -163,6 +163,8 @@ def train(
     seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Override train.seed."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override train.batch_size."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Override train.optimizer.lr."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=1024,
+                                          help="Threads to compute with (override train.threads; default: all cores)."),
     out: Optional[str] = typer.Option(None, "--out", metavar="FOLDER", help="Run folder (override output.dir)."),
     sets: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY.PATH=VALUE", help=SET_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Reuse the run folder even if it holds a run."),
@@ -185,7 +187,7 @@ def train(
         from cnncli import config as C
         from cnncli import report, training
 
-        overrides = _overrides(sets, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, out=out)
+        overrides = _overrides(sets, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, out=out, threads=threads)
         cfg = C.load(config, overrides)
         reporter = report.TrainReporter("json" if json_out else "quiet" if quiet else None)
         try:
@@ -329,6 +331,8 @@ def summary(
 def time_(
     ctx: typer.Context,
     config: Path = typer.Argument(..., metavar="CONFIG", help="YAML config, e.g. configs/mnist.yaml."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=1024,
+                                          help="Threads to compute with (override train.threads; default: all cores)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1,
                                              help="Images per step. Default: train.batch_size."),
     iterations: int = typer.Option(10, "--iterations", "-n", min=1, help="Timed steps (median reported)."),
@@ -349,12 +353,12 @@ def time_(
         from cnncli import config as C
         from cnncli import render, report, timing
 
-        result, threads = timing.time_config(C.load(config, _overrides(sets)), batch_size, iterations, warmup,
-                                             "--batch-size")
+        result, blas = timing.time_config(C.load(config, _overrides(sets, threads=threads)), batch_size,
+                                          iterations, warmup, "--batch-size")
         if json_out:
-            report.print_json(report.timing_json(result, threads))
+            report.print_json(report.timing_json(result, blas))
             return
-        render.render_timing(result, str(config), threads)
+        render.render_timing(result, str(config), blas)
 
 
 @app.command()

@@ -6,7 +6,7 @@ A config has four sections::
              num_classes, val_split, mean, std, train_limit, test_limit}
     model:  {input_shape (optional), layers: [...]}
     train:  {epochs, batch_size, eval_batch_size, seed, optimizer, label_smoothing,
-             schedule, grad_clip_norm, early_stopping, checkpoint}
+             schedule, grad_clip_norm, early_stopping, checkpoint, threads}
     output: {dir}
 
 (``data`` also takes ``augment: {translate, hflip}``.)
@@ -89,7 +89,9 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """``train``: how long, in which batches, with which optimizer, schedule and callbacks."""
+    """``train``: how long, in which batches, with which optimizer, schedule and callbacks;
+    ``threads``: BLAS threads while training (None: every core this process may use; see
+    ``cnncli.threads``)."""
 
     epochs: int = 10
     batch_size: int = 128
@@ -101,6 +103,7 @@ class TrainConfig:
     grad_clip_norm: float | None = None
     early_stopping: EarlyStoppingConfig | None = None
     checkpoint: CheckpointConfig = CheckpointConfig()
+    threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,7 @@ SECTIONS: dict[str, Checks] = {
         "grad_clip_norm": lambda v: None if v is None else check_float("grad_clip_norm", v, 0.0, low_open=True),
         "early_stopping": None,   # checked by _callbacks
         "checkpoint": None,       # checked by _callbacks
+        "threads": lambda v: None if v is None else check_int("threads", v, 1, 1024),
     },
     "output": {
         "dir": _output_dir,

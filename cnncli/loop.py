@@ -8,6 +8,7 @@ backward and one optimizer step); :func:`evaluate` is the evaluation pass over a
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -46,7 +47,7 @@ def run_batches(model: Model, ds: Dataset, batch_size: int, lut: np.ndarray, *, 
     """One pass over ``ds`` in ``order``: forward (and backward + step when training).
 
     Each batch is gathered from the uint8 images and normalized through ``lut`` into a
-    reused float buffer. In training, a last batch of a single image is dropped (batchnorm
+    reused float buffer, one batch ahead in a background thread. In training, a last batch of a single image is dropped (batchnorm
     cannot normalize one value per feature). ``on_batch(batch_index, n_batches, running_loss, running_acc)``
     is called after each batch. ``augment`` (training only) maps each batch's uint8 images
     (N, C, H, W) to augmented ones of the same shape before normalization.
@@ -66,25 +67,34 @@ def run_batches(model: Model, ds: Dataset, batch_size: int, lut: np.ndarray, *, 
         order = order[:-1]
         n -= 1
     n_batches = math.ceil(n / batch_size)
-    buf = np.empty((min(batch_size, n), *ds.image_shape), dtype=lut.dtype)
+    # two reused float buffers: batch b+1 is gathered, augmented and normalized into one by a
+    # background thread while batch b computes from the other (NumPy releases the GIL in both);
+    # batches are prepared one after another in order, so augmentation draws as without it
+    bufs = [np.empty((min(batch_size, n), *ds.image_shape), dtype=lut.dtype) for _ in range(2)]
+
+    def prepare(b: int) -> tuple[np.ndarray, np.ndarray]:
+        idx = order[b * batch_size:(b + 1) * batch_size]
+        images = ds.images[idx]
+        if augment is not None:
+            images = augment(images)
+        return normalize_batch(lut, images, out=bufs[b % 2][:len(idx)]), ds.labels[idx]
+
     loss_sum, correct, seen = 0.0, 0, 0
     preds = np.empty(n, dtype=np.int64) if keep_preds else None
     # overflow shows up as a non-finite loss, which is reported below; numpy need not warn
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), ThreadPoolExecutor(1, thread_name_prefix="cnncli-batches") as pool:
+        ahead = pool.submit(prepare, 0)
         for b in range(n_batches):
-            idx = order[b * batch_size:(b + 1) * batch_size]
-            x = buf[:len(idx)]
-            images = ds.images[idx]
-            if augment is not None:
-                images = augment(images)
-            normalize_batch(lut, images, out=x)
-            y = ds.labels[idx]
+            x, y = ahead.result()
+            if b + 1 < n_batches:
+                ahead = pool.submit(prepare, b + 1)     # into the other buffer, which batch b-1 is done with
+            m = len(y)
             try:
                 logits = model.forward(x, training=training)
             except ValueError as e:          # e.g. batchnorm refusing a batch of one in training
-                raise BatchError(f"batch {b + 1} of {len(idx)} images: {e}") from None
+                raise BatchError(f"batch {b + 1} of {m} images: {e}") from None
             except MemoryError:
-                raise BatchError(f"batch {b + 1} of {len(idx)} images does not fit in memory; lower "
+                raise BatchError(f"batch {b + 1} of {m} images does not fit in memory; lower "
                                     f"train.batch_size or train.eval_batch_size") from None
             loss, dlogits = softmax_cross_entropy(logits, y, label_smoothing)
             if not math.isfinite(loss):
@@ -94,10 +104,10 @@ def run_batches(model: Model, ds: Dataset, batch_size: int, lut: np.ndarray, *, 
                 optimizer.step(model.grads())
             p = logits.argmax(axis=1)
             if keep_preds:
-                preds[seen:seen + len(idx)] = p
-            loss_sum += loss * len(idx)
+                preds[seen:seen + m] = p
+            loss_sum += loss * m
             correct += int((p == y).sum())
-            seen += len(idx)
+            seen += m
             if on_batch is not None:
                 on_batch(b, n_batches, loss_sum / seen, correct / seen)
     return loss_sum / max(seen, 1), correct / max(seen, 1), preds

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cnncli import assemble, data
+from cnncli import assemble, data, threads
 from cnncli.config import Config
 from cnncli.errors import BatchError
 from cnncli.layers.windows import to_chwn
@@ -146,7 +146,7 @@ def time_config(cfg: Config, batch_size: int | None = None, iterations: int = 10
             file when it is None). Default: ``--batch-size``.
 
     Returns:
-        The timings and the BLAS thread count (:func:`blas_threads`).
+        The timings and the BLAS thread count in force (``train.threads``, default all cores).
 
     Raises:
         ConfigError: A layer or shape problem; a batch of 1 for a batchnorm over features.
@@ -158,8 +158,9 @@ def time_config(cfg: Config, batch_size: int | None = None, iterations: int = 10
     n = batch_size or cfg.train.batch_size
     what = flag if batch_size else "train.batch_size"
     assemble.check_batch(model, n, what, None if batch_size else cfg.source)
-    try:
-        result = time_model(model, optimizer, n, iterations, warmup)
-    except MemoryError:
-        raise BatchError(f"a batch of {n} images does not fit in memory; use a smaller {what}") from None
-    return result, blas_threads()
+    with threads.limit(cfg.train.threads):
+        try:
+            result = time_model(model, optimizer, n, iterations, warmup)
+        except MemoryError:
+            raise BatchError(f"a batch of {n} images does not fit in memory; use a smaller {what}") from None
+        return result, blas_threads()

@@ -29,7 +29,7 @@ from cnncli.events import (BatchEnded, EpochEnded, EpochStarted, Event, EventHan
 from cnncli.loop import EvalResult, evaluate, run_batches  # noqa: F401 (EvalResult re-exported)
 from cnncli.model import Model
 from cnncli.optim import Optimizer
-from cnncli import runlock
+from cnncli import runlock, threads
 from cnncli.rundir import (RunWriter, check_resume, check_resume_in_place, lock_run_dir, new_run_dir, repair,
                            resume_changes, same_folder, start_branch)
 from cnncli.schedules import Schedule, steps_per_epoch
@@ -174,8 +174,9 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
                         int(steps < math.ceil(len(data.train) / t.batch_size)), repaired))
         t_run = time.perf_counter()
         lut = pixel_lut(resolved.data.mean, resolved.data.std, model.dtype)
-        stopped_early = _epochs(state, data, lut, augment if augment.active else None, emit, writer)
-        test = _test(state, data, lut)
+        with threads.limit(t.threads):
+            stopped_early = _epochs(state, data, lut, augment if augment.active else None, emit, writer)
+            test = _test(state, data, lut)
         end = RunEnded(run_dir, state.best.best_epoch, run_dir / "best.npz", run_dir / "last.npz", test,
                        time.perf_counter() - t_run, stopped_early)
         emit(end)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from cnncli.checks import check_choice, check_float, check_int
+from cnncli.layers import parallel
 from cnncli.layers.base import Layer
 from cnncli.layers.registry import LAYERS
 
@@ -20,11 +21,19 @@ class ReLU(Layer):
     """
 
     def forward(self, x, training=False):
-        self._cache = x > 0
-        return np.maximum(x, 0, dtype=x.dtype)
+        pos, y = np.empty_like(x, dtype=bool), np.empty_like(x)
+
+        def part(xs, ps, ys):
+            np.greater(xs, 0, out=ps)
+            np.maximum(xs, 0, out=ys)
+        parallel.map_slices(part, x, pos, y)
+        self._cache = pos
+        return y
 
     def backward(self, dy):
-        return dy * self._cached()
+        pos, dx = self._cached(), np.empty_like(dy)
+        parallel.map_slices(lambda d, p, out: np.multiply(d, p, out=out), dy, pos, dx)
+        return dx
 
     def pieces(self):
         """x > 0 per entry: the kink is at 0."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnncli.checks import check_bool, check_float, check_int, check_ndim
+from cnncli.layers import parallel
 from cnncli.layers.base import Layer
 from cnncli.layers.registry import LAYERS
 from cnncli.layers.windows import is_chwn
@@ -118,11 +119,23 @@ class BatchNorm(Layer):
         if n <= 1:
             raise ValueError(f"batchnorm: expected more than 1 value per channel when training, "
                              f"got input of shape {x.shape}; use a batch size > 1")
-        mean = self._sum(x) / x.dtype.type(n)
-        xhat = x - mean.reshape(bshape)
-        var = self._sum(xhat, xhat) / x.dtype.type(n)                # biased, used to normalize
-        inv_std = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype, copy=False)
-        xhat *= inv_std.reshape(bshape)
+        C, f = x.shape[1], x.dtype.type(n)
+        mean, var, inv_std = (np.empty(C, dtype=x.dtype) for _ in range(3))
+        xhat = np.empty_like(x)
+        y = xhat if w is None else np.empty_like(x)
+
+        def part(c0, c1):           # channels c0:c1, independent of the others
+            xs, hs, cs = x[:, c0:c1], xhat[:, c0:c1], slice(c0, c1)
+            mean[cs] = self._sum(xs) / f
+            np.subtract(xs, mean[cs].reshape(bshape), out=hs)
+            var[cs] = self._sum(hs, hs) / f                             # biased, used to normalize
+            inv_std[cs] = 1.0 / np.sqrt(var[cs] + self.eps)
+            hs *= inv_std[cs].reshape(bshape)
+            if w is not None:
+                ys = y[:, c0:c1]
+                np.multiply(hs, w[cs].reshape(bshape), out=ys)
+                ys += self.params["bias"][cs].reshape(bshape)
+        parallel.over_channels(part, x)
         if training and self.track_running_stats:
             nbt = self.buffers["num_batches_tracked"]
             nbt += 1
@@ -133,11 +146,7 @@ class BatchNorm(Layer):
             rv *= 1 - m
             rv += (m * n / (n - 1)) * var                             # unbiased
         self._cache = (xhat, inv_std, True)
-        if w is None:
-            return xhat.copy()
-        y = xhat * w.reshape(bshape)
-        y += self.params["bias"].reshape(bshape)
-        return y
+        return xhat.copy() if w is None else y
 
     def backward(self, dy):
         xhat, inv_std, use_batch = self._cached()
@@ -152,14 +161,21 @@ class BatchNorm(Layer):
                 self.grads["weight"] = self._sum(dy, xhat)
             return dy * scale.reshape(bshape)
         n = dy.size // dy.shape[1]
-        sum_dy = self._sum(dy)
-        sum_dy_xhat = self._sum(dy, xhat)
+        C = dy.shape[1]
+        sum_dy, sum_dy_xhat = np.empty(C, dtype=dy.dtype), np.empty(C, dtype=dy.dtype)
+        dx = np.empty_like(xhat)                   # xhat's memory order, as xhat * ... had
+
+        def part(c0, c1):           # channels c0:c1, independent of the others
+            cs, dys, hs, dxs = slice(c0, c1), dy[:, c0:c1], xhat[:, c0:c1], dx[:, c0:c1]
+            sum_dy[cs] = self._sum(dys)
+            sum_dy_xhat[cs] = self._sum(dys, hs)
+            # dx = weight * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat))   (Ioffe & Szegedy, sec. 3)
+            np.multiply(hs, (-sum_dy_xhat[cs] / n).astype(dy.dtype, copy=False).reshape(bshape), out=dxs)
+            dxs += dys
+            dxs -= (sum_dy[cs] / n).astype(dy.dtype, copy=False).reshape(bshape)
+            dxs *= scale[cs].reshape(bshape)
+        parallel.over_channels(part, dy)
         if w is not None:
             self.grads["weight"] = sum_dy_xhat
             self.grads["bias"] = sum_dy
-        # dx = weight * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat))   (Ioffe & Szegedy, sec. 3)
-        dx = xhat * (-sum_dy_xhat / n).astype(dy.dtype, copy=False).reshape(bshape)
-        dx += dy
-        dx -= (sum_dy / n).astype(dy.dtype, copy=False).reshape(bshape)
-        dx *= scale.reshape(bshape)
         return dx

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnncli.checks import MAX_ELEMENTS, OptionError, check_bool, check_int, check_ndim, check_pair, check_size
+from cnncli.layers import parallel
 from cnncli.layers.base import Layer
 from cnncli.layers.registry import LAYERS
 from cnncli.layers.windows import empty_chwn, is_chwn, offset_slice, out_size, pad, window_view
@@ -137,25 +138,43 @@ class MaxPool2d(_Pool2d):
         across the kw columns, on the array's own memory layout (NCHW, or CHWN with the batch
         axis innermost). Ties go to the first maximum in row-major window order: across
         columns the smaller flat index a*kw + b wins. Index updates are branch-free
-        arithmetic (``np.where`` on random masks is several times slower).
+        arithmetic (``np.where`` on random masks is several times slower). Channels are
+        independent: they are split over threads (``layers.parallel``), each computed as
+        in one call.
 
         Returns y (N, C, H_out, W_out) in the input's layout, the winning row of every column
         of every window and the winning column of every window (integer arrays in the physical
         layout). NaN is not handled (the caller checks y and falls back)."""
         (kh, kw), (H_out, W_out) = self.kernel_size, self._out_hw(*x.shape[2:])
         stored_chwn = is_chwn(x)
-        p, ix = _physical(x, stored_chwn)
+        N, C = x.shape[:2]
         itype = np.uint8 if kh * kw <= 256 else np.int32
+        shape = (C, H_out, W_out, N) if stored_chwn else (N, C, H_out, W_out)
+        y = np.empty(shape, dtype=x.dtype)
+        rows = np.zeros((*shape[:2], W_out * kw, shape[3]) if stored_chwn else (N, C, H_out, W_out * kw),
+                        dtype=itype)
+        cols = np.zeros(shape, dtype=itype)
+
+        def part(c0, c1):
+            ch = (slice(c0, c1),) if stored_chwn else (slice(None), slice(c0, c1))
+            self._tiled_channels(x[:, c0:c1], y[ch], rows[ch], cols[ch])
+        parallel.over_channels(part, x)
+        return _logical(y, stored_chwn), rows, cols
+
+    def _tiled_channels(self, x, y, rows, cols):
+        """The work of :meth:`_forward_tiled` for some channels: fills y, rows and cols (the
+        physical arrays of those channels; rows and cols zero)."""
+        (kh, kw), (H_out, W_out) = self.kernel_size, self._out_hw(*x.shape[2:])
+        p, ix = _physical(x, is_chwn(x))
+        itype = rows.dtype.type
         m = p[ix(slice(0, H_out * kh, kh), slice(0, W_out * kw))].copy()    # window rows' running max
-        rows = np.zeros(m.shape, dtype=itype)
         for a in range(1, kh):
             v = p[ix(slice(a, H_out * kh, kh), slice(0, W_out * kw))]
             take = v > m
             np.maximum(m, v, out=m)
             rows += take * (itype(a) - rows)                           # rows = a where take (wraps exactly)
-        y = m[ix(slice(None), slice(0, None, kw))].copy()
+        np.copyto(y, m[ix(slice(None), slice(0, None, kw))])
         flat = rows[ix(slice(None), slice(0, None, kw))] * itype(kw)   # a * kw + b of the winner
-        cols = np.zeros(y.shape, dtype=itype)
         for b in range(1, kw):
             v = m[ix(slice(None), slice(b, None, kw))]
             f = rows[ix(slice(None), slice(b, None, kw))] * itype(kw) + itype(b)
@@ -164,7 +183,6 @@ class MaxPool2d(_Pool2d):
             np.maximum(y, v, out=y)
             flat += take * (f - flat)
             cols += take * (itype(b) - cols)
-        return _logical(y, stored_chwn), rows, cols
 
     def backward(self, dy):
         cache = self._cached()
@@ -186,18 +204,24 @@ class MaxPool2d(_Pool2d):
         return row.astype(np.int64) * kw + cols
 
     def _backward_tiled(self, dy, x_shape, stored_chwn, rows, cols):
-        """Route dy to the winning column of each window, then down to the winning row."""
+        """Route dy to the winning column of each window, then down to the winning row
+        (channels split over threads, as the forward pass)."""
         (kh, kw) = self.kernel_size
         N, C, H, W = x_shape
         H_out, W_out = dy.shape[2:]
         dyp, ix = _physical(dy, stored_chwn)
-        dm = np.empty(rows.shape, dtype=dy.dtype)
-        for b in range(kw):
-            np.multiply(dyp, cols == b, out=dm[ix(slice(None), slice(b, None, kw))])
         exact = H_out * kh == H and W_out * kw == W
         dx = (np.empty if exact else np.zeros)((C, H, W, N) if stored_chwn else x_shape, dtype=dy.dtype)
-        for a in range(kh):
-            np.multiply(dm, rows == a, out=dx[ix(slice(a, H_out * kh, kh), slice(0, W_out * kw))])
+
+        def part(c0, c1):
+            ch = (slice(c0, c1),) if stored_chwn else (slice(None), slice(c0, c1))
+            r, c, d = rows[ch], cols[ch], dyp[ch]
+            dm = np.empty(r.shape, dtype=dy.dtype)
+            for b in range(kw):
+                np.multiply(d, c == b, out=dm[ix(slice(None), slice(b, None, kw))])
+            for a in range(kh):
+                np.multiply(dm, r == a, out=dx[ch][ix(slice(a, H_out * kh, kh), slice(0, W_out * kw))])
+        parallel.over_channels(part, dy)
         return _logical(dx, stored_chwn)
 
 

@@ -1,0 +1,95 @@
+"""train.threads / --threads: the BLAS threads a run computes with, and runs that repeat
+themselves bit for bit with the same seed and threads (issue 14)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cnncli import threads
+from cnncli.cli import app
+from cnncli.timing import blas_threads
+from test_resume import make_config
+
+runner = CliRunner()
+
+
+def test_limit_sets_and_restores_the_blas_threads():
+    before = blas_threads()
+    if before is None:
+        pytest.skip("threadpoolctl finds no BLAS in this NumPy")
+    with threads.limit(1) as n:
+        assert n == 1 and blas_threads() == 1
+    assert blas_threads() == before
+    with threads.limit(None) as n:
+        assert n == threads.available_cores() and blas_threads() == n
+
+
+def test_time_reports_the_threads_it_ran_with(write_config, mnist_slice):
+    if blas_threads() is None:
+        pytest.skip("threadpoolctl finds no BLAS in this NumPy")
+    cfg = make_config(write_config, mnist_slice, epochs=1)
+    r = runner.invoke(app, ["time", str(cfg), "--threads", "1", "-n", "2", "--warmup", "0", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["blas_threads"] == 1
+
+
+def test_train_threads_is_a_checked_option(write_config, mnist_slice, tmp_path):
+    cfg = make_config(write_config, mnist_slice, epochs=1)
+    r = runner.invoke(app, ["train", str(cfg), "--set", "train.threads=0", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "train.threads: must be >= 1, got 0" in " ".join(r.output.split()), r.output
+    r = runner.invoke(app, ["train", str(cfg), "--threads", "1", "--out", str(tmp_path / "r"), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "threads: 1" in (tmp_path / "r" / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_same_seed_and_threads_give_byte_identical_runs(write_config, mnist_slice, tmp_path, n):
+    """Augmentation, dropout, batchnorm and the background batch preparation: two runs with the
+    same seed and thread count write the same metrics.jsonl bytes and the same weights."""
+    cfg = make_config(write_config, mnist_slice, epochs=2)
+    for name in ("a", "b"):
+        r = runner.invoke(app, ["train", str(cfg), "--threads", str(n), "--out", str(tmp_path / name), "-q"])
+        assert r.exit_code == 0, r.output
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert (a / "metrics.jsonl").read_bytes() == (b / "metrics.jsonl").read_bytes()
+    with np.load(a / "last.npz") as za, np.load(b / "last.npz") as zb:
+        keys = [k for k in za.files if k.split("/")[0] in ("param", "buffer", "optim")]
+        assert keys and all(np.array_equal(za[k], zb[k]) for k in keys)
+
+
+@pytest.mark.parametrize("layer, shape", [("batchnorm", (64, 32, 14, 14)), ("batchnorm", (512, 300)),
+                                          ("relu", (64, 32, 14, 14)), ("relu", (512, 300)),
+                                          ("maxpool2d", (64, 32, 14, 14)), ("maxpool2d", (16, 8, 15, 13))])
+def test_channel_split_layers_give_the_same_bits_on_any_thread_count(layer, shape, monkeypatch):
+    """Batchnorm, ReLU and tiled max-pooling split their channels over threads (layers.parallel): forward, backward,
+    running statistics and parameter gradients are the same bits with 1, 2 and 3 threads, in CHWN
+    and NCHW memory order."""
+    from cnncli.layers import LAYERS, parallel
+    from cnncli.layers.windows import to_chwn
+
+    monkeypatch.setattr(parallel, "MIN_ELEMENTS", 1024)       # split these small arrays too
+    rng = np.random.default_rng(0)
+    x0 = rng.standard_normal(shape).astype(np.float32)
+
+    def rng_dy(s):
+        return np.random.default_rng(1).standard_normal(s).astype(np.float32)
+    results = {}
+    for n in (1, 2, 3):
+        parallel.workers(n)
+        try:
+            for k, order in enumerate(((lambda a: a), to_chwn) if len(shape) == 4 else ((lambda a: a),)):
+                cls = LAYERS.get(layer)
+                lay = cls(shape[1]) if layer == "batchnorm" else cls(2) if layer == "maxpool2d" else cls()
+                x = order(x0.copy())
+                y = lay.forward(x, training=True)
+                dx = lay.backward(order(rng_dy(y.shape)))
+                results[n, k] = [np.array(a) for a in (y, dx, *lay.grads.values(), *lay.buffers.values())]
+        finally:
+            parallel.workers(1)
+    for (n, k), arrays in results.items():
+        assert len(arrays) == len(results[1, k]) >= 2
+        assert all(np.array_equal(a, b) for a, b in zip(results[1, k], arrays)), (n, k)
