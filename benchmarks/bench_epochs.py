@@ -169,7 +169,7 @@ def table(results: dict[str, dict[str, dict[str, list[float]]]], header: list[st
     for config, r in results.items():
         ours, theirs = r["cnncli"], r["pytorch"]
         for name, v in (("cnncli", ours), ("PyTorch", theirs)):
-            lines.append(f"| `{config}` | {name} | {_cell(v['train'])} | {_cell(v['epoch_seconds'], '{:.1f}')} | "
+            lines.append(f"| `{config}` | {name} | {_cell(v['train'])} | {_cell(v['epoch_seconds'], '{:,.2f}')} | "
                          f"{_cell(v['eval'])} | {_cell(v['rss'], '{:,.0f} MiB')} |")
         lines.append(f"| `{config}` | ratio | PyTorch / cnncli {_ratio(theirs['train'], ours['train'])} | | "
                      f"cnncli / PyTorch {_ratio(ours['eval'], theirs['eval'])} | "
@@ -387,6 +387,9 @@ def parse_args(argv: list[str] | None):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise BenchError(f"--{name.replace('_', '-')} must be at least 1, got {value}", exit_code=2)
+    if args.save is not None and not args.save.parent.is_dir():
+        raise BenchError(f"--save {args.save}: folder {args.save.parent} does not exist; create it or pick "
+                         f"another path", exit_code=2)
     return args
 
 
@@ -400,23 +403,24 @@ def main(argv: list[str] | None = None) -> int:
         from cnncli.errors import CnncliError
 
         with tempfile.TemporaryDirectory(prefix="bench_epochs-") as tmp:
-            cnncli = cnncli_command()
-            s = Settings(args.epochs, args.threads, args.eval_batch, args.eval_repeats, args.output, Path(tmp),
-                         cnncli, has_threads_flag(cnncli, child_env(args.threads, dict(os.environ), tty=False)),
-                         dict(os.environ))
-            results = {}
-            for config in args.configs:
+            plans = {}
+            for config in args.configs:          # every config is checked before the first run
                 try:
                     val_split = load(config).data.val_split
                 except CnncliError as e:
                     raise BenchError(str(e), exit_code=2) from None
-                sets = bench_sets(val_split, no_augment=args.no_augment, train_limit=args.train_limit,
-                                  test_limit=args.test_limit)
-                results[config] = bench_config(s, config, sets, args.pairs, lambda m: print(m, file=sys.stderr))
-        report = table(results, header(args, s))
-        print(report)
+                plans[config] = bench_sets(val_split, no_augment=args.no_augment, train_limit=args.train_limit,
+                                           test_limit=args.test_limit)
+            cnncli = cnncli_command()
+            s = Settings(args.epochs, args.threads, args.eval_batch, args.eval_repeats, args.output, Path(tmp),
+                         cnncli, has_threads_flag(cnncli, child_env(args.threads, dict(os.environ), tty=False)),
+                         dict(os.environ))
+            results = {config: bench_config(s, config, sets, args.pairs, lambda m: print(m, file=sys.stderr))
+                       for config, sets in plans.items()}
+        head = header(args, s)
+        print(table(results, head))
         if args.save:
-            args.save.write_text(json.dumps({"header": header(args, s), "results": results}, indent=1) + "\n")
+            args.save.write_text(json.dumps({"header": head, "results": results}, indent=1) + "\n")
         return 0
     except BenchError as e:
         print(f"bench_epochs.py: {e}", file=sys.stderr)

@@ -87,7 +87,7 @@ def test_table_ratios(b):
     text = b.table({"c.yaml": {"cnncli": ours, "pytorch": torch}}, ["head"])
     lines = text.splitlines()
     assert lines[0] == "head"
-    assert "| `c.yaml` | cnncli | 200 (100-300) | 2.0 (1.0-3.0) | 500 (400-600) | 210 MiB (200 MiB-220 MiB) |" in lines
+    assert "| `c.yaml` | cnncli | 200 (100-300) | 2.00 (1.00-3.00) | 500 (400-600) | 210 MiB (200 MiB-220 MiB) |" in lines
     ratio = next(line for line in lines if "| ratio |" in line)
     assert "PyTorch / cnncli 1.50x (pairs 1.50-2.00)" in ratio
     assert "cnncli / PyTorch 2.00x (pairs 1.50-2.00)" in ratio
@@ -104,9 +104,25 @@ def test_run_child_gives_a_terminal_only_when_asked(b):
     assert piped.max_rss_mib > 1
 
 
-def test_bad_flag_values_exit_2(b, capsys):
+@pytest.fixture
+def no_runs(b, monkeypatch):
+    """No child process may start: a refusal must come first (and a regression stays fast)."""
+    def refuse(*a, **k):
+        raise AssertionError("a child process started before the input was checked")
+    monkeypatch.setattr(b, "bench_config", refuse)
+    monkeypatch.setattr(b, "has_threads_flag", refuse)
+
+
+def test_bad_flag_values_exit_2(b, no_runs, capsys, tmp_path):
     assert b.main(["--pairs", "0"]) == 2
     assert "--pairs must be at least 1, got 0" in capsys.readouterr().err
+    assert b.main(["--configs", "configs/tiny.yaml", "--save", str(tmp_path / "missing" / "x.json")]) == 2
+    assert f"folder {tmp_path / 'missing'} does not exist" in capsys.readouterr().err
+
+
+def test_every_config_is_checked_before_the_first_run(b, no_runs, capsys):
+    assert b.main(["--configs", "configs/tiny.yaml", "nope.yaml"]) == 2
+    assert "nope.yaml: config file not found" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
