@@ -7,6 +7,10 @@ Prints images/s for training steps (forward, backward, optimizer) and for evalua
 (batch ``--eval-batch``), the median of ``--repeats`` timed runs after one warm-up, ours
 and PyTorch's timed in turn within each repeat, and the process's peak resident memory. Both frameworks use the same thread count
 (``--threads``; default: what NumPy's BLAS uses, via threadpoolctl when installed).
+
+Not for comparing with PyTorch: with both frameworks in one process PyTorch runs at about
+half its speed (two thread pools), so ``--vs-torch`` overstates cnncli's standing. Use
+``bench_epochs.py`` (each framework in its own process, whole epochs).
 """
 
 from __future__ import annotations
