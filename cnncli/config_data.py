@@ -254,8 +254,10 @@ def _data_source(values: dict[str, Any], raw: Any, problems: list[Problem], pres
                  overridden: Any = ()) -> None:
     """Exactly one of data.name, data.path, data.train says where the data is. One given with
     ``--set`` replaces the file's (``--set data.path=x.npz`` on a config with ``data.name``)."""
-    if not present or not isinstance(raw, dict):
-        return                                           # the missing section is reported
+    if not present or (raw is not None and not isinstance(raw, dict)):
+        return                                           # the missing or malformed section is reported
+    if raw is None:                                      # `data:` with nothing under it (or --set data=)
+        raw = {}
     given = [k for k in ("name", "path", "train") if values.get(k) is not None]
     from_cli = {o.removeprefix("data.") for o in overridden if o.startswith("data.")}
     if len(given) > 1 and from_cli & set(given) and not set(given) <= from_cli:

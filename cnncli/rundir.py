@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 #: The first line of a run folder's config.yaml, followed by the run id.
 RUN_HEADER = "# cnncli run "
 
-#: What a run writes into its folder (removed first by ``--overwrite``).
-RUN_FILES = ("config.yaml", "metrics.jsonl", "timing.jsonl", "best.npz", "last.npz", "interrupted.npz")
+#: What a run writes into its folder (removed first by ``--overwrite``, the commit record
+#: ``last.npz`` first, so a kill while removing never leaves a resumable-looking half).
+RUN_FILES = ("last.npz", "config.yaml", "metrics.jsonl", "timing.jsonl", "best.npz", "interrupted.npz")
 
 
 def new_run_dir(base: str | Path, overwrite: bool = False) -> Path:
@@ -119,6 +120,12 @@ def lock_run_dir(folder: Path) -> None:
                               f"while it trains. Wait for it to end (or stop it), or choose another --out.") from None
     except OSError as e:
         raise CheckpointError(f"{folder}: cannot open the run folder ({e.strerror or e})") from None
+
+
+def copy_atomic(src: Path, dst: Path) -> None:
+    """Copy the file ``src`` to ``dst`` atomically (a temporary beside ``dst``, then a rename)."""
+    with open(src, "rb") as f:
+        checkpoint.atomic_write(dst, lambda out: shutil.copyfileobj(f, out))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -325,14 +332,14 @@ def start_branch(ck: checkpoint.Checkpoint, run_dir: Path) -> None:
             write_rows(run_dir / name, rows)
     best_epoch = (ck.meta.get("best") or {}).get("best_epoch")
     if best_epoch == epoch:
-        shutil.copyfile(ck.path, run_dir / "best.npz")
+        copy_atomic(ck.path, run_dir / "best.npz")
     elif (src / "best.npz").is_file():
         try:
             best = checkpoint.load(src / "best.npz")
         except Exception:  # noqa: BLE001 - a damaged best.npz is simply not carried over
             return
         if best.meta.get("run_id") == run_id and best.meta.get("epoch") == best_epoch:
-            shutil.copyfile(src / "best.npz", run_dir / "best.npz")
+            copy_atomic(src / "best.npz", run_dir / "best.npz")
 
 
 def read_rows(path: Path, upto: int) -> list[dict[str, Any]]:
@@ -471,7 +478,7 @@ def repair(ck: checkpoint.Checkpoint) -> list[str]:
     best_epoch = (meta.get("best") or {}).get("best_epoch")
     best = folder / "best.npz"
     if best_epoch == epoch and _epoch_of(best) != epoch:
-        shutil.copyfile(ck.path, best)
+        copy_atomic(ck.path, best)
         done.append(f"best.npz restored from {ck.path.name} (epoch {epoch})")
     return done
 

@@ -710,3 +710,13 @@ def test_a_path_under_an_unknown_users_home_is_a_config_error(ctx, path):
     assert run_config_text(text, ctx, use_cli=True) == 2
     err = outcome(C.load, ctx.work / "fuzz.yaml", None)
     assert isinstance(err, ConfigError) and "data.path" in str(err) and "no such user" in str(err), err
+
+
+def test_an_empty_data_section_is_no_dataset_and_what_validates_validates_again(ctx):
+    """`--set data=` (found by test_fuzz's override fuzzer): the section became null and was
+    accepted, while its stored form (data with every key null) was refused as no dataset."""
+    text = TEMPLATE.format(**{**DEFAULTS, "input_shape": "null"})
+    (ctx.work / "fuzz.yaml").write_text(text)
+    for sets in (["data="], ["data=null"], ["data={}"]):
+        err = outcome(C.load, ctx.work / "fuzz.yaml", sets)
+        assert isinstance(err, ConfigError) and "no dataset" in str(err), (sets, err)
