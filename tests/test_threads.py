@@ -93,3 +93,20 @@ def test_channel_split_layers_give_the_same_bits_on_any_thread_count(layer, shap
     for (n, k), arrays in results.items():
         assert len(arrays) == len(results[1, k]) >= 2
         assert all(np.array_equal(a, b) for a, b in zip(results[1, k], arrays)), (n, k)
+
+
+def test_the_command_line_lets_idle_blas_threads_sleep():
+    """cnncli's console script sets OPENBLAS_THREAD_TIMEOUT before NumPy loads (idle OpenBLAS
+    threads otherwise spin for ~0.1 s, taking the core from the channel-split layers), and
+    keeps a value the user set."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import cnncli.cli, os, sys; print(os.environ['OPENBLAS_THREAD_TIMEOUT'], 'numpy' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert r.stdout.split() == ["4", "False"], r.stderr
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**env, "OPENBLAS_THREAD_TIMEOUT": "20"})
+    assert r.stdout.split() == ["20", "False"], r.stderr
