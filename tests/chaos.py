@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -98,7 +99,7 @@ def kill_at_random(proc: subprocess.Popen, run: Path, rnd: random.Random, span: 
 
 def finish(cfg: Path, run: Path, rnd: random.Random, kills: int, span: float) -> int:
     """Train ``cfg`` into ``run`` with up to ``kills`` kills, resuming after each; return the kills made."""
-    made = 0
+    made = attempts = 0
     while True:
         if (run / "last.npz").exists():
             args = ["train", str(cfg), "--resume", str(run / "last.npz"), "--quiet"]
@@ -116,6 +117,10 @@ def finish(cfg: Path, run: Path, rnd: random.Random, kills: int, span: float) ->
             return made
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}: {err}")
+        if made == 0 and attempts < 5:       # the run ended before its kill came: not a trial yet, again
+            attempts += 1
+            shutil.rmtree(run)
+            continue
         return made
 
 
