@@ -22,6 +22,7 @@ from rich.text import Text
 
 if TYPE_CHECKING:  # the events (and numpy's friends) load only when a command needs them
     from cnncli import events as T
+    from cnncli.loop import EvalResult
     from cnncli.inspect_model import ModelSummary
     from cnncli.timing import StepTime
 
@@ -95,7 +96,7 @@ def print_text(text: str) -> None:
     sys.stdout.flush()
 
 
-def eval_json(result: T.EvalResult, checkpoint: str, epoch: int | None, classes: Sequence[str] | None) -> dict:
+def eval_json(result: EvalResult, checkpoint: str, epoch: int | None, classes: Sequence[str] | None) -> dict:
     """``cnncli eval --json``: the checkpoint, its epoch, loss, accuracy, n, confusion matrix,
     ``classes`` (names or None), ``per_class`` precision/recall/F1/support lists and
     ``macro_avg`` (:func:`cnncli.metrics.macro_average`)."""

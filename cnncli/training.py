@@ -26,7 +26,7 @@ from cnncli.data import Data, pixel_lut, prepare_data, resolved_config
 from cnncli.errors import CheckpointError, CnncliError, DivergedError, TrainingError
 from cnncli.events import (BatchEnded, EpochEnded, EpochStarted, Event, EventHandler,  # noqa: F401 (re-exported)
                            RunEnded, RunStarted)
-from cnncli.loop import EvalResult, evaluate, run_batches  # noqa: F401 (EvalResult re-exported)
+from cnncli.loop import EvalResult, evaluate, run_batches
 from cnncli.model import Model
 from cnncli.optim import Optimizer
 from cnncli import runlock, threads
