@@ -251,7 +251,7 @@ def _normalization(values: dict[str, Any], raw: Any, problems: list[Problem]) ->
 
 
 def _data_source(values: dict[str, Any], raw: Any, problems: list[Problem], present: bool,
-                 overridden: Any = ()) -> None:
+                 overridden: Any = (), line: int | None = None) -> None:
     """Exactly one of data.name, data.path, data.train says where the data is. One given with
     ``--set`` replaces the file's (``--set data.path=x.npz`` on a config with ``data.name``)."""
     if not present or (raw is not None and not isinstance(raw, dict)):
@@ -271,7 +271,7 @@ def _data_source(values: dict[str, Any], raw: Any, problems: list[Problem], pres
     if not given and not any(raw.get(k) is not None for k in ("name", "path", "train")):
         problems.append(Problem("data", "no dataset: give data.path (a dataset folder or file), data.name "
                                 "(mnist, fashion-mnist, kmnist, emnist-...) or data.train (and data.test)",
-                                getattr(raw, "line", None)))
+                                getattr(raw, "line", None) or line))
     elif len(given) > 1:
         problems.append(Problem(f"data.{given[1]}", f"give only one of data.{given[0]} and data.{given[1]}: "
                                 f"data.name or data.path find both splits, data.train/data.test name them",
@@ -297,7 +297,7 @@ def check_data(raw: Any, problems: list[Problem], line: int | None = None, prese
     data_raw = raw if isinstance(raw, dict) else {}
     values["augment"] = _augment(values.get("augment"), data_raw, problems)
     _normalization(values, raw, problems)
-    _data_source(values, raw, problems, present, overridden)
+    _data_source(values, raw, problems, present, overridden, line)
     return values
 
 

@@ -720,3 +720,12 @@ def test_an_empty_data_section_is_no_dataset_and_what_validates_validates_again(
     for sets in (["data="], ["data=null"], ["data={}"]):
         err = outcome(C.load, ctx.work / "fuzz.yaml", sets)
         assert isinstance(err, ConfigError) and "no dataset" in str(err), (sets, err)
+
+
+def test_a_null_data_section_in_the_file_is_located_at_its_line(tmp_path):
+    """`data:` with nothing under it (found by the mutation fuzzer): no dataset, at the key's line."""
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {input_shape: [1, 28, 28], layers: [flatten, {linear: {out_features: 10}}]}\ndata:\n")
+    with pytest.raises(ConfigError) as info:
+        C.load(path)
+    assert str(info.value).startswith(f"{path}:2 data: no dataset"), str(info.value)
