@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
+from cnncli.datasets import load_split
+
 # CI runs the property tests on fixed examples (Hypothesis's advice for CI), so a landing
 # never hangs on a newly drawn one; everywhere else they draw new examples each run, and
 # tests/fuzz_run.py or CNNCLI_FUZZ_EXAMPLES=N explore further.
 settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
-
-from cnncli.datasets import load_split
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST = REPO / "data" / "mnist"
