@@ -282,7 +282,8 @@ def run_ours(s: Settings, config: str, sets: list[str], tag: str) -> dict:
     ck = out / "best.npz" if (out / "best.npz").exists() else out / "last.npz"
     test_limit = next((x.split("=", 1)[1] for x in sets if x.startswith("data.test_limit=")), None)
     ecmd = [sys.executable, str(HERE / "cnncli_eval.py"), str(ck), "--batch", str(s.eval_batch),
-            "--repeats", str(s.eval_repeats), *(["--test-limit", test_limit] if test_limit else [])]
+            "--repeats", str(s.eval_repeats), "--threads", str(s.threads),
+            *(["--test-limit", test_limit] if test_limit else [])]
     ev = json_rows(_checked(run_child(ecmd, child_env(s.threads, s.env, tty=False), tty=False),
                             "cnncli evaluation", ecmd).output)[-1]
     return {"train": run_rate(rows), "epoch_seconds": statistics.median(r["seconds"] for r in rows),

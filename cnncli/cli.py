@@ -222,6 +222,8 @@ def eval_(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Evaluation batch size."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     show_errors: int = typer.Option(3, "--show-errors", min=0, help="Draw this many misclassified images."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=1024,
+                                          help="Threads to compute with (default: all cores)."),
 ) -> None:
     """Measure a checkpoint on the test split: loss, accuracy, per-class figures, confusion matrix.
 
@@ -236,7 +238,7 @@ def eval_(
         if data is not None and not data.strip():
             raise DataError("--data is empty; give a dataset folder, file or name")
         limit = None if test_limit is None else (test_limit or 10**12)
-        result, cfg, ck, test = evaluation.evaluate_checkpoint(checkpoint, data, batch_size, limit)
+        result, cfg, ck, test = evaluation.evaluate_checkpoint(checkpoint, data, batch_size, limit, threads)
         classes = cfg.data.classes                # the checkpoint's class names
         if json_out:
             report.print_json(report.eval_json(result, str(checkpoint), ck.meta.get("epoch"), classes))
@@ -254,6 +256,8 @@ def predict(
                                         "colour images."),
     top_k: int = typer.Option(1, "--top-k", "-k", min=1, help="Show the k most likely classes."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object per image."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=1024,
+                                          help="Threads to compute with (default: all cores)."),
 ) -> None:
     """Classify images with a checkpoint: predicted class and probability.
 
@@ -265,7 +269,7 @@ def predict(
     with user_errors(ctx):
         from cnncli import evaluation, render, report
 
-        rows = evaluation.predict_files(checkpoint, inputs, top_k)
+        rows = evaluation.predict_files(checkpoint, inputs, top_k, threads)
         if json_out:
             for r in rows:
                 report.print_json(r)

@@ -20,6 +20,7 @@ from cnncli.assemble import build_model
 from cnncli.data import normalize_batch, pixel_lut
 from cnncli.layers.init import shapes_only
 from cnncli.loop import EvalResult, evaluate
+from cnncli.threads import limit as threads_limit
 
 
 def _stored_input_shape(ck: checkpoint.Checkpoint, cfg: Config) -> tuple[int, ...] | None:
@@ -106,14 +107,15 @@ def _check_memory(ck: checkpoint.Checkpoint, cfg: Config, skeleton: Model) -> No
 
 
 def evaluate_checkpoint(path: str | Path, data_path: str | None = None,
-                        batch_size: int | None = None, limit: int | None = None
+                        batch_size: int | None = None, limit: int | None = None, threads: int | None = None
                         ) -> tuple[EvalResult, Config, checkpoint.Checkpoint, Dataset]:
     """Evaluate a checkpoint on the test split of its own dataset (or of ``data_path``).
 
     Uses the checkpoint's normalization and, by default, its evaluation batch size and
     ``data.test_limit``, so the figures equal those printed at the end of training.
     ``data_path`` is a dataset folder or file in any format (:mod:`cnncli.formats`), or a
-    dataset name; the checkpoint's class names (image folders) map its labels.
+    dataset name; the checkpoint's class names (image folders) map its labels. ``threads``:
+    as ``train.threads`` (:func:`cnncli.threads.limit`; None: all cores).
     Returns the result, the stored config, the checkpoint and the test split.
 
     Raises:
@@ -150,7 +152,8 @@ def evaluate_checkpoint(path: str | Path, data_path: str | None = None,
                               f"up to {int(test.labels.max())}")
     lut = stored_lut(ck, cfg)
     try:
-        result = evaluate(model, test, batch_size or cfg.train.eval_batch_size, lut, num_classes)
+        with threads_limit(threads):
+            result = evaluate(model, test, batch_size or cfg.train.eval_batch_size, lut, num_classes)
     except DivergedError as e:       # the batch loop refuses a non-finite loss (in training: divergence)
         raise NonFiniteError(f"{ck.path}: on {where}, {e} (the model's outputs are not all finite numbers); "
                              f"{OVERFLOW_HINT}") from None
@@ -217,7 +220,8 @@ def predict_proba(model: Model, cfg: Config, images: np.ndarray, batch_size: int
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[0]))
 
 
-def predict_files(path: str | Path, inputs: Sequence[str | Path], top_k: int = 1) -> list[dict]:
+def predict_files(path: str | Path, inputs: Sequence[str | Path], top_k: int = 1,
+                  threads: int | None = None) -> list[dict]:
     """Classify image files with a checkpoint: the ``top_k`` most likely classes of each image.
 
     Args:
@@ -225,6 +229,7 @@ def predict_files(path: str | Path, inputs: Sequence[str | Path], top_k: int = 1
         inputs: Image files (:func:`cnncli.images.read_images`: .npy, IDX, PGM, PNG...); a
             file may hold a stack of images.
         top_k: Classes per image, most likely first (at most the model's class count). Default: 1.
+        threads: As ``train.threads`` (:func:`cnncli.threads.limit`). Default: all cores.
 
     Returns:
         One dict per image, in order: ``input`` (the file, ``FILE[i]`` for the i-th image of
@@ -242,7 +247,8 @@ def predict_files(path: str | Path, inputs: Sequence[str | Path], top_k: int = 1
     for file in inputs:
         try:
             images = read_images(file, input_shape=model.input_shape)
-            probs = predict_proba(model, cfg, images)
+            with threads_limit(threads):
+                probs = predict_proba(model, cfg, images)
         except CnncliError as e:
             if str(file) not in str(e):        # every message names the file that failed
                 e.args = (f"{file}: {e}",)

@@ -18,7 +18,7 @@ import numpy as np
 
 from cnncli.checks import check_int, check_size
 from cnncli.errors import ConfigError, Problem
-from cnncli.layers import LAYERS, Layer, resolve
+from cnncli.layers import LAYERS, Layer, parallel, resolve
 from cnncli.layers.windows import to_chwn
 from cnncli.registry import check_block, locate
 
@@ -100,6 +100,9 @@ class Model:
     #: Evaluation runs large batches in chunks of this many images (bounded memory: a conv's
     #: im2col matrix grows with the batch), unless a layer mixes samples in evaluation.
     EVAL_CHUNK = 256
+    #: With several threads (``layers.parallel``) a batch is cut into one chunk per thread,
+    #: but not below this many images.
+    MIN_THREAD_CHUNK = 32
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """(N, *input_shape) -> (N, *output_shape) logits, same dtype.
@@ -114,15 +117,16 @@ class Model:
         if training:
             return self._run(x, True)
         n = x.shape[0]
-        chunk = self.EVAL_CHUNK
+        chunk = min(self.EVAL_CHUNK, max(self.MIN_THREAD_CHUNK, -(-n // parallel.workers())))
         if n <= chunk or any(getattr(l, "mixes_samples_in_eval", False) for l in self.layers):
             return self._run(x, False)
-        first = self._run(x[:chunk], False)
-        out = np.empty((n, *first.shape[1:]), dtype=first.dtype)
-        out[:chunk] = first
-        for start in range(chunk, n, chunk):
-            out[start:start + chunk] = self._run(x[start:start + chunk], False)
-        return out
+        starts = range(0, n, chunk)
+        parts: list = [None] * len(starts)
+
+        def run(i: int) -> None:
+            parts[i] = self._run(x[starts[i]:starts[i] + chunk], False)
+        parallel.over_items(run, len(starts))     # chunks on all threads, each with one BLAS thread
+        return np.concatenate(parts)
 
     def _run(self, x: np.ndarray, training: bool) -> np.ndarray:
         if x.ndim == 4:

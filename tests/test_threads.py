@@ -63,9 +63,14 @@ def test_same_seed_and_threads_give_byte_identical_runs(write_config, mnist_slic
 
 @pytest.mark.parametrize("layer, shape", [("batchnorm", (64, 32, 14, 14)), ("batchnorm", (512, 300)),
                                           ("relu", (64, 32, 14, 14)), ("relu", (512, 300)),
-                                          ("maxpool2d", (64, 32, 14, 14)), ("maxpool2d", (16, 8, 15, 13))])
+                                          ("tanh", (64, 32, 14, 14)), ("tanh", (512, 300)),
+                                          ("maxpool2d", (64, 32, 14, 14)), ("maxpool2d", (16, 8, 15, 13)),
+                                          ("maxpool2d_overlapping", (16, 8, 15, 13)),
+                                          ("avgpool2d", (64, 32, 14, 14)), ("avgpool2d_padded", (16, 8, 15, 13)),
+                                          ("conv2d", (16, 8, 15, 13)), ("conv2d_grouped", (16, 8, 15, 13))])
 def test_channel_split_layers_give_the_same_bits_on_any_thread_count(layer, shape, monkeypatch):
-    """Batchnorm, ReLU and tiled max-pooling split their channels over threads (layers.parallel): forward, backward,
+    """Batchnorm, ReLU, tanh, max-pooling (tiled and by windows), average pooling and the
+    convolution's lowering (by kernel offset) and col2im (by channel) split their channels over threads (layers.parallel): forward, backward,
     running statistics and parameter gradients are the same bits with 1, 2 and 3 threads, in CHWN
     and NCHW memory order."""
     from cnncli.layers import LAYERS, parallel
@@ -82,8 +87,16 @@ def test_channel_split_layers_give_the_same_bits_on_any_thread_count(layer, shap
         parallel.workers(n)
         try:
             for k, order in enumerate(((lambda a: a), to_chwn) if len(shape) == 4 else ((lambda a: a),)):
-                cls = LAYERS.get(layer)
-                lay = cls(shape[1]) if layer == "batchnorm" else cls(2) if layer == "maxpool2d" else cls()
+                make = {"batchnorm": lambda: LAYERS.get("batchnorm")(shape[1]),
+                        "maxpool2d": lambda: LAYERS.get("maxpool2d")(2),
+                        "maxpool2d_overlapping": lambda: LAYERS.get("maxpool2d")(3, stride=2, padding=1),
+                        "avgpool2d": lambda: LAYERS.get("avgpool2d")(2),
+                        "avgpool2d_padded": lambda: LAYERS.get("avgpool2d")(3, stride=2, padding=1,
+                                                                            count_include_pad=False),
+                        "conv2d": lambda: LAYERS.get("conv2d")(8, 6, 3, padding=1, rng=np.random.default_rng(2)),
+                        "conv2d_grouped": lambda: LAYERS.get("conv2d")(8, 4, 3, stride=2, padding=2, dilation=2,
+                                                                       groups=2, rng=np.random.default_rng(2))}
+                lay = make.get(layer, lambda: LAYERS.get(layer)())()
                 x = order(x0.copy())
                 y = lay.forward(x, training=True)
                 dx = lay.backward(order(rng_dy(y.shape)))
@@ -93,6 +106,53 @@ def test_channel_split_layers_give_the_same_bits_on_any_thread_count(layer, shap
     for (n, k), arrays in results.items():
         assert len(arrays) == len(results[1, k]) >= 2
         assert all(np.array_equal(a, b) for a, b in zip(results[1, k], arrays)), (n, k)
+
+
+def test_evaluation_splits_batches_over_threads_with_the_same_bits(monkeypatch):
+    """In evaluation a batch is cut into chunks that run on all threads (parallel.over_items),
+    each with one BLAS thread: the logits are the same bits with 1, 2 and 3 threads, and equal
+    those of each sample run alone (to float rounding: a GEMM's blocking may differ)."""
+    from cnncli.layers import parallel
+    from cnncli.model import LayerSpec, build
+
+    specs = [LayerSpec(t, o) for t, o in [
+        ("conv2d", {"out_channels": 6, "kernel_size": 3, "padding": 1}), ("batchnorm", {}), ("tanh", {}),
+        ("maxpool2d", {"kernel_size": 2}), ("conv2d", {"out_channels": 8, "kernel_size": 3}), ("relu", {}),
+        ("avgpool2d", {"kernel_size": 2}), ("dropout", {"p": 0.5}), ("flatten", {}), ("linear", {"out_features": 10})]]
+    model = build(specs, (1, 12, 12), seed=0)
+    x = np.random.default_rng(0).standard_normal((203, 1, 12, 12)).astype(np.float32)
+    single = np.concatenate([model.forward(x[i:i + 1]) for i in range(len(x))])
+    monkeypatch.setattr(model, "EVAL_CHUNK", 64)
+    logits = {}
+    for n in (1, 2, 3):
+        with threads.limit(n):
+            logits[n] = model.forward(x)
+    assert logits[1].shape == (203, 10)
+    assert np.array_equal(logits[1], logits[2]) and np.array_equal(logits[1], logits[3])
+    np.testing.assert_allclose(logits[1], single, rtol=1e-5, atol=1e-5)
+
+
+def test_over_items_runs_each_item_once_on_several_threads_with_one_blas_thread():
+    import threading
+
+    from cnncli.layers import parallel
+
+    if blas_threads() is None:
+        pytest.skip("threadpoolctl finds no BLAS in this NumPy")
+    seen, blas, names = [], [], set()
+
+    def fn(i):
+        seen.append(i)
+        blas.append(blas_threads())
+        names.add(threading.current_thread().name)
+        x = np.ones((256, 256), np.float32)
+        for _ in range(20):
+            x = np.tanh(x @ x)              # work long enough for the other thread to take items
+    with threads.limit(2):
+        parallel.over_items(fn, 9)
+        assert blas_threads() == 2                      # restored after the calls
+    assert sorted(seen) == list(range(9))
+    assert len(names) == 2 and set(blas) == {1}
 
 
 def test_the_command_line_lets_idle_blas_threads_sleep():

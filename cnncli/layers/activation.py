@@ -175,13 +175,20 @@ class Tanh(Layer):
     """
 
     def forward(self, x, training=False):
-        y = np.tanh(x)
+        y = np.empty_like(x)
+        parallel.map_slices(lambda xs, ys: np.tanh(xs, out=ys), x, y)
         self._cache = y
         return y
 
     def backward(self, dy):
-        y = self._cached()
-        return dy * (1 - y * y)
+        y, dx = self._cached(), np.empty_like(dy)
+
+        def part(d, ys, out):                   # dy * (1 - y * y), in place in out
+            np.multiply(ys, ys, out=out)
+            np.subtract(1, out, out=out)
+            np.multiply(d, out, out=out)
+        parallel.map_slices(part, dy, y, dx)
+        return dx
 
 
 def _check_dim(dim, input_shape, name):

@@ -7,12 +7,18 @@ its ufuncs and reductions, so slabs on different threads run on different cores,
 single ufunc call would use one. Each channel is computed exactly as in one call (the same
 reduction over the same contiguous values), so results do not depend on the thread count.
 
+Evaluation is split by samples instead (:func:`over_items`): each thread runs whole chunks
+of the batch through every layer, with BLAS on one thread, so no layer waits for another
+thread between steps.
+
 The number of threads is set by :func:`workers` (``cnncli.threads.limit`` sets it for a
-training run); it is 1 otherwise.
+training run and for evaluation); it is 1 otherwise.
 """
 
 from __future__ import annotations
 
+import itertools
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,7 +27,9 @@ import numpy as np
 #: Elements below which an array is not split (thread hand-off costs more than it saves).
 MIN_ELEMENTS = 1 << 17
 
-_state: dict = {"workers": 1, "pool": None}
+_state: dict = {"workers": 1, "pool": None, "blas": None}
+#: ``inside`` is True in a thread running one of :func:`over_items`'s calls (no nested split).
+_local = threading.local()
 
 
 def workers(n: int | None = None) -> int:
@@ -40,12 +48,19 @@ def over_channels(fn: Callable[[int, int], None], x: np.ndarray) -> None:
     """Call ``fn(c0, c1)`` for contiguous ranges covering the channels (axis 1) of ``x``: one
     range per thread when ``x`` is large enough, else once for all of them. The calling
     thread computes the first range; exceptions are re-raised here."""
-    channels = x.shape[1] if x.ndim > 1 else 1
-    k = min(_state["workers"], channels, x.size // MIN_ELEMENTS)
+    over_range(fn, x.shape[1] if x.ndim > 1 else 1, x.size)
+
+
+def over_range(fn: Callable[[int, int], None], count: int, size: int) -> None:
+    """Call ``fn(i0, i1)`` for contiguous ranges covering ``range(count)`` of independent
+    items: one range per thread when the work touches at least ``MIN_ELEMENTS`` values per
+    thread (``size`` in all), else once for all of them. The calling thread computes the
+    first range; exceptions are re-raised here."""
+    k = min(_state["workers"] if not getattr(_local, "inside", False) else 1, count, size // MIN_ELEMENTS)
     if k <= 1:
-        fn(0, channels)
+        fn(0, count)
         return
-    bounds = [channels * i // k for i in range(k + 1)]
+    bounds = [count * i // k for i in range(k + 1)]
     futures = [_state["pool"].submit(fn, bounds[i], bounds[i + 1]) for i in range(1, k)]
     try:
         fn(bounds[0], bounds[1])
@@ -61,3 +76,48 @@ def map_slices(fn: Callable[..., None], *arrays: np.ndarray) -> None:
         fn(*arrays)
         return
     over_channels(lambda c0, c1: fn(*(a[:, c0:c1] for a in arrays)), arrays[0])
+
+
+def over_items(fn: Callable[[int], None], n: int) -> None:
+    """Call ``fn(i)`` for ``i`` in ``range(n)``, spread over the threads (:func:`workers`).
+
+    Each thread takes the next index until none is left, so a thread slowed by another
+    process does not hold back the rest. While the calls run, BLAS computes with one thread
+    and :func:`over_channels` does not split (each call is one thread's whole work): use it
+    for independent pieces such as chunks of an evaluation batch. ``fn`` must write its
+    result to a place of its own (results then do not depend on which thread ran which
+    index). With one thread, or when called from inside such a call, it runs in order here.
+    Exceptions are re-raised here.
+    """
+    k = min(_state["workers"], n)
+    if k <= 1 or getattr(_local, "inside", False):
+        for i in range(n):
+            fn(i)
+        return
+    counter = itertools.count()          # next() on it is atomic under the GIL
+
+    def run() -> None:
+        _local.inside = True
+        try:
+            while (i := next(counter)) < n:
+                fn(i)
+        finally:
+            _local.inside = False
+
+    with _one_blas_thread():
+        futures = [_state["pool"].submit(run) for _ in range(k - 1)]
+        try:
+            run()
+        finally:
+            for f in futures:
+                f.result()
+
+
+def _one_blas_thread():
+    """A context in which BLAS computes with one thread (threadpoolctl; one controller per
+    process, as its enumeration of the loaded libraries costs more than the switch)."""
+    from threadpoolctl import ThreadpoolController
+
+    if _state["blas"] is None:
+        _state["blas"] = ThreadpoolController()
+    return _state["blas"].limit(limits=1, user_api="blas")

@@ -64,17 +64,21 @@ class _Pool2d(Layer):
         xp = pad(x, ph, ph + extra_h, pw, pw + extra_w, fill)
         return xp, window_view(xp, kh, kw, sh, sw, dh, dw, H_out, W_out)
 
-    def _col2im(self, x_shape, xp_shape, slabs):
-        """Sum ``slabs(a, b)`` -> (N, C, H_out, W_out) into the input positions of offset (a, b)."""
+    def _col2im(self, x_shape, xp_shape, dtype, stored_chwn: bool, slabs):
+        """Sum ``slabs(a, b, c0, c1)`` -> (N, c1 - c0, H_out, W_out), the gradient of offset
+        (a, b) for channels c0:c1, into the input positions it read. Channels are independent,
+        so ranges of them run on different threads (``layers.parallel``), each as alone."""
         N, C, H, W = x_shape
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
-        first = slabs(0, 0)
-        dxp = empty_chwn(xp_shape, first.dtype, zero=True) if is_chwn(first) else np.zeros(xp_shape, first.dtype)
-        H_out, W_out = first.shape[2:]
-        for a in range(kh):
-            rows = offset_slice(a, dh, sh, H_out)
-            for b in range(kw):
-                dxp[:, :, rows, offset_slice(b, dw, sw, W_out)] += slabs(a, b)
+        dxp = empty_chwn(xp_shape, dtype, zero=True) if stored_chwn else np.zeros(xp_shape, dtype)
+        H_out, W_out = self._out_hw(H, W)
+
+        def part(c0: int, c1: int) -> None:
+            for a in range(kh):
+                rows = offset_slice(a, dh, sh, H_out)
+                for b in range(kw):
+                    dxp[:, c0:c1, rows, offset_slice(b, dw, sw, W_out)] += slabs(a, b, c0, c1)
+        parallel.over_channels(part, dxp)
         return dxp[:, :, ph:ph + H, pw:pw + W]
 
 
@@ -190,7 +194,8 @@ class MaxPool2d(_Pool2d):
             return self._backward_tiled(dy, *cache[1:])
         _, x_shape, xp_shape, idx = cache
         kw = self.kernel_size[1]
-        return self._col2im(x_shape, xp_shape, lambda a, b: dy * (idx == a * kw + b))
+        return self._col2im(x_shape, xp_shape, dy.dtype, is_chwn(dy),
+                            lambda a, b, c0, c1: dy[:, c0:c1] * (idx[:, c0:c1] == a * kw + b))
 
     def pieces(self):
         """Each window's winner a * kw + b (row-major window position), (N, C, H_out, W_out)."""
@@ -296,17 +301,22 @@ class AvgPool2d(_Pool2d):
         H_out, W_out = win.shape[2:4]
         div = self._divisor(H, W, H_out, W_out, x.dtype)
         kh, kw = self.kernel_size
-        y = win[..., 0, 0].copy(order="K")             # keeps the input's memory order
-        for k in range(1, kh * kw):                    # a loop over offsets: NumPy reduces tiny axes slowly
-            y += win[..., k // kw, k % kw]
-        y /= div
+        y = np.empty_like(win[..., 0, 0])              # keeps the input's memory order
+
+        def part(c0: int, c1: int) -> None:           # channels are independent: split over threads
+            ys = y[:, c0:c1]
+            np.copyto(ys, win[:, c0:c1, ..., 0, 0])
+            for k in range(1, kh * kw):                # a loop over offsets: NumPy reduces tiny axes slowly
+                ys += win[:, c0:c1, ..., k // kw, k % kw]
+            ys /= div
+        parallel.over_channels(part, y)
         self._cache = (x.shape, xp.shape, div)
         return y
 
     def backward(self, dy):
         x_shape, xp_shape, div = self._cached()
         share = dy / div
-        return self._col2im(x_shape, xp_shape, lambda a, b: share)
+        return self._col2im(x_shape, xp_shape, share.dtype, is_chwn(share), lambda a, b, c0, c1: share[:, c0:c1])
 
 
 @LAYERS.register("global_avgpool", "global_avg_pool", "gap")
