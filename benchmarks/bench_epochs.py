@@ -24,6 +24,8 @@ Threads: ``--threads T`` (default: all cores) sets ``OMP_NUM_THREADS``,
 ``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` in every child's environment,
 ``torch.set_num_threads(T)`` in PyTorch's, and ``--threads T`` of ``cnncli train`` when its
 ``--help`` lists that flag. The children run the cnncli of this checkout (``PYTHONPATH``).
+``--load N`` keeps N other CPU-bound processes running for the whole measurement (a shared
+machine); compare its epoch seconds with a quiet run's.
 
 Peak RSS is the training process's own (``os.wait4``). Prints a Markdown table: per
 framework the median and min-max over the pairs, the ratios PyTorch / cnncli (training)
@@ -34,6 +36,7 @@ Never run it beside other work: see benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import fcntl
 import importlib.metadata
@@ -50,6 +53,7 @@ import tempfile
 import termios
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -326,6 +330,19 @@ def bench_config(s: Settings, config: str, sets: list[str], pairs: int, log) -> 
     return out
 
 
+@contextlib.contextmanager
+def busy_processes(n: int) -> Iterator[None]:
+    """Within the block, ``n`` other processes each keep one core busy (a Python loop that
+    never sleeps): the load of another job on a shared machine. Killed on exit."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
 def commit() -> str:
     """``git rev-parse --short HEAD`` of this checkout, ``+changes`` when tracked files differ."""
     def git(*a: str) -> str:
@@ -366,7 +383,9 @@ def header(args, s: Settings) -> list[str]:
             f"machine: {machine()}; {versions()}",
             f"{threads}; {args.epochs} epoch(s) per run, {args.pairs} alternating pair(s), median (min-max); "
             f"augmentation {'off (data.augment=null)' if args.no_augment else 'as configured'}; cnncli output "
-            f"{args.output}; evaluation batch {args.eval_batch}, median of {args.eval_repeats} passes{limits}"]
+            f"{args.output}; evaluation batch {args.eval_batch}, median of {args.eval_repeats} passes{limits}",
+            *([f"under load: {args.load} other CPU-bound process(es) (a busy Python loop each, nice 0) running "
+               f"for the whole measurement"] if args.load else [])]
 
 
 def parse_args(argv: list[str] | None):
@@ -382,8 +401,13 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--eval-repeats", type=int, default=3, help="timed evaluation passes per process (default 3)")
     ap.add_argument("--output", choices=("tty", "plain", "json"), default="tty",
                     help="cnncli train's output: a pseudo-terminal (live progress, default), piped lines, or --json")
+    ap.add_argument("--load", type=int, default=0, metavar="N",
+                    help="keep N other CPU-bound processes (one busy core each) running for the whole "
+                         "measurement, to see how each framework copes with a shared machine (default 0)")
     ap.add_argument("--save", type=Path, default=None, help="also write every figure as JSON to this file")
     args = ap.parse_args(argv)
+    if args.load < 0:
+        raise BenchError(f"--load must be at least 0, got {args.load}", exit_code=2)
     for name in ("epochs", "pairs", "threads", "train_limit", "test_limit", "eval_batch", "eval_repeats"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -416,8 +440,9 @@ def main(argv: list[str] | None = None) -> int:
             s = Settings(args.epochs, args.threads, args.eval_batch, args.eval_repeats, args.output, Path(tmp),
                          cnncli, has_threads_flag(cnncli, child_env(args.threads, dict(os.environ), tty=False)),
                          dict(os.environ))
-            results = {config: bench_config(s, config, sets, args.pairs, lambda m: print(m, file=sys.stderr))
-                       for config, sets in plans.items()}
+            with busy_processes(args.load):
+                results = {config: bench_config(s, config, sets, args.pairs, lambda m: print(m, file=sys.stderr))
+                           for config, sets in plans.items()}
         head = header(args, s)
         print(table(results, head))
         if args.save:

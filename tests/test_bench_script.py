@@ -118,6 +118,37 @@ def test_bad_flag_values_exit_2(b, no_runs, capsys, tmp_path):
     assert "--pairs must be at least 1, got 0" in capsys.readouterr().err
     assert b.main(["--configs", "configs/tiny.yaml", "--save", str(tmp_path / "missing" / "x.json")]) == 2
     assert f"folder {tmp_path / 'missing'} does not exist" in capsys.readouterr().err
+    assert b.main(["--load", "-1"]) == 2
+    assert "--load must be at least 0, got -1" in capsys.readouterr().err
+
+
+def test_busy_processes_load_a_core_each_and_end_with_the_block(b):
+    import time
+
+    with b.busy_processes(2):
+        procs = [p for p in _children() if "while True: pass" in p[1]]
+        assert len(procs) == 2
+        t0 = {pid: _cpu_seconds(pid) for pid, _ in procs}
+        time.sleep(0.5)
+        assert all(_cpu_seconds(pid) - t0[pid] > 0.1 for pid, _ in procs)    # busy, not sleeping
+    assert not [p for p in _children() if "while True: pass" in p[1]]
+
+
+def _children():
+    """(pid, command line) of this process's live children (Linux /proc)."""
+    me, out = os.getpid(), []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == me:
+                out.append((int(d.name), (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_every_config_is_checked_before_the_first_run(b, no_runs, capsys):
