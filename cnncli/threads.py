@@ -3,8 +3,9 @@
 The matrix products run in NumPy's BLAS (OpenBLAS), whose thread pool is set through
 threadpoolctl (the well-kept way to do it at run time, rather than environment
 variables that must be set before NumPy loads). The element-wise layers split their
-channels over as many threads (``layers.parallel``), and the next batch is prepared in
-the background (``loop.run_batches``).
+channels over as many threads (``layers.parallel``), evaluation splits each batch into
+one chunk per thread, and the next batch is prepared in the background
+(``loop.run_batches``).
 
 On a machine where other processes are busy, fewer threads than cores can be faster:
 a BLAS thread that must share a core with another process makes the others wait for it.
