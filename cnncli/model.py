@@ -97,12 +97,11 @@ class Model:
         values = sum(layer.training_values(out) for layer, out in zip(self.layers, self.shapes))
         return values * self.dtype.itemsize
 
-    #: Evaluation runs large batches in chunks of this many images (bounded memory: a conv's
-    #: im2col matrix grows with the batch), unless a layer mixes samples in evaluation.
-    EVAL_CHUNK = 256
-    #: With several threads (``layers.parallel``) a batch is cut into one chunk per thread,
-    #: but not below this many images.
-    MIN_THREAD_CHUNK = 32
+    #: Evaluation runs larger batches in chunks of this many images (bounded memory: a
+    #: conv's im2col matrix grows with the batch), unless a layer mixes samples in
+    #: evaluation; with T threads (``layers.parallel``) T chunks run at once. The size does
+    #: not depend on T, so neither do the results' bits.
+    EVAL_CHUNK = 128
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """(N, *input_shape) -> (N, *output_shape) logits, same dtype.
@@ -110,14 +109,15 @@ class Model:
         Image batches are copied once into CHWN memory order (still logically NCHW; see
         ``layers/windows.py``), which every layer keeps and the heavy ones are fast in.
         In evaluation (``training=False``) the layers keep nothing for a backward pass and
-        batches larger than ``EVAL_CHUNK`` run in chunks; results are the same as one pass
-        (each sample is computed independently in evaluation). Call a layer's own
+        larger batches run in chunks (``EVAL_CHUNK``), spread over the threads; results are
+        those of one pass up to float rounding (each sample is computed independently in
+        evaluation), and the same bits for any thread count. Call a layer's own
         ``forward`` to back-propagate through evaluation mode.
         """
         if training:
             return self._run(x, True)
         n = x.shape[0]
-        chunk = min(self.EVAL_CHUNK, max(self.MIN_THREAD_CHUNK, -(-n // parallel.workers())))
+        chunk = self.EVAL_CHUNK
         if n <= chunk or any(getattr(l, "mixes_samples_in_eval", False) for l in self.layers):
             return self._run(x, False)
         starts = range(0, n, chunk)
