@@ -80,11 +80,14 @@ class EarlyStoppingConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    """``train.checkpoint``: best.npz by ``monitor``; ``epoch_{k}.npz`` every ``every`` epochs (0: never)."""
+    """``train.checkpoint``: best.npz by ``monitor``; ``epoch_{k}.npz`` every ``every`` epochs (0: never);
+    ``last.npz`` also every ``every_steps`` optimizer steps (0: only at validations), a state
+    ``--resume`` continues exactly from the middle of an epoch."""
 
     monitor: str = "val_accuracy"
     mode: str = "auto"
     every: int = 0
+    every_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -323,7 +326,8 @@ def _callbacks(values: dict[str, Any], container, problems: list[Problem]
                       "mode": lambda v: check_choice("mode", v, MODES),
                       "patience": lambda v: check_int("patience", v, 1),
                       "min_delta": lambda v: check_float("min_delta", v, 0.0),
-                      "every": lambda v: check_int("every", v, 0)}
+                      "every": lambda v: check_int("every", v, 0),
+                      "every_steps": lambda v: check_int("every_steps", v, 0)}
 
     def section(name: str, raw: Any, cls: type, present: bool = True) -> dict[str, Any]:
         defaults = defaults_of(cls)
