@@ -391,6 +391,8 @@ class _Stepper:
         self.optimizer.lr = self.schedule.lr(self.epoch, self.optimizer.steps)
 
     def step(self, grads: dict[str, np.ndarray]) -> None:
+        # the optimizer's parameters only: a frozen layer's gradients neither step nor count in the clipped norm
+        grads = {k: grads[k] for k in self.optimizer.params}
         if self.clip_norm is not None:
             grads, _ = clip_grad_norm(grads, self.clip_norm)
         self.set_lr()
