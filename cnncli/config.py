@@ -321,7 +321,7 @@ def _callbacks(values: dict[str, Any], container, problems: list[Problem]
     given explicitly is refused when ``data.val_split`` is 0 (there is no validation split)."""
     from cnncli.callbacks import MODES, MONITORS, resolve_monitor
 
-    no_val = values["data"].get("val_split") == 0
+    no_val = values["data"].get("val_split") == 0 and values["data"].get("validate_on") != "test"
     checks: Checks = {"monitor": lambda v: check_choice("monitor", v, MONITORS),
                       "mode": lambda v: check_choice("mode", v, MODES),
                       "patience": lambda v: check_int("patience", v, 1),
@@ -349,7 +349,8 @@ def _callbacks(values: dict[str, Any], container, problems: list[Problem]
         given = raw.get("monitor") if isinstance(raw, dict) else None
         if no_val and isinstance(given, str) and given.startswith("val_"):
             problems.append(Problem(f"train.{key}.monitor", f"is {given} but data.val_split is 0, so there is no "
-                                    f"validation split. Monitor train_{given[4:]} or set data.val_split.",
+                                    f"validation split. Monitor train_{given[4:]}, or set data.val_split or "
+                                    f"data.validate_on: test.",
                                     line_of(raw, "monitor")))
     return early, ckpt
 
