@@ -41,10 +41,23 @@ class LayerSpec:
 #: treats its parameters (Keras ``trainable``, Caffe's ``param { lr_mult decay_mult }``).
 #: Checked here, applied in one place: ``optim.Optimizer`` (via :meth:`Model.trainable_params`
 #: and :meth:`Model.multipliers`). Name -> (check, default).
+def _multiplier(name: str):
+    """The check of a multiplier: a number >= 0, or a list of them, one per parameter of the
+    layer in its order (``[weight, bias]``: Caffe's one ``param`` block per blob)."""
+    def check(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            if not v:
+                raise OptionError(name, "must be a number >= 0 or a list of them (one per parameter: "
+                                        "[weight, bias]), got []")
+            return [check_float(f"{name}[{i}]", x, 0.0) for i, x in enumerate(v)]
+        return check_float(name, v, 0.0)
+    return check
+
+
 PARAM_OPTIONS: dict[str, tuple[Any, Any]] = {
     "trainable": (lambda v: check_bool("trainable", v), True),
-    "lr_mult": (lambda v: check_float("lr_mult", v, 0.0), 1.0),
-    "decay_mult": (lambda v: check_float("decay_mult", v, 0.0), 1.0),
+    "lr_mult": (_multiplier("lr_mult"), 1.0),
+    "decay_mult": (_multiplier("decay_mult"), 1.0),
 }
 
 
@@ -63,6 +76,24 @@ def _param_option_problems(spec: LayerSpec, given: dict[str, Any]) -> list[Probl
         except OptionError as e:
             problems.append(Problem(f"{spec.path}.{k}", e.detail, spec.option_lines.get(k) or spec.line))
     return problems
+
+
+def _check_param_options(spec: LayerSpec, type_name: str, layer: Layer, given: dict[str, Any]) -> None:
+    """Refuse :data:`PARAM_OPTIONS` on a layer without parameters, and a multiplier list whose
+    length is not the layer's parameter count.
+
+    Raises:
+        ConfigError: At the option.
+    """
+    for k, v in given.items():
+        where = (f"{spec.path}.{k}", spec.option_lines.get(k) or spec.line)
+        if not layer.params:
+            raise ConfigError([Problem(where[0], f"{type_name} has no parameters, so '{k}' has nothing to act on; "
+                                       f"remove it", where[1])])
+        if isinstance(v, (list, tuple)) and len(v) != len(layer.params):
+            raise ConfigError([Problem(where[0], f"has {len(v)} values but {type_name} has {len(layer.params)} "
+                                       f"parameters ({', '.join(layer.params)}): give one per parameter, or one "
+                                       f"number for all", where[1])])
 
 
 def _builder_args(cls: type, inferred: dict[str, int], rng: np.random.Generator, dtype) -> dict[str, Any]:
@@ -207,9 +238,12 @@ class Model:
 
     def multipliers(self) -> dict[str, tuple[float, float]]:
         """``{key: (lr_mult, decay_mult)}`` of the trainable parameters (Caffe's per-layer
-        ``param`` multipliers; (1, 1) unless the layer sets them)."""
-        return {f"{i}.{n}": (float(self.settings[i]["lr_mult"]), float(self.settings[i]["decay_mult"]))
-                for i, l in enumerate(self.layers) if not self.frozen[i] for n in l.params}
+        ``param`` multipliers; (1, 1) unless the layer sets them; a list gives one per
+        parameter, in the layer's order)."""
+        def each(value: Any, j: int) -> float:
+            return float(value[j] if isinstance(value, (list, tuple)) else value)
+        return {f"{i}.{n}": (each(self.settings[i]["lr_mult"], j), each(self.settings[i]["decay_mult"], j))
+                for i, l in enumerate(self.layers) if not self.frozen[i] for j, n in enumerate(l.params)}
 
     def grads(self) -> dict[str, np.ndarray]:
         return {f"{i}.{n}": l.grads[n] for i, l in enumerate(self.layers) for n in l.params}
@@ -320,10 +354,7 @@ def build(specs: list[LayerSpec], input_shape: tuple[int, ...], *, seed: int = 0
         except MemoryError:
             raise ConfigError([Problem(spec.path, f"({cls.type_name}) not enough memory for its weights; "
                                        f"use smaller sizes", spec.line)]) from None
-        if given and not layer.params:
-            k = next(iter(given))
-            raise ConfigError([Problem(f"{spec.path}.{k}", f"{cls.type_name} has no parameters, so '{k}' has nothing "
-                                       f"to act on; remove it", spec.option_lines.get(k) or spec.line)])
+        _check_param_options(spec, cls.type_name, layer, given)
         layers.append(layer)
         shapes.append(shape)
         settings.append({k: given.get(k, default) for k, (_, default) in PARAM_OPTIONS.items()} if layer.params

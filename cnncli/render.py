@@ -166,8 +166,11 @@ def _training(row: dict) -> str:
     (the multipliers that are not 1), or nothing."""
     if row.get("trainable") is False:
         return "frozen"
-    return ", ".join(f"{what} x{row[key]:g}" for what, key in (("lr", "lr_mult"), ("decay", "decay_mult"))
-                     if row.get(key, 1.0) != 1.0)
+    def values(key: str) -> list[float]:       # a multiplier is one number, or one per parameter
+        v = row.get(key, 1.0)
+        return list(v) if isinstance(v, (list, tuple)) else [v]
+    return ", ".join(f"{what} x{'/'.join(f'{x:g}' for x in values(key))}"
+                     for what, key in (("lr", "lr_mult"), ("decay", "decay_mult")) if values(key) != [1.0] * len(values(key)))
 
 
 def render_summary(summary: ModelSummary, source: str, console: Console | None = None) -> None:

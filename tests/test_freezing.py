@@ -64,21 +64,35 @@ def test_frozen_or_zero_rate_layers_keep_their_weights_bit_for_bit(write_config,
 
 
 def test_summary_shows_the_options_and_a_layer_without_parameters_refuses_them(write_config, mnist_slice):
-    cfg = write_config(CONFIG.format(data=mnist_slice, conv="trainable: false", bn="lr_mult: 2, decay_mult: 0"))
+    cfg = write_config(CONFIG.format(data=mnist_slice, conv="trainable: false", bn="lr_mult: [2, 1], decay_mult: 0"))
     r = runner.invoke(app, ["summary", str(cfg), "--json"])
     assert r.exit_code == 0, r.output
     import json
     rows = json.loads(r.output)["layers"]
-    assert (rows[0]["trainable"], rows[1]["lr_mult"], rows[1]["decay_mult"]) == (False, 2.0, 0.0)
+    assert (rows[0]["trainable"], rows[1]["lr_mult"], rows[1]["decay_mult"]) == (False, [2.0, 1.0], 0.0)
     assert "trainable" not in rows[2]
     r = runner.invoke(app, ["summary", str(cfg)], env={"COLUMNS": "200"})
-    assert "│ frozen " in r.output and "│ lr x2, decay x0 │" in r.output
+    assert "│ frozen " in r.output and "│ lr x2/1, decay x0 │" in r.output
     assert "trainable parameters: 6,778   frozen (trainable: false): 40" in r.output
     bad = write_config(CONFIG.format(data=mnist_slice, conv="lr_mult: -1", bn="").replace("- relu", "- relu: {trainable: false}"))
     r = runner.invoke(app, ["summary", str(bad)])
     assert r.exit_code == 2
     said = " ".join(r.output.split())
     assert "model.layers[0].lr_mult" in said and "must be >= 0" in said
+
+
+def test_a_list_gives_one_multiplier_per_parameter(write_config, mnist_slice):
+    from cnncli import config as C
+    from cnncli.assemble import build_model, make_optimizer
+
+    cfg = C.load(write_config(CONFIG.format(data=mnist_slice, conv="lr_mult: [1, 2], decay_mult: [1, 0]", bn="")))
+    opt = make_optimizer(cfg, build_model(cfg))
+    assert opt.multipliers["0.weight"] == (1.0, 1.0) and opt.multipliers["0.bias"] == (2.0, 0.0)
+    assert opt.multipliers["5.bias"] == (1.0, 1.0)
+    r = runner.invoke(app, ["summary", str(write_config(CONFIG.format(data=mnist_slice, conv="lr_mult: [1, 2, 3]",
+                                                                      bn="")))])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 2 and "model.layers[0].lr_mult: has 3 values but conv2d has 2 parameters" in said
 
 
 def test_a_layer_without_parameters_refuses_the_options(write_config, mnist_slice):
