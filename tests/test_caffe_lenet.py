@@ -17,14 +17,21 @@ from cnncli.errors import ConfigError
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "caffe-lenet.yaml"
 
 
-def load():
+#: What configs/caffe-lenet.yaml names before the other branches land. TODO(merge): remove.
+PENDING = ("data.scale", "xavier_caffe", "'inv'", "max_steps", "val_every")
+
+
+def load_or_skip(path: Path = CONFIG):
+    """``config.load(path)``; a skip when its only problems are :data:`PENDING` names."""
     try:
-        return C.load(CONFIG)
+        return C.load(path)
     except ConfigError as e:
-        pending = ("scale", "xavier_caffe", "'inv'", "max_steps", "val_every")
-        if all(any(p in str(problem) for p in pending) for problem in e.problems):
+        if all(any(p in str(problem) for p in PENDING) for problem in e.problems):
             pytest.skip(f"waiting for the names of issue 16's other parts: {e}")
         raise
+
+
+load = load_or_skip
 
 
 def test_caffe_lenet_has_caffes_parameters_and_multipliers():
