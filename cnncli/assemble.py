@@ -159,10 +159,13 @@ def norm_param_keys(model: Model) -> set[str]:
 
 
 def make_optimizer(cfg: Config, model: Model) -> Optimizer:
-    """The configured optimizer over ``model.params()`` (``exclude_bias_and_norm`` learns the
-    normalization layers' keys from the model)."""
+    """The configured optimizer over ``model.trainable_params()`` (frozen layers' parameters
+    are left out) with the layers' ``lr_mult``/``decay_mult`` (``exclude_bias_and_norm``
+    learns the normalization layers' keys from the model)."""
     o = cfg.train.optimizer
-    return OPTIMIZERS[o.type](model.params(), **o.options, norm_keys=norm_param_keys(model))
+    optimizer = OPTIMIZERS[o.type](model.trainable_params(), **o.options, norm_keys=norm_param_keys(model))
+    optimizer.multipliers = model.multipliers()
+    return optimizer
 
 
 def make_schedule(cfg: Config, base_lr: float, n_train: int, has_val: bool = True) -> Schedule:

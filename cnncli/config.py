@@ -80,11 +80,14 @@ class EarlyStoppingConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    """``train.checkpoint``: best.npz by ``monitor``; ``epoch_{k}.npz`` every ``every`` epochs (0: never)."""
+    """``train.checkpoint``: best.npz by ``monitor``; ``epoch_{k}.npz`` every ``every`` epochs (0: never);
+    ``last.npz`` also every ``every_steps`` optimizer steps (0: only at validations), a state
+    ``--resume`` continues exactly from the middle of an epoch."""
 
     monitor: str = "val_accuracy"
     mode: str = "auto"
     every: int = 0
+    every_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -318,12 +321,13 @@ def _callbacks(values: dict[str, Any], container, problems: list[Problem]
     given explicitly is refused when ``data.val_split`` is 0 (there is no validation split)."""
     from cnncli.callbacks import MODES, MONITORS, resolve_monitor
 
-    no_val = values["data"].get("val_split") == 0
+    no_val = values["data"].get("val_split") == 0 and values["data"].get("validate_on") != "test"
     checks: Checks = {"monitor": lambda v: check_choice("monitor", v, MONITORS),
                       "mode": lambda v: check_choice("mode", v, MODES),
                       "patience": lambda v: check_int("patience", v, 1),
                       "min_delta": lambda v: check_float("min_delta", v, 0.0),
-                      "every": lambda v: check_int("every", v, 0)}
+                      "every": lambda v: check_int("every", v, 0),
+                      "every_steps": lambda v: check_int("every_steps", v, 0)}
 
     def section(name: str, raw: Any, cls: type, present: bool = True) -> dict[str, Any]:
         defaults = defaults_of(cls)
@@ -345,7 +349,8 @@ def _callbacks(values: dict[str, Any], container, problems: list[Problem]
         given = raw.get("monitor") if isinstance(raw, dict) else None
         if no_val and isinstance(given, str) and given.startswith("val_"):
             problems.append(Problem(f"train.{key}.monitor", f"is {given} but data.val_split is 0, so there is no "
-                                    f"validation split. Monitor train_{given[4:]} or set data.val_split.",
+                                    f"validation split. Monitor train_{given[4:]}, or set data.val_split or "
+                                    f"data.validate_on: test.",
                                     line_of(raw, "monitor")))
     return early, ckpt
 

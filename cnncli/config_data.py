@@ -34,7 +34,9 @@ class DataConfig:
     folder or file) or ``train`` (with optional ``test``) says where the data is; the
     readers are in ``cnncli.formats``. ``mean``/``std`` are a number, one per channel, or
     ``"auto"`` (computed from the training split by ``training.prepare_data`` and recorded
-    in the resolved config, so eval and predict use the same numbers).
+    in the resolved config, so eval and predict use the same numbers). ``validate_on``:
+    ``val`` (the ``val_split`` carved from the training images) or ``test`` (the test split,
+    Keras's ``validation_data``; ``val_split`` is then 0).
     """
 
     path: str | None = None
@@ -53,6 +55,7 @@ class DataConfig:
     image_shape: tuple[int, ...] | None = None
     npz_keys: dict | None = None
     classes: tuple[str, ...] | None = None
+    validate_on: str = "val"
 
 
 # ------------------------------------------------------------------ checks
@@ -191,6 +194,7 @@ DATA_CHECKS: Checks = {
     "path": _optional_path,
     "num_classes": lambda v: None if v is None else check_int("num_classes", v, 2),
     "val_split": _val_split,
+    "validate_on": lambda v: check_choice("validate_on", v, ("val", "test")),
     "mean": _normalizer("mean", positive=False),
     "std": _normalizer("std", positive=True),
     "train_limit": _optional_positive_int("train_limit"),
@@ -298,6 +302,13 @@ def check_data(raw: Any, problems: list[Problem], line: int | None = None, prese
     values["augment"] = _augment(values.get("augment"), data_raw, problems)
     _normalization(values, raw, problems)
     _data_source(values, raw, problems, present, overridden, line)
+    if values.get("validate_on") == "test":
+        if "val_split" in data_raw and values.get("val_split") not in (0, None):
+            problems.append(Problem("data.val_split", f"is {values['val_split']} but data.validate_on is test, "
+                                    f"which validates on the test split instead; remove data.val_split (or set "
+                                    f"it to 0), or validate on it with data.validate_on: val",
+                                    line_of(data_raw, "val_split")))
+        values["val_split"] = 0
     return values
 
 

@@ -49,7 +49,8 @@ def resolve_data_path(path: str) -> Path:
 
 def prepare_data(cfg: Config) -> Data:
     """Load the training (and test) split the data section points at, carve the validation
-    split, and settle the class count and the normalization.
+    split (or, with ``data.validate_on: test``, validate on the test split), and settle the
+    class count and the normalization.
 
     Raises:
         DataError: For any problem with the files (see :mod:`cnncli.formats`), labels beyond
@@ -68,6 +69,11 @@ def prepare_data(cfg: Config) -> Data:
     train = Dataset(full.images[:n - n_val], full.labels[:n - n_val], full.source)
     val = Dataset(full.images[n - n_val:], full.labels[n - n_val:], full.source + " (validation)") \
         if n_val else None
+    if d.validate_on == "test":         # Keras's validation_data: the test split, each epoch
+        if test is None:
+            raise DataError(f"data.validate_on is test but {full.source} has no test split; give one "
+                            f"(data.test) or validate on a split of the training images (data.validate_on: val)")
+        val = Dataset(test.images, test.labels, test.source + " (test, as validation)")
     if test is not None and test.image_shape != train.image_shape:
         raise DataError(f"{test.source}: test images are {test.image_shape}, training images ({full.source}) "
                         f"{train.image_shape}; both splits must come from the same dataset")

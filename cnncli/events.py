@@ -53,6 +53,7 @@ class BatchEnded:
     accuracy: float      # running mean over the epoch so far
     images_per_s: float
     lr: float
+    step: int = 0        # optimizer steps taken in the run, this one included
 
 
 @dataclass(frozen=True)

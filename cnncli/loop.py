@@ -40,10 +40,25 @@ class EvalResult:
                 "confusion_matrix": self.confusion.tolist()}
 
 
+@dataclass
+class Tally:
+    """Running sums of a pass over batches (kept by the caller to continue a pass cut short).
+
+    Attributes:
+        seen: Images counted. loss_sum: Sum of batch mean loss * batch size (float64).
+        correct: Images whose arg-max prediction equals the label.
+    """
+
+    seen: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+
+
 def run_batches(model: Model, ds: Dataset, batch_size: int, lut: np.ndarray, *, training: bool,
                 order: np.ndarray | None = None, optimizer: Optimizer | None = None,
                 label_smoothing: float = 0.0, on_batch: Callable[[int, int, float, float], None] | None = None,
-                keep_preds: bool = False, augment: Callable[[np.ndarray], np.ndarray] | None = None):
+                keep_preds: bool = False, augment: Callable[[np.ndarray], np.ndarray] | None = None,
+                start: int = 0, tally: Tally | None = None):
     """One pass over ``ds`` in ``order``: forward (and backward + step when training).
 
     Each batch is gathered from the uint8 images and normalized through ``lut`` into a
@@ -51,6 +66,11 @@ def run_batches(model: Model, ds: Dataset, batch_size: int, lut: np.ndarray, *, 
     cannot normalize one value per feature). ``on_batch(batch_index, n_batches, running_loss, running_acc)``
     is called after each batch. ``augment`` (training only) maps each batch's uint8 images
     (N, C, H, W) to augmented ones of the same shape before normalization.
+
+    ``start`` (default 0) skips the first batches of ``order`` and ``tally`` (default: a new
+    one) holds the sums the running means continue from, updated in place after each batch:
+    together they continue a pass that was cut short (a mid-epoch resume) with the same
+    numbers; a caller may reset ``tally`` between batches to average over a shorter window.
 
     Returns:
         (mean_loss, accuracy, preds or None).
@@ -79,12 +99,12 @@ def run_batches(model: Model, ds: Dataset, batch_size: int, lut: np.ndarray, *, 
             images = augment(images)
         return normalize_batch(lut, images, out=bufs[b % 2][:len(idx)]), ds.labels[idx]
 
-    loss_sum, correct, seen = 0.0, 0, 0
+    tally = Tally() if tally is None else tally
     preds = np.empty(n, dtype=np.int64) if keep_preds else None
     # overflow shows up as a non-finite loss, which is reported below; numpy need not warn
     with np.errstate(all="ignore"), ThreadPoolExecutor(1, thread_name_prefix="cnncli-batches") as pool:
-        ahead = pool.submit(prepare, 0)
-        for b in range(n_batches):
+        ahead = pool.submit(prepare, start) if start < n_batches else None
+        for b in range(start, n_batches):
             x, y = ahead.result()
             if b + 1 < n_batches:
                 ahead = pool.submit(prepare, b + 1)     # into the other buffer, which batch b-1 is done with
@@ -104,13 +124,13 @@ def run_batches(model: Model, ds: Dataset, batch_size: int, lut: np.ndarray, *, 
                 optimizer.step(model.grads())
             p = logits.argmax(axis=1)
             if keep_preds:
-                preds[seen:seen + m] = p
-            loss_sum += loss * m
-            correct += int((p == y).sum())
-            seen += m
+                preds[(b - start) * batch_size:(b - start) * batch_size + m] = p
+            tally.loss_sum += loss * m
+            tally.correct += int((p == y).sum())
+            tally.seen += m
             if on_batch is not None:
-                on_batch(b, n_batches, loss_sum / seen, correct / seen)
-    return loss_sum / max(seen, 1), correct / max(seen, 1), preds
+                on_batch(b, n_batches, tally.loss_sum / tally.seen, tally.correct / tally.seen)
+    return tally.loss_sum / max(tally.seen, 1), tally.correct / max(tally.seen, 1), preds
 
 
 def evaluate(model: Model, ds: Dataset, batch_size: int, lut: np.ndarray,

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cnncli.checks import check_int, check_size
+from cnncli.checks import OptionError, check_bool, check_float, check_int, check_size
 from cnncli.errors import ConfigError, Problem
 from cnncli.layers import LAYERS, Layer, parallel, resolve
 from cnncli.layers.windows import to_chwn
@@ -35,6 +35,65 @@ class LayerSpec:
     #: True when a validated config made it (``config.validate``): :func:`build` then checks
     #: nothing again and calls each constructor once.
     checked: bool = field(default=False, compare=False, repr=False)
+
+
+#: Options any layer with parameters takes besides its constructor's: how the optimizer
+#: treats its parameters (Keras ``trainable``, Caffe's ``param { lr_mult decay_mult }``).
+#: Checked here, applied in one place: ``optim.Optimizer`` (via :meth:`Model.trainable_params`
+#: and :meth:`Model.multipliers`). Name -> (check, default).
+def _multiplier(name: str):
+    """The check of a multiplier: a number >= 0, or a list of them, one per parameter of the
+    layer in its order (``[weight, bias]``: Caffe's one ``param`` block per blob)."""
+    def check(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            if not v:
+                raise OptionError(name, "must be a number >= 0 or a list of them (one per parameter: "
+                                        "[weight, bias]), got []")
+            return [check_float(f"{name}[{i}]", x, 0.0) for i, x in enumerate(v)]
+        return check_float(name, v, 0.0)
+    return check
+
+
+PARAM_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "trainable": (lambda v: check_bool("trainable", v), True),
+    "lr_mult": (_multiplier("lr_mult"), 1.0),
+    "decay_mult": (_multiplier("decay_mult"), 1.0),
+}
+
+
+def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(constructor options, :data:`PARAM_OPTIONS` given) of a layer's YAML options."""
+    return ({k: v for k, v in options.items() if k not in PARAM_OPTIONS},
+            {k: v for k, v in options.items() if k in PARAM_OPTIONS})
+
+
+def _param_option_problems(spec: LayerSpec, given: dict[str, Any]) -> list[Problem]:
+    """Problems of the :data:`PARAM_OPTIONS` values of ``spec``, each at its option."""
+    problems = []
+    for k, v in given.items():
+        try:
+            PARAM_OPTIONS[k][0](v)
+        except OptionError as e:
+            problems.append(Problem(f"{spec.path}.{k}", e.detail, spec.option_lines.get(k) or spec.line))
+    return problems
+
+
+def _check_param_options(spec: LayerSpec, type_name: str, layer: Layer, given: dict[str, Any]) -> None:
+    """Refuse :data:`PARAM_OPTIONS` on a layer without parameters, and a multiplier list whose
+    length is not the layer's parameter count.
+
+    Raises:
+        ConfigError: At the option.
+    """
+    for k, v in given.items():
+        where = (f"{spec.path}.{k}", spec.option_lines.get(k) or spec.line)
+        if not layer.params:
+            raise ConfigError([Problem(where[0], f"{type_name} has no parameters, so '{k}' has nothing to act on; "
+                                       f"remove it", where[1])])
+        if isinstance(v, (list, tuple)) and len(v) != len(layer.params):
+            raise ConfigError([Problem(where[0], f"has {len(v)} values but {type_name} has {len(layer.params)} "
+                                       f"parameters ({', '.join(layer.params)}): give one per parameter, or one "
+                                       f"number for all", where[1])])
 
 
 def _builder_args(cls: type, inferred: dict[str, int], rng: np.random.Generator, dtype) -> dict[str, Any]:
@@ -56,9 +115,13 @@ def _dry_run(cls: type, options: dict[str, Any]) -> None:
 def check_spec(spec: LayerSpec, values: bool = True) -> list[Problem]:
     """Problems of one layer that need no input shape: an unknown type, unknown or missing
     options, and (with ``values``) option values the constructor refuses (``kernel_size: "3"``,
-    ``p: 1.5``, ``stride: 0``), each at its option. Shape-dependent errors are left to :func:`build`."""
-    return check_block(LAYERS, spec.type, spec.options, path=spec.path, line=spec.line,
-                       option_lines=spec.option_lines, typed=False, construct=_dry_run if values else None)[1]
+    ``p: 1.5``, ``stride: 0``) or :data:`PARAM_OPTIONS` values, each at its option.
+    Shape-dependent errors (and :data:`PARAM_OPTIONS` on a layer without parameters) are left
+    to :func:`build`."""
+    own, given = split_options(spec.options)
+    found = check_block(LAYERS, spec.type, own, path=spec.path, line=spec.line, option_lines=spec.option_lines,
+                        typed=False, construct=_dry_run if values else None)[1]
+    return found + (_param_option_problems(spec, given) if values else [])
 
 
 def check_specs(specs: list[LayerSpec]) -> list[Problem]:
@@ -74,15 +137,23 @@ class Model:
         input_shape: One sample's shape (C, H, W) or (F,).
         shapes: Output shape of each layer (no batch axis).
         rng: The generator that drew the initial weights and draws dropout masks.
+        settings: Per layer, its :data:`PARAM_OPTIONS` values (``{}`` for a layer without
+            parameters). A layer with ``trainable: false`` is frozen: the optimizer never sees
+            its parameters, and in training it runs in evaluation mode (a frozen batchnorm
+            normalizes with its running statistics and does not update them, as torchvision's
+            ``FrozenBatchNorm2d``); gradients still flow through it to the layers before.
     """
 
     def __init__(self, layers: list[Layer], input_shape: tuple[int, ...],
-                 shapes: list[tuple[int, ...]], rng: np.random.Generator, dtype):
+                 shapes: list[tuple[int, ...]], rng: np.random.Generator, dtype,
+                 settings: list[dict[str, Any]] | None = None):
         self.layers = layers
         self.input_shape = tuple(input_shape)
         self.shapes = shapes
         self.rng = rng
         self.dtype = np.dtype(dtype)
+        self.settings = settings if settings is not None else [{} for _ in layers]
+        self.frozen = [s.get("trainable", True) is False for s in self.settings]
 
     @property
     def output_shape(self) -> tuple[int, ...]:
@@ -135,8 +206,8 @@ class Model:
             for layer in self.layers:
                 x = layer.infer(x)
             return x
-        for layer in self.layers:
-            x = layer.forward(x, True)
+        for layer, frozen in zip(self.layers, self.frozen):
+            x = layer.forward(x, not frozen)
         return x
 
     def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
@@ -163,6 +234,20 @@ class Model:
     def params(self) -> dict[str, np.ndarray]:
         """Trainable arrays keyed ``"{index}.{name}"`` (the arrays themselves, not copies)."""
         return {f"{i}.{n}": a for i, l in enumerate(self.layers) for n, a in l.params.items()}
+
+    def trainable_params(self) -> dict[str, np.ndarray]:
+        """:meth:`params` less those of frozen layers (``trainable: false``): what the
+        optimizer updates (torch: the parameters with ``requires_grad``)."""
+        return {f"{i}.{n}": a for i, l in enumerate(self.layers) if not self.frozen[i] for n, a in l.params.items()}
+
+    def multipliers(self) -> dict[str, tuple[float, float]]:
+        """``{key: (lr_mult, decay_mult)}`` of the trainable parameters (Caffe's per-layer
+        ``param`` multipliers; (1, 1) unless the layer sets them; a list gives one per
+        parameter, in the layer's order)."""
+        def each(value: Any, j: int) -> float:
+            return float(value[j] if isinstance(value, (list, tuple)) else value)
+        return {f"{i}.{n}": (each(self.settings[i]["lr_mult"], j), each(self.settings[i]["decay_mult"], j))
+                for i, l in enumerate(self.layers) if not self.frozen[i] for j, n in enumerate(l.params)}
 
     def grads(self) -> dict[str, np.ndarray]:
         return {f"{i}.{n}": l.grads[n] for i, l in enumerate(self.layers) for n in l.params}
@@ -219,7 +304,8 @@ class Model:
 
 def summarize(model: "Model") -> list[dict[str, Any]]:
     """One row per layer: index, type, output shape, trainable parameters, non-trainable
-    values (float buffers such as running statistics), forward FLOPs per sample.
+    values (float buffers such as running statistics), forward FLOPs per sample, and for a
+    layer with parameters its ``trainable``, ``lr_mult`` and ``decay_mult``.
 
     Shapes and FLOPs come from each layer's own ``output_shape`` and ``flops``.
     """
@@ -228,7 +314,7 @@ def summarize(model: "Model") -> list[dict[str, Any]]:
         rows.append({"index": i, "type": layer.type_name, "output_shape": model.shapes[i],
                      "params": sum(a.size for a in layer.params.values()),
                      "non_trainable": sum(a.size for a in layer.buffers.values() if a.dtype.kind == "f"),
-                     "flops": int(layer.flops(shape))})
+                     "flops": int(layer.flops(shape)), **model.settings[i]})
         shape = model.shapes[i]
     return rows
 
@@ -257,12 +343,13 @@ def build(specs: list[LayerSpec], input_shape: tuple[int, ...], *, seed: int = 0
         raise ConfigError(problems)
     shape = check_input_shape(input_shape)
     rng = rng if rng is not None else np.random.default_rng(seed)
-    layers, shapes = [], []
+    layers, shapes, settings = [], [], []
     for spec in specs:
         cls = resolve(spec.type)
+        own, given = split_options(spec.options)
         try:
             inferred = {name: infer(shape) for name, infer in cls.inferred.items()}
-            layer = cls(**spec.options, **_builder_args(cls, inferred, rng, dtype))
+            layer = cls(**own, **_builder_args(cls, inferred, rng, dtype))
             shape = tuple(layer.output_shape(shape))
             check_size("its output (one sample)", shape)
         except (ValueError, TypeError, OverflowError) as e:
@@ -271,9 +358,12 @@ def build(specs: list[LayerSpec], input_shape: tuple[int, ...], *, seed: int = 0
         except MemoryError:
             raise ConfigError([Problem(spec.path, f"({cls.type_name}) not enough memory for its weights; "
                                        f"use smaller sizes", spec.line)]) from None
+        _check_param_options(spec, cls.type_name, layer, given)
         layers.append(layer)
         shapes.append(shape)
-    return Model(layers, tuple(int(s) for s in input_shape), shapes, rng, dtype)
+        settings.append({k: given.get(k, default) for k, (_, default) in PARAM_OPTIONS.items()} if layer.params
+                        else {})
+    return Model(layers, tuple(int(s) for s in input_shape), shapes, rng, dtype, settings)
 
 
 def check_input_shape(input_shape: Any) -> tuple[int, ...]:

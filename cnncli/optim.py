@@ -51,15 +51,29 @@ class Optimizer:
         ) if self.exclude_bias_and_norm else frozenset()
         self.steps = 0
         self.state: dict[str, dict[str, np.ndarray]] = {k: {} for k in params}
+        #: ``{key: (lr_mult, decay_mult)}`` (Caffe's per-layer ``param`` multipliers, set by
+        #: the trainer from ``Model.multipliers``); a key not in it updates with (1, 1).
+        self.multipliers: dict[str, tuple[float, float]] = {}
 
     def decay(self, key: str) -> float:
         """The weight decay that applies to ``key``: 0 for excluded keys."""
         return 0.0 if key in self.no_decay else self.weight_decay
 
     def step(self, grads: dict[str, np.ndarray]) -> None:
+        """One update of every parameter from ``grads`` (same keys, or more: only ``params``'s
+        are read). While ``key`` updates, ``lr`` and ``weight_decay`` are its own:
+        ``lr * lr_mult`` and ``weight_decay * decay_mult`` (torch's parameter groups with those
+        values; Caffe's ``local_rate`` and ``local_decay``), so every optimizer's rule applies
+        the multipliers without knowing them."""
         self.steps += 1
-        for key, p in self.params.items():
-            self._update(key, p, grads[key])
+        lr, weight_decay = self.lr, self.weight_decay
+        try:
+            for key, p in self.params.items():
+                lr_mult, decay_mult = self.multipliers.get(key, (1.0, 1.0))
+                self.lr, self.weight_decay = lr * lr_mult, weight_decay * decay_mult
+                self._update(key, p, grads[key])
+        finally:
+            self.lr, self.weight_decay = lr, weight_decay
 
     def _update(self, key, p, g):  # pragma: no cover - abstract
         raise NotImplementedError

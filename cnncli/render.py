@@ -161,21 +161,35 @@ def _si(n: float) -> str:
     return f"{n:.0f}"
 
 
+def _training(row: dict) -> str:
+    """How the optimizer treats a summary row's parameters: ``frozen``, ``lr x2, decay x0``
+    (the multipliers that are not 1), or nothing."""
+    if row.get("trainable") is False:
+        return "frozen"
+    def values(key: str) -> list[float]:       # a multiplier is one number, or one per parameter
+        v = row.get(key, 1.0)
+        return list(v) if isinstance(v, (list, tuple)) else [v]
+    return ", ".join(f"{what} x{'/'.join(f'{x:g}' for x in values(key))}"
+                     for what, key in (("lr", "lr_mult"), ("decay", "decay_mult")) if values(key) != [1.0] * len(values(key)))
+
+
 def render_summary(summary: ModelSummary, source: str, console: Console | None = None) -> None:
     """The model table (Keras ``model.summary()`` / torchinfo style) with totals and the
     training memory estimate that ``train`` checks batches against."""
     console = console or make_console()
     table = Table(title=f"{source}: input {tuple(summary.input_shape)}")
     for col, just in (("#", "right"), ("layer", "left"), ("output shape", "left"), ("params", "right"),
-                      ("non-trainable", "right"), ("FLOPs/image", "right")):
+                      ("non-trainable", "right"), ("FLOPs/image", "right"), ("training", "left")):
         table.add_column(col, justify=just)
     for r in summary.rows:
         table.add_row(str(r["index"]), r["type"], str(tuple(r["output_shape"])), f"{r['params']:,}",
-                      f"{r['non_trainable']:,}", _si(r["flops"]))
+                      f"{r['non_trainable']:,}", _si(r["flops"]), _training(r))
     console.print(table)
     fixed = sum(r["non_trainable"] for r in summary.rows)
     flops = sum(r["flops"] for r in summary.rows)
-    console.print(f"trainable parameters: {summary.params:,}   non-trainable: {fixed:,}   "
+    frozen = sum(r["params"] for r in summary.rows if r.get("trainable") is False)
+    console.print(f"trainable parameters: {summary.params - frozen:,}   "
+                  + (f"frozen (trainable: false): {frozen:,}   " if frozen else "") + f"non-trainable: {fixed:,}   "
                   f"size: {(summary.params + fixed) * 4 / 2**20:.2f} MiB (float32)")
     console.print(f"forward: {_si(flops)}FLOPs per image; training memory for a batch of {summary.batch_size}: "
                   f"{summary.training_bytes / 2**20:.1f} MiB (float32 estimate: each layer's output, its "

@@ -22,7 +22,7 @@ from cnncli import checkpoint, runlock
 from cnncli.callbacks import EarlyStopping, resolve_monitor
 from cnncli.config import Config
 from cnncli.errors import CheckpointError, OutputError
-from cnncli.events import EpochEnded, RunStarted
+from cnncli.events import BatchEnded, EpochEnded, RunStarted
 from cnncli.layers import LAYERS
 
 if TYPE_CHECKING:
@@ -150,16 +150,16 @@ def check_resume(cfg: Config, ck: checkpoint.Checkpoint) -> int:
     """Check that ``ck`` can continue the run ``cfg`` describes; return its finished epochs.
 
     Raises:
-        CheckpointError: A checkpoint saved mid-epoch (only end-of-epoch states resume exactly),
-            one without resume metadata, a model that differs from ``cfg``'s layers, or a run
+        CheckpointError: A checkpoint saved mid-epoch without the data-order position
+            (``TrainState.meta``) or by a second Ctrl-C mid-step, one without resume metadata, a model that differs from ``cfg``'s layers, or a run
             with nothing left to do (``train.epochs`` reached, or early stopping triggered).
     """
     meta, path = ck.meta, ck.path
     epoch = meta.get("epoch")
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise CheckpointError(f"{path}: corrupt 'meta' entry: epoch is {epoch!r}; cannot resume from it")
-    if meta.get("interrupted"):
-        # it may hold a part of an epoch; last.npz holds the end of the last finished one
+    if meta.get("interrupted") and (meta.get("partial") or (meta.get("batch") and "position" not in meta)):
+        # a step cut short by a second Ctrl-C, or a mid-epoch state of a cnncli that kept no position
         last = path.parent / "last.npz"
         if last.is_file():
             try:
@@ -168,11 +168,13 @@ def check_resume(cfg: Config, ck: checkpoint.Checkpoint) -> int:
                     epoch = current
             except CheckpointError:
                 pass
-        raise CheckpointError(f"{path}: the state where Ctrl-C stopped training; a run resumes exactly only from "
-                              f"the end of an epoch. Resume from {path.parent / 'last.npz'} (epoch {epoch})."
+        why = ("a second Ctrl-C cut its last step short" if meta.get("partial") else
+               "it holds no data-order position (saved by an older cnncli)")
+        raise CheckpointError(f"{path}: the state where Ctrl-C stopped training, but {why}, so it cannot continue "
+                              f"the run exactly. Resume from {path.parent / 'last.npz'} (epoch {epoch})."
                               if epoch else
-                              f"{path}: saved by Ctrl-C before the first epoch finished; there is nothing to "
-                              f"resume. Start the run again.")
+                              f"{path}: the state where Ctrl-C stopped training, but {why}, and no epoch had "
+                              f"finished before it; there is nothing to resume. Start the run again.")
     if not isinstance(meta.get("rng"), dict) or "optimizer" not in meta:
         raise CheckpointError(f"{path}: holds no training state (optimizer steps, random generators); it cannot "
                               f"be resumed. Use RUN/last.npz of a run trained by this cnncli version.")
@@ -237,7 +239,7 @@ def _header_run_id(folder: Path) -> str | None:
 
 #: Settings compared between a resumed run's stored config and the config it resumes with
 #: (not train.seed: a resumed run's generators come back from the checkpoint).
-_RESUME_KEYS = ("data.path", "data.name", "data.train_limit", "data.val_split", "data.test_limit", "data.mean",
+_RESUME_KEYS = ("data.path", "data.name", "data.train_limit", "data.val_split", "data.validate_on", "data.test_limit", "data.mean",
                 "data.std", "data.augment", "train.epochs", "train.batch_size", "train.optimizer",
                 "train.schedule", "train.grad_clip_norm", "train.label_smoothing")
 
@@ -290,6 +292,10 @@ def check_resume_in_place(ck: checkpoint.Checkpoint) -> None:
     fix = (f"To continue from this checkpoint, branch into a new run folder: add --out NEWDIR "
            f"(nothing in {folder} is changed).")
     last = folder / "last.npz"
+    if ck.meta.get("interrupted") and ck.meta.get("run_id") is not None \
+            and _header_run_id(folder) == ck.meta.get("run_id"):
+        _check_not_behind(ck, last, fix)      # Ctrl-C's state: newer than last.npz (each commit removes it)
+        return
     if not last.is_file():
         raise CheckpointError(f"{path}: its folder {folder} is not this checkpoint's run folder (no last.npz "
                               f"there); resuming in place would overwrite config.yaml, metrics.jsonl and best.npz "
@@ -317,6 +323,23 @@ def check_resume_in_place(ck: checkpoint.Checkpoint) -> None:
                               f"resuming in place would overwrite it. {fix}")
 
 
+def _check_not_behind(ck: checkpoint.Checkpoint, last: Path, fix: str) -> None:
+    """Refuse ``ck`` (an ``interrupted.npz``) when the run's ``last.npz`` is of another run or
+    later than it (resuming would rewind the run)."""
+    if not last.is_file():
+        return
+    try:
+        latest = checkpoint.load(last)
+    except CheckpointError as e:
+        raise CheckpointError(f"{ck.path}: cannot check that {last.parent} is its run folder: {e}. {fix}") from None
+    step, mine = latest.meta.get("step"), ck.meta.get("step")
+    if latest.meta.get("run_id") != ck.meta.get("run_id") or not isinstance(step, int) \
+            or not isinstance(mine, int) or step > mine:
+        raise CheckpointError(f"{ck.path}: {last} holds a later state of the run (step {step}, this one {mine}) "
+                              f"or another run's; resuming in place would rewind it. Resume from {last}, or "
+                              f"{fix[0].lower()}{fix[1:]}")
+
+
 def start_branch(ck: checkpoint.Checkpoint, run_dir: Path) -> None:
     """Prepare the new run folder ``run_dir`` of a run continued from ``ck`` elsewhere
     (``--resume CK --out NEWDIR``): the metrics and timing lines of epochs 1..k and the
@@ -331,7 +354,7 @@ def start_branch(ck: checkpoint.Checkpoint, run_dir: Path) -> None:
         if rows:
             write_rows(run_dir / name, rows)
     best_epoch = (ck.meta.get("best") or {}).get("best_epoch")
-    if best_epoch == epoch:
+    if best_epoch == epoch and "position" not in ck.meta:
         copy_atomic(ck.path, run_dir / "best.npz")
     elif (src / "best.npz").is_file():
         try:
@@ -387,6 +410,9 @@ class RunWriter:
     best (a kill before it is repaired from ``last.npz``, which then holds the same state);
     and the removal of an ``interrupted.npz`` (now older than ``last.npz``). A resumed run
     keeps the lines of the epochs its checkpoint had finished and rewrites the rest.
+    On ``BatchEnded`` of every ``every_steps``-th step (0: never): ``last.npz`` holding the
+    mid-epoch state (its ``position``), then the removal of ``interrupted.npz``; the metrics
+    lines are those of its finished epochs, so it is a commit record too.
 
     Attributes:
         committed: The epoch whose ``last.npz`` is written (the resumed epoch at first).
@@ -394,14 +420,16 @@ class RunWriter:
     Args:
         state: The run's :class:`~cnncli.state.TrainState` (its ``epoch`` is the resumed epoch).
         every: ``train.checkpoint.every``.
+        every_steps: ``train.checkpoint.every_steps``.
 
     Raises:
         OutputError: A file cannot be written (what was there before is intact).
     """
 
-    def __init__(self, state: TrainState, every: int = 0):
+    def __init__(self, state: TrainState, every: int = 0, every_steps: int = 0):
         self.state = state
         self.every = every
+        self.every_steps = every_steps
         self.folder = state.run_dir
         self.committed = state.epoch
         self.metrics_path, self.timing_path = self.folder / "metrics.jsonl", self.folder / "timing.jsonl"
@@ -413,6 +441,9 @@ class RunWriter:
             self.write_config()
         elif isinstance(event, EpochEnded):
             self.end_epoch(event)
+        elif isinstance(event, BatchEnded) and self.every_steps and event.step % self.every_steps == 0:
+            self.state.save(self.folder / "last.npz")
+            (self.folder / "interrupted.npz").unlink(missing_ok=True)
 
     def write_config(self) -> None:
         path = self.folder / "config.yaml"
@@ -477,7 +508,8 @@ def repair(ck: checkpoint.Checkpoint) -> list[str]:
         tmp.unlink(missing_ok=True)
     best_epoch = (meta.get("best") or {}).get("best_epoch")
     best = folder / "best.npz"
-    if best_epoch == epoch and _epoch_of(best) != epoch:
+    # (a mid-epoch checkpoint holds a later state than its best epoch's: best.npz was written before it)
+    if best_epoch == epoch and "position" not in meta and _epoch_of(best) != epoch:
         copy_atomic(ck.path, best)
         done.append(f"best.npz restored from {ck.path.name} (epoch {epoch})")
     return done

@@ -19,8 +19,10 @@ import numpy as np
 from cnncli import checkpoint
 from cnncli.assemble import make_augment_rng, make_optimizer, make_rngs, make_schedule
 from cnncli.callbacks import EarlyStopping, Monitor, resolve_monitor
+from cnncli.checks import check_float
 from cnncli.config import Config
 from cnncli.errors import CheckpointError, OutputError
+from cnncli.loop import Tally
 from cnncli.model import Model
 from cnncli.optim import Optimizer
 from cnncli.schedules import Schedule
@@ -43,6 +45,11 @@ class TrainState:
         run_dir, run_id: The run folder and the id that ties its files together.
         epoch: Epochs finished. step: Optimizer steps taken. batch: Batches of the current
             epoch done (0 between epochs). metrics: The last finished epoch's metrics.
+        tally: The running training sums of the current epoch (``loop.Tally``).
+        epoch_shuffle: The shuffling generator's state before it drew the current epoch's
+            order (redrawn from it on a mid-epoch resume).
+        augment_after: The augmentation generator's state after the draws of the last batch
+            trained (the background thread may already have drawn the next one's).
     """
 
     cfg: Config
@@ -60,6 +67,9 @@ class TrainState:
     step: int = 0
     batch: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
+    tally: Tally = field(default_factory=Tally)
+    epoch_shuffle: dict[str, Any] | None = None
+    augment_after: dict[str, Any] | None = None
 
     @classmethod
     def create(cls, cfg: Config, resolved: Config, model: Model, n_train: int, has_val: bool, run_dir: Path,
@@ -95,7 +105,15 @@ class TrainState:
                    make_augment_rng(t.seed), run_dir, run_id or uuid.uuid4().hex)
 
     def meta(self, **extra: Any) -> dict[str, Any]:
-        """The checkpoint metadata of this state (JSON-safe), plus ``extra`` entries."""
+        """The checkpoint metadata of this state (JSON-safe), plus ``extra`` entries. Mid-epoch
+        (``batch`` > 0) it also holds ``position``: the batches done, the shuffling state the
+        epoch's order was drawn from and the epoch's running sums; and the augmentation
+        generator's state is the one after the last trained batch's draws."""
+        mid = self.batch > 0
+        position = {"batch": self.batch, "shuffle": self.epoch_shuffle,
+                    "tally": {"seen": self.tally.seen, "loss_sum": self.tally.loss_sum,
+                              "correct": self.tally.correct}} if mid else None
+        augment = self.augment_after if mid and self.augment_after is not None else self.augment_rng.bit_generator.state
         return {"epoch": self.epoch, "step": self.step, "metrics": self.metrics,
                 "run_id": self.run_id, "run_dir": str(self.run_dir.resolve()),
                 "optimizer": {"type": self.optimizer.type_name, "steps": self.optimizer.steps,
@@ -105,7 +123,8 @@ class TrainState:
                 "early_stopping": self.early.state() if self.early is not None else None,
                 "rng": {"model": self.model.rng.bit_generator.state,
                         "shuffle": self.shuffle_rng.bit_generator.state,
-                        "augment": self.augment_rng.bit_generator.state},
+                        "augment": augment},
+                **({"position": position} if mid else {}),
                 "input_shape": list(self.model.input_shape), "num_classes": self.model.output_shape[0], **extra}
 
     def save(self, path: Path, **extra: Any) -> None:
@@ -122,11 +141,13 @@ class TrainState:
                               f"is intact. Free disk space or choose another --out.", e.errno, e.strerror) from None
 
     def restore(self, ck: checkpoint.Checkpoint, epoch: int, augment: bool) -> None:
-        """Continue from ``ck``, an end-of-epoch checkpoint of ``epoch`` finished epochs (as
+        """Continue from ``ck``, a checkpoint of ``epoch`` finished epochs (as
         ``rundir.check_resume`` accepted it): parameters, buffers, optimizer state, schedule
         state (when the schedule is the same), best value, early-stopping count, step and
-        every generator. ``augment``: the run augments, so the checkpoint must hold the
-        augmentation generator's state.
+        every generator; for a checkpoint saved mid-epoch, its ``position`` too (the
+        shuffling generator goes back to the state the epoch's order was drawn from, so the
+        trainer draws the same order again). ``augment``: the run augments, so the
+        checkpoint must hold the augmentation generator's state.
 
         Raises:
             CheckpointError: ``ck`` does not fit the model or its metadata is damaged.
@@ -155,8 +176,30 @@ class TrainState:
                 self.augment_rng.bit_generator.state = rng["augment"]
             elif augment:
                 raise ValueError("it holds no augmentation generator state")
+            batch, tally = self._restore_position(meta.get("position"))
+            if batch:                    # the lr of the last step taken, as the epoch's metrics report it
+                self.optimizer.lr = check_float("lr", opt_meta["lr"], 0.0, low_open=True)
         except (KeyError, TypeError, ValueError) as e:
             what = f"missing {e}" if isinstance(e, KeyError) else str(e)
             raise CheckpointError(f"{ck.path}: cannot resume from it: {what}") from None
-        self.epoch, self.step = epoch, step
+        self.epoch, self.step, self.batch, self.tally = epoch, step, batch, tally
         self.metrics = meta["metrics"] if isinstance(meta.get("metrics"), dict) else {}
+
+    def _restore_position(self, position: Any) -> tuple[int, Tally]:
+        """(batches done, running sums) of a mid-epoch checkpoint's ``position`` ((0, empty)
+        without one); sets the shuffling generator to the state the epoch's order came from.
+
+        Raises:
+            ValueError, TypeError, KeyError: A malformed position.
+        """
+        if position is None:
+            return 0, Tally()
+        batch, sums = position["batch"], position["tally"]
+        counts = (batch, sums["seen"], sums["correct"])
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in counts):
+            raise ValueError(f"position {position!r} is not batches and counts >= 0")
+        loss_sum = sums["loss_sum"]
+        if isinstance(loss_sum, bool) or not isinstance(loss_sum, (int, float)):
+            raise ValueError(f"position loss_sum is {loss_sum!r}")
+        self.shuffle_rng.bit_generator.state = position["shuffle"]
+        return batch, Tally(sums["seen"], float(loss_sum), sums["correct"])

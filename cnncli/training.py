@@ -26,7 +26,7 @@ from cnncli.data import Data, pixel_lut, prepare_data, resolved_config
 from cnncli.errors import CheckpointError, CnncliError, DivergedError, TrainingError
 from cnncli.events import (BatchEnded, EpochEnded, EpochStarted, Event, EventHandler,  # noqa: F401 (re-exported)
                            RunEnded, RunStarted)
-from cnncli.loop import EvalResult, evaluate, run_batches
+from cnncli.loop import EvalResult, Tally, evaluate, run_batches
 from cnncli.model import Model
 from cnncli.optim import Optimizer
 from cnncli import runlock, threads
@@ -165,7 +165,7 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
     lock_run_dir(run_dir)                   # one writer per run folder, for the run's life
     try:
         repaired = tuple(repair(resume)) if in_place else ()
-        writer = RunWriter(state, t.checkpoint.every)
+        writer = RunWriter(state, t.checkpoint.every, t.checkpoint.every_steps)
         emit = _broadcast(writer, on_event)
         steps = steps_per_epoch(len(data.train), t.batch_size)   # less a last batch of one image, left out
         emit(RunStarted(run_dir, t.epochs, steps, len(data.train), len(data.val or ()), len(data.test or ()),
@@ -205,14 +205,14 @@ def _epochs(state: TrainState, data: Data, lut: np.ndarray, augment: Augment | N
                 is_best = state.best.update(metrics[state.best.monitor], epoch)
                 stop = state.early.epoch_end(metrics[state.early.tracker.monitor], epoch) \
                     if state.early is not None else False
-                state.epoch, state.metrics = epoch, metrics
+                state.epoch, state.metrics, state.batch = epoch, metrics, 0
                 emit(EpochEnded(epoch, t.epochs, metrics, seconds, is_best,
                                 len(data.train) / max(train_seconds, 1e-9), train_seconds))
                 if stop:
                     return state.early.reason(state.early.tracker.monitor)
                 interrupt.check()
     except KeyboardInterrupt:
-        raise _interrupted(state, writer.committed) from None
+        raise _interrupted(state, writer.committed, interrupt.forced) from None
     return None
 
 
@@ -255,27 +255,35 @@ def _train_epoch(state: TrainState, data: Data, epoch: int, lut: np.ndarray, ste
     """
     t, model = state.cfg.train, state.model
     t0 = time.perf_counter()
+    if state.batch == 0:                 # a new epoch (else one resumed where a checkpoint left it)
+        state.tally = Tally()
+    # the order is drawn from this state: a mid-epoch checkpoint holds it, to draw the same order
+    state.epoch_shuffle = state.shuffle_rng.bit_generator.state
     order = state.shuffle_rng.permutation(len(data.train))
     stepper.epoch = epoch - 1
-    stepper.set_lr()
-    state.batch = 0
+    start = state.batch
+    if start == 0:                       # (resumed mid-epoch, the lr is the last step's, restored)
+        stepper.set_lr()
+    recorder = _AugmentRecorder(augment) if augment is not None else None
 
     def on_batch(b: int, n_batches: int, loss: float, acc: float) -> None:
         state.step += 1
         state.batch = b + 1
+        if recorder is not None:
+            state.augment_after = recorder.after.pop(0)    # batch b's draws (b + 1's may be done too)
         seen = min((b + 1) * t.batch_size, len(data.train))
         emit(BatchEnded(epoch, b + 1, n_batches, loss, acc, seen / max(time.perf_counter() - t0, 1e-9),
-                        state.optimizer.lr))
+                        state.optimizer.lr, state.step))
         interrupt.check()
 
     try:
         train_loss, train_acc, _ = run_batches(model, data.train, t.batch_size, lut, training=True, order=order,
                                                optimizer=stepper, label_smoothing=t.label_smoothing,
-                                               on_batch=on_batch, augment=augment)
+                                               on_batch=on_batch, augment=recorder, start=start,
+                                               tally=state.tally)
         _check_finite(model)
     except TrainingError as e:
         raise _stopped(e, state, epoch) from None
-    state.batch = 0
     train_seconds = time.perf_counter() - t0
     metrics = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc, "lr": state.optimizer.lr}
     if data.val is not None:
@@ -299,22 +307,30 @@ def _stopped(e: TrainingError, state: TrainState, epoch: int) -> TrainingError:
     return type(e)(f"{at}: {e}. Training stopped; {kept}.{hint}")
 
 
-def _interrupted(state: TrainState, committed: int) -> TrainingInterrupted:
+def _interrupted(state: TrainState, committed: int, forced: bool = False) -> TrainingInterrupted:
     """Ctrl-C stopped training: save the state where it stopped to ``interrupted.npz`` (beside
     ``last.npz``, which keeps ``committed``, the last epoch whose files were all written;
-    meta epoch = epochs finished, batch = batches of the next epoch done) and say so; after
-    the last epoch, say that the run is complete instead."""
+    meta epoch = epochs finished, batch = batches of the next epoch done, ``position`` for
+    :meth:`TrainState.restore`) and say so; after the last epoch, say that the run is
+    complete instead. ``forced``: a second Ctrl-C cut a step short, so the state saved is
+    marked ``partial`` and the run resumes from ``last.npz`` only.
+
+    ``resume_from`` is ``last.npz`` when nothing was trained since its commit, else the
+    interrupted checkpoint (None when it is partial and no epoch was committed)."""
     stopped, last_path = state.run_dir / "interrupted.npz", state.run_dir / "last.npz"
     if committed >= state.cfg.train.epochs:
         return TrainingInterrupted(f"interrupted after the last epoch; the run is complete ({committed} epochs, "
                                    f"{last_path}; the test evaluation was skipped). Measure it with: cnncli eval "
                                    f"{state.run_dir / 'best.npz'}", last_path, None, complete=True)
     finished, batch = state.epoch, state.batch
-    state.save(stopped, interrupted=True, batch=batch)
+    state.save(stopped, interrupted=True, batch=batch, **({"partial": True} if forced else {}))
     kept = f"; {last_path} keeps epoch {committed}" if committed else ""
     where = f"during epoch {finished + 1} (batch {batch})" if batch else f"after epoch {finished}"
-    return TrainingInterrupted(f"interrupted at step {state.step}, {where}; the state was saved to {stopped}{kept}",
-                               stopped, last_path if committed else None)
+    at_commit = batch == 0 and committed == finished and committed > 0
+    resume_from = (last_path if committed else None) if forced or at_commit else stopped
+    how = " (a second Ctrl-C cut a step short: it cannot be resumed)" if forced else ""
+    return TrainingInterrupted(f"interrupted at step {state.step}, {where}; the state was saved to {stopped}{how}"
+                               f"{kept}", stopped, resume_from)
 
 
 def _check_finite(model: Model) -> None:
@@ -375,10 +391,28 @@ class _Stepper:
         self.optimizer.lr = self.schedule.lr(self.epoch, self.optimizer.steps)
 
     def step(self, grads: dict[str, np.ndarray]) -> None:
+        # the optimizer's parameters only: a frozen layer's gradients neither step nor count in the clipped norm
+        grads = {k: grads[k] for k in self.optimizer.params}
         if self.clip_norm is not None:
             grads, _ = clip_grad_norm(grads, self.clip_norm)
         self.set_lr()
         self.optimizer.step(grads)
+
+
+class _AugmentRecorder:
+    """``augment`` that records its generator's state after each batch's draws (in ``after``,
+    oldest first): ``run_batches`` prepares batch b + 1 in a background thread while batch b
+    trains, so when batch b ends the generator may be past b + 1's draws, and a checkpoint
+    must hold the state between the two."""
+
+    def __init__(self, augment: Augment):
+        self.augment = augment
+        self.after: list[dict[str, Any]] = []
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        out = self.augment(images)
+        self.after.append(self.augment.rng.bit_generator.state)
+        return out
 
 
 class _DeferredInterrupt:
@@ -389,11 +423,13 @@ class _DeferredInterrupt:
 
     def __init__(self):
         self.requested = False
+        self.forced = False         # the second SIGINT raised at once, maybe mid-step
         self._previous: Any = None
         self._installed = False
 
     def _handler(self, signum, frame):
         if self.requested:
+            self.forced = True
             raise KeyboardInterrupt
         self.requested = True
 

@@ -2,7 +2,8 @@
 
 Each trial trains a small network for a few epochs in a run folder of its own, killing the
 process with SIGKILL at a random moment (half the kills aim at a save: the moment a hidden
-temporary file of an atomic write appears) and resuming with ``--resume RUN/last.npz``
+temporary file of an atomic write appears; ``last.npz`` is also saved every 3 steps, so most
+resumes start mid-epoch, with augmentation and dropout on) and resuming with ``--resume RUN/last.npz``
 (or starting again when no epoch was committed) until the run finishes. The folder must
 then hold what an uninterrupted run holds: ``metrics.jsonl`` byte for byte, ``best.npz``,
 ``last.npz`` and every ``epoch_{k}.npz`` value for value, and no temporary file.
@@ -29,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 CONFIG = """\
-data: {{path: {data}, val_split: 100, mean: 0.1307, std: 0.3081}}
+data: {{path: {data}, val_split: 100, mean: 0.1307, std: 0.3081, augment: {{translate: 1}}}}
 model:
   layers:
     - conv2d: {{out_channels: 4, kernel_size: 3}}
@@ -45,7 +46,7 @@ train:
   seed: 3
   optimizer: {{type: adam, lr: 0.003}}
   schedule: {{type: cosine, warmup_epochs: 1}}
-  checkpoint: {{monitor: val_loss, every: 1}}
+  checkpoint: {{monitor: val_loss, every: 1, every_steps: 3}}
 """
 
 

@@ -185,12 +185,19 @@ def test_an_early_stopped_run_has_nothing_left_to_resume(write_config, mnist_sli
     assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 5
 
 
-def test_interrupted_checkpoint_points_to_last(write_config, mnist_slice, tmp_path):
+def test_interrupted_checkpoint_resumes_the_run(write_config, mnist_slice, tmp_path):
+    """(Issue 16: interrupted.npz was refused; it now continues the run exactly, see
+    tests/test_resume_steps.py for mid-epoch states; the refusal of a partial one is tested there.)"""
     cfg = make_config(write_config, mnist_slice, epochs=4)
-    with pytest.raises(training.TrainingInterrupted):
+    with pytest.raises(training.TrainingInterrupted) as info:
         run_fit(cfg, tmp_path / "r", stop_after=1)
-    r = runner.invoke(app, ["train", str(cfg), "--resume", str(tmp_path / "r" / "interrupted.npz")])
-    assert r.exit_code == 2 and f"Resume from {tmp_path / 'r' / 'last.npz'} (epoch 1)" in r.output
+    assert info.value.resume_from == tmp_path / "r" / "last.npz"     # nothing trained since its commit
+    r = runner.invoke(app, ["train", str(cfg), "--resume", str(tmp_path / "r" / "interrupted.npz"), "-q"])
+    assert r.exit_code == 0, r.output
+    run_fit(cfg, tmp_path / "full")
+    assert (tmp_path / "r" / "metrics.jsonl").read_bytes() == (tmp_path / "full" / "metrics.jsonl").read_bytes()
+    assert_same_state(tmp_path / "full" / "last.npz", tmp_path / "r" / "last.npz")
+    assert not (tmp_path / "r" / "interrupted.npz").exists()
 
 
 def test_best_checkpoint_follows_the_monitor(write_config, mnist_slice, tmp_path):

@@ -142,6 +142,9 @@ def test_cosine_limits_are_config_errors(write_config, mnist_slice, tmp_path, sc
 
 
 SHIPPED = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+#: Configs counted in steps, with validation on the test split: `--epochs 1` and a val_split do
+#: not apply; tests/test_caffe_lenet.py trains them. TODO(merge, issue 16): that test's skip goes.
+BY_STEPS = {"caffe-lenet"}
 
 
 def test_every_shipped_config_is_trained_below():
@@ -149,7 +152,8 @@ def test_every_shipped_config_is_trained_below():
     assert {p.stem for p in SHIPPED} >= {"mnist", "lenet5", "tiny", "fashion-mnist"}
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+@pytest.mark.parametrize("path", [p for p in SHIPPED if p.stem not in BY_STEPS],
+                         ids=[p.stem for p in SHIPPED if p.stem not in BY_STEPS])
 def test_shipped_configs_train_one_epoch(path, mnist_slice, tmp_path):
     """Each shipped config trains one epoch as the README suggests for a first look
     (``--epochs 1``), on a small real slice in its place: a run folder with one metrics

@@ -202,8 +202,11 @@ def test_model_keeps_only_what_it_uses():
 
     from cnncli.model import LayerSpec, Model, build
 
+    # settings (issue 16): each layer's trainable/lr_mult/decay_mult, read by trainable_params,
+    # multipliers (the optimizer) and summarize; {} for a layer without parameters
     assert list(inspect.signature(Model.__init__).parameters) == ["self", "layers", "input_shape", "shapes",
-                                                                   "rng", "dtype"]
+                                                                   "rng", "dtype", "settings"]
     model = build([LayerSpec("flatten"), LayerSpec("linear", {"out_features": 3})], (1, 2, 2))
     assert not hasattr(model, "specs")
+    assert model.settings == [{}, {"trainable": True, "lr_mult": 1.0, "decay_mult": 1.0}]
     assert model.shapes == [(4,), (3,)] and model.output_shape == (3,)
