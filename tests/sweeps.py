@@ -56,7 +56,9 @@ def write(tmp: Path, data: Path, sweep: str, epochs: int = 1) -> tuple[Path, Pat
 def trials(url: str, study: str) -> list:
     """The study's trials, read with Optuna itself."""
     optuna = pytest.importorskip("optuna")
-    return optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False)
+    from cnncli.sweep.study import with_driver
+
+    return optuna.load_study(study_name=study, storage=with_driver(url)).get_trials(deepcopy=False)
 
 
 def metrics(run_dir: str) -> list[dict]:

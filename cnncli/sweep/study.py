@@ -23,6 +23,7 @@ from cnncli.errors import CnncliError
 from cnncli.sweep import require_optuna
 from cnncli.sweep.space import Sweep
 
+OPEN_ATTEMPTS = 4
 MAX_RETRIES = 2     # a trial whose worker is lost is run again at most this many times
 
 
@@ -42,6 +43,40 @@ def shown_url(url: str) -> str:
         return url
 
 
+def with_driver(url: str) -> str:
+    """``postgresql://...`` with the PostgreSQL driver that is installed: SQLAlchemy 2.1 reads a
+    bare ``postgresql://`` as psycopg 3, 2.0 as psycopg2; the ``postgres`` extra installs
+    psycopg2-binary, so a bare URL uses it when psycopg 3 is absent. Other URLs are unchanged."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return f"postgresql+psycopg2://{rest}"
+    return url
+
+
+def _rdb_storage(url: str, heartbeat: int | None) -> Any:
+    """:func:`open_storage` without its messages (tried :data:`OPEN_ATTEMPTS` times)."""
+    optuna = require_optuna()
+    kwargs: dict[str, Any] = {}
+    if heartbeat:
+        kwargs = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
+                  "heartbeat_stale_trial_callback": retry}
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(with_driver(url), engine_kwargs=engine, **kwargs)
+        except ImportError:
+            raise
+        except Exception:
+            # machines that open a new database at once race to create its tables: try again
+            if attempt + 1 == OPEN_ATTEMPTS:
+                raise
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")
+
+
 def open_storage(url: str, heartbeat: int | None = None) -> Any:
     """An ``optuna.storages.RDBStorage`` on ``url``; with ``heartbeat`` (seconds), workers
     record one and lost workers' trials are retried (:func:`retry`).
@@ -49,14 +84,8 @@ def open_storage(url: str, heartbeat: int | None = None) -> Any:
     Raises:
         CnncliError: No driver for the URL (what to install), or the database cannot be reached.
     """
-    optuna = require_optuna()
-    kwargs: dict[str, Any] = {}
-    if heartbeat:
-        kwargs = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
-                  "heartbeat_stale_trial_callback": retry}
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, **kwargs)
+        return _rdb_storage(url, heartbeat)
     except ImportError as e:
         raise CnncliError(f"no database driver for {shown_url(url)} ({e}); for PostgreSQL install it with: "
                           f'pip install -e ".[postgres]"  (or: pip install psycopg2-binary)') from None
