@@ -95,15 +95,16 @@ def open_storage(url: str, heartbeat: int | None = None) -> Any:
                           "(e.g. postgresql://user:password@host:5432/dbname) and that the server is running") from None
 
 
-def make_sampler(sweep: Sweep, worker: int = 0, shared: bool = False) -> Any:
+def make_sampler(sweep: Sweep, worker: int = 0, shared: bool = False, started: int = 0) -> Any:
     """The sweep's sampler. With ``sampler.seed``, worker ``worker`` of this machine uses
-    ``seed + worker`` (a one-worker sweep is reproducible); workers of another machine mix
-    in its host name (``shared``: a storage given with ``--storage``), so machines never draw
-    the same sequence."""
+    ``seed + worker`` (a one-worker sweep is reproducible); a worker that joins a study which
+    already has ``started`` trials (a resumed sweep) adds ``1000 * started``, so it does not
+    draw the first trials' parameters again; workers of another machine mix in its host name
+    (``shared``: a storage given with ``--storage``), so machines never draw the same sequence."""
     optuna = require_optuna()
     seed = sweep.seed
     if seed is not None:
-        seed += worker
+        seed += worker + 1000 * started
         if shared:
             seed = (seed + zlib.crc32(socket.gethostname().encode())) % 2 ** 31
     if sweep.sampler == "grid":
@@ -141,6 +142,9 @@ def open_study(sweep: Sweep, storage: Any, worker: int = 0, shared: bool = False
     optuna = require_optuna()
     study = optuna.create_study(storage=storage, study_name=sweep.study, direction=sweep.direction,
                                 load_if_exists=True, sampler=make_sampler(sweep, worker, shared), pruner=make_pruner(sweep))
+    started = len(study.get_trials(deepcopy=False))
+    if started:
+        study.sampler = make_sampler(sweep, worker, shared, started)
     mine = sweep.definition()
     theirs = study.user_attrs.get("definition")
     if theirs is None:
@@ -161,13 +165,15 @@ def counted(trials: list) -> list:
 
 
 def retry(study: Any, trial: Any, reason: str | None = None) -> None:
-    """Enqueue ``trial``'s parameters as a new trial (``retry_of``: its number), at most
-    :data:`MAX_RETRIES` times along a chain of retries; the heartbeat's stale-trial callback
-    (a lost worker) and Ctrl-C use it."""
+    """Enqueue ``trial``'s parameters as a new trial (``retry_of``: its number). The
+    heartbeat's stale-trial callback (a lost worker, ``reason`` None) retries at most
+    :data:`MAX_RETRIES` times along a chain of retries; Ctrl-C (a ``reason``) always, and
+    does not count toward that limit."""
     depth = trial.user_attrs.get("retry_depth", 0)
-    if depth >= MAX_RETRIES:
+    if reason is None and depth >= MAX_RETRIES:
         return
+    depth += reason is None
     why = reason or (f"its worker ({trial.user_attrs.get('worker', '?')}) stopped sending heartbeats; "
                      f"marked failed at {time.strftime('%H:%M:%S')}")
-    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "retry_depth": depth + 1,
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "retry_depth": depth,
                                                   "retry_reason": why})
