@@ -409,6 +409,9 @@ data_app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 from cnncli import cli_data  # noqa: E402,F401  (its commands join data_app; they use user_errors above)
+from cnncli.cli_sweep import sweep_app  # noqa: E402  (the sweep commands use user_errors above)
+
+app.add_typer(sweep_app, name="sweep")
 
 
 def _first_interrupt_only(signum, frame) -> None:

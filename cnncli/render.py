@@ -17,9 +17,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cnncli.report import _n, _pct, make_console, plain_requested
+from cnncli.report import _n, _pct, make_console, plain_requested, plot_lines
 
 if TYPE_CHECKING:  # training (and numpy's friends) load only when a command needs them
+    from pathlib import Path
+
     from cnncli.loop import EvalResult
     from cnncli.datainfo import DataInfo
     from cnncli.inspect_model import ModelSummary
@@ -394,3 +396,40 @@ def render_dataset_list(rows: list[tuple[str, str, str]], roots: list, console: 
     for row in rows:
         table.add_row(*row)
     console.print(table)
+
+
+def render_sweep(results, best_yaml: Path | None, console: Console | None = None) -> None:
+    """``cnncli sweep show``: the trials table (best first), the best parameters and run
+    folder, where best.yaml went, and the objective by trial as a text plot."""
+    console = console or make_console()
+    names = sorted({k for r in results.trials for k in r.params})
+    table = Table(title=f"study '{results.study}' ({results.storage}): {results.monitor}, {results.direction}",
+                  title_justify="left")
+    for col in ("trial", "state", results.monitor, *names, "epochs", "seconds", "folder / note"):
+        table.add_column(col, justify="right" if col not in ("state", "folder / note") else "left", overflow="fold")
+    for r in results.trials:
+        note = r.message or r.run_dir or ""
+        if not r.message and r.run_dir and results.folder is not None and r.run_dir.startswith(str(results.folder)):
+            note = r.run_dir[len(str(results.folder)):].lstrip("/")
+        table.add_row(str(r.number), r.state.lower(), "-" if r.value is None else f"{r.value:.4f}",
+                      *(f"{r.params[k]:.4g}" if isinstance(r.params.get(k), float) else str(r.params.get(k, "-"))
+                        for k in names),
+                      str(len(r.intermediate)), "-" if r.seconds is None else f"{r.seconds:.0f}",
+                      note.splitlines()[0][:100] if note else "")
+    console.print(table)
+    if results.best is None:
+        console.print("no trial has completed yet")
+        return
+    b = results.best
+    console.print(f"best: trial {b.number}, {results.monitor} {b.value:.4f}; parameters: "
+                  + ", ".join(f"{k}={v}" for k, v in b.params.items()), soft_wrap=True)
+    console.print(f"best trial's folder: {b.run_dir}   (cnncli eval {b.run_dir}/best.npz)", soft_wrap=True)
+    if best_yaml is not None:
+        console.print(f"wrote {best_yaml}: the config with these parameters; train it with: cnncli train {best_yaml}",
+                      soft_wrap=True)
+    done = sorted((r for r in results.trials if r.value is not None), key=lambda r: r.number)
+    if len(done) >= 2:
+        console.print(f"{results.monitor} by trial (complete trials)")
+        for line in plot_lines({results.monitor: [r.value for r in done]}, fmt="{:.4f}",
+                               epochs=[r.number for r in done], x_name="trial"):
+            console.print(line)

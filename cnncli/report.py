@@ -158,13 +158,13 @@ def _num(v: float | None) -> str:
 
 
 def plot_lines(series: dict[str, list[float]], height: int = 8, width: int = 40,
-               fmt: str = "{:.3f}", epochs: list[int] | None = None) -> list[str]:
+               fmt: str = "{:.3f}", epochs: list[int] | None = None, x_name: str = "epoch") -> list[str]:
     """A text chart of one or more series over epochs: marker per series (``*``, ``o``, ``+``),
     ``#`` where two meet, y labels at the top and bottom, epochs along x.
 
     ``epochs`` numbers the points (the ``epoch`` field of the metrics rows, so a resumed
     run's plot of epochs 5-6 says so); default 1, 2, ... The x axis is labelled with the
-    first and last epoch.
+    first and last epoch (``x_name``: another word for the x axis, e.g. ``trial``).
     """
     markers = "*o+x"
     values = [v for s in series.values() for v in s if v is not None]
@@ -188,7 +188,7 @@ def plot_lines(series: dict[str, list[float]], height: int = 8, width: int = 40,
         label = fmt.format(hi) if r == 0 else (fmt.format(lo) if r == height - 1 else "")
         lines.append(f"{label:>{label_w}} |{''.join(row)}")
     lines.append(" " * label_w + " +" + "-" * width)
-    left, right = f"epoch {first}", f"epoch {last}"
+    left, right = f"{x_name} {first}", f"{x_name} {last}"
     lines.append(" " * label_w + f"  {left}{'':>{width - len(left) - len(right)}}{right}")
     lines.append(" " * label_w + "  " + "  ".join(f"{m} {name}" for m, name in zip(markers, series)))
     return lines
@@ -370,3 +370,63 @@ class DownloadReporter:
             self.progress = None
 
 
+
+
+def sweep_json(results: Any, best_yaml: Path | None) -> dict:
+    """``cnncli sweep show --json``: study, storage, folder, monitor, direction, the trials
+    (best first: number, state, value, params, intermediate values by epoch, run folder,
+    message, worker, seconds), the best trial and the written ``best.yaml`` (or None)."""
+    trials = [{**dataclasses.asdict(r), "intermediate": {str(k): v for k, v in r.intermediate.items()}}
+              for r in results.trials]
+    return {"study": results.study, "storage": results.storage,
+            "folder": None if results.folder is None else str(results.folder), "monitor": results.monitor,
+            "direction": results.direction, "trials": trials,
+            "best": None if results.best is None else trials[results.trials.index(results.best)],
+            "best_yaml": None if best_yaml is None else str(best_yaml)}
+
+
+class SweepReporter:
+    """Draws ``cnncli.sweep.run`` progress: a live bar of trials (done, running, pruned,
+    failed, best so far) on a terminal, a line per finished trial in both modes."""
+
+    def __init__(self, mode: str | None = None, console: Console | None = None):
+        self.console = console or make_console()
+        self.mode = mode or ("plain" if plain_requested() else "rich")
+        self.progress = None
+        self.task = None
+
+    def __call__(self, p: Any) -> None:
+        best = "-" if p.best_value is None else f"{p.best_value:.4f} (trial {p.best_trial})"
+        status = f"running {p.running}  pruned {p.pruned}  failed {p.failed}  best {best}"
+        if self.mode == "rich" and self.progress is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(TextColumn("trials"), BarColumn(bar_width=30), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                                     console=self.console, transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task("trials", total=p.total, status=status)
+        out = self.progress.console if self.progress else self.console
+        for number, state, value, message in p.finished:
+            what = f"{value:.4f}" if value is not None else (message or "").splitlines()[0][:160] if message else ""
+            out.print(f"trial {number}: {state.lower()}  {what}".rstrip(), soft_wrap=True)
+        if self.progress:
+            self.progress.update(self.task, completed=p.complete + p.pruned + p.failed, status=status)
+
+    def ended(self, e: Any) -> None:
+        """The summary after the workers ended: counts, best trial, where to look next."""
+        p = e.progress
+        self.console.print(f"study '{e.study}' in {e.storage}: {p.complete} complete, {p.pruned} pruned, "
+                           f"{p.failed} failed of {p.total} in {e.seconds:.1f}s")
+        for error in e.worker_errors:
+            print_warning(error)
+        if e.left:
+            print_warning(f"{e.left} trials are left; run the same command again to finish the sweep")
+        if p.best_trial is not None:
+            self.console.print(f"best: trial {p.best_trial} ({p.best_value:.4f})")
+        self.console.print(f"next:  cnncli sweep show {e.folder}")
+
+    def close(self) -> None:
+        if self.progress:
+            self.progress.stop()
+            self.progress = None
