@@ -34,12 +34,15 @@ class TorchModule:
         args: Positional arguments (plain Python values: ints, floats, bools, str, tuples).
         kwargs: Keyword arguments, same kinds of values.
         children: Modules passed first (a ``Sequential``'s members).
+        params_at: Where the layer's arrays live inside this module, as a ``state_dict`` key
+            prefix: ``""`` (the module itself), ``"1."`` (its second child).
     """
 
     name: str
     args: tuple = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     children: tuple["TorchModule", ...] = ()
+    params_at: str = ""
 
     def source(self) -> str:
         """Python source of the call, e.g. ``nn.Conv2d(1, 32, (3, 3), stride=(1, 1))``."""
@@ -68,12 +71,14 @@ class TorchForm:
 
 def _conv2d(layer, in_shape) -> TorchModule:
     t, b, l, r = layer.pads
-    # symmetric padding as numbers; "same" with an even total pads one more bottom/right, which
-    # torch's padding="same" does too (stride 1 only, as cnncli's)
-    padding = (t, l) if (t, l) == (b, r) else "same"
-    return TorchModule("Conv2d", (layer.in_channels, layer.out_channels, layer.kernel_size),
-                       {"stride": layer.stride, "padding": padding, "dilation": layer.dilation,
-                        "groups": layer.groups, "bias": "bias" in layer.params})
+    symmetric = (t, l) == (b, r)
+    conv = TorchModule("Conv2d", (layer.in_channels, layer.out_channels, layer.kernel_size),
+                       {"stride": layer.stride, "padding": (t, l) if symmetric else (0, 0),
+                        "dilation": layer.dilation, "groups": layer.groups, "bias": "bias" in layer.params})
+    # "same" with an even kernel pads one more bottom/right: an explicit zero pad (torch's own
+    # padding="same" pads so too, but copies the input and warns on every such layer)
+    return conv if symmetric else TorchModule("Sequential", children=(TorchModule("ZeroPad2d", ((l, r, t, b),)), conv),
+                                              params_at="1.")
 
 
 def _batchnorm(layer, in_shape) -> TorchModule:
@@ -146,15 +151,19 @@ def torch_modules(model) -> list[TorchModule]:
     return [torch_form(layer, i).module(layer, shapes[i]) for i, layer in enumerate(model.layers)]
 
 
-def torch_shapes(model) -> dict[str, tuple[tuple[int, ...], bool]]:
-    """PyTorch key -> (the shape PyTorch stores, whether it is cnncli's transposed), for every
-    parameter and buffer of ``model``; reads only shapes (a ``shapes_only`` model will do)."""
+def torch_shapes(model) -> dict[str, tuple[str, tuple[int, ...], bool]]:
+    """PyTorch key -> (cnncli key, the shape PyTorch stores, whether it is cnncli's array
+    transposed), for every parameter and buffer of ``model``; reads only shapes (a
+    ``shapes_only`` model will do). Keys are ``f"{i}.{name}"`` but for a layer whose module
+    keeps them in a child (:attr:`TorchModule.params_at`)."""
     out = {}
+    shapes = [model.input_shape, *model.shapes]
     for i, layer in enumerate(model.layers):
         form = torch_form(layer, i)
+        at = form.module(layer, shapes[i]).params_at
         for name, a in {**layer.params, **layer.buffers}.items():
             flip = name in form.transposed
-            out[f"{i}.{name}"] = (tuple(a.shape[::-1]) if flip else tuple(a.shape), flip)
+            out[f"{i}.{at}{name}"] = (f"{i}.{name}", tuple(a.shape[::-1]) if flip else tuple(a.shape), flip)
     return out
 
 
@@ -167,15 +176,15 @@ def to_torch(model) -> dict[str, np.ndarray]:
     """
     arrays = {**model.params(), **model.buffers()}
     # np.array, not np.ascontiguousarray: that makes 0-d arrays (num_batches_tracked) 1-d
-    return {key: np.array(arrays[key].T if flip else arrays[key], order="C")
-            for key, (_, flip) in torch_shapes(model).items()}
+    return {key: np.array(arrays[ours].T if flip else arrays[ours], order="C")
+            for key, (ours, _, flip) in torch_shapes(model).items()}
 
 
 def from_torch(model, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """PyTorch-layout ``tensors`` back in cnncli's layout (same keys), checked against ``model``.
+    """PyTorch-layout ``tensors`` back in cnncli's keys and layouts, checked against ``model``.
 
     Returns:
-        key -> array in cnncli's layout, for :func:`cnncli.export.weights.split`.
+        cnncli key (``model.params()``/``buffers()``'s) -> array in cnncli's layout.
 
     Raises:
         ValueError: Listing every missing, unexpected or mis-shaped tensor, each with its layer
@@ -183,11 +192,11 @@ def from_torch(model, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """
     expected = torch_shapes(model)
     problems = mismatches(model, {k: tuple(np.shape(v)) for k, v in tensors.items()},
-                          {k: s for k, (s, _) in expected.items()}, "PyTorch layout")
+                          {k: s for k, (_, s, _) in expected.items()}, "PyTorch layout")
     if problems:
         raise ValueError("; ".join(problems))
-    return {k: np.array(np.asarray(tensors[k]).T, order="C") if expected[k][1] else np.asarray(tensors[k])
-            for k in expected}
+    return {ours: np.array(np.asarray(tensors[k]).T, order="C") if flip else np.asarray(tensors[k])
+            for k, (ours, _, flip) in expected.items()}
 
 
 def mismatches(model, found: dict[str, tuple[int, ...]], needed: dict[str, tuple[int, ...]],
@@ -197,7 +206,8 @@ def mismatches(model, found: dict[str, tuple[int, ...]], needed: dict[str, tuple
     with its layer: ``model.layers[3] (linear) weight: the file has (10, 64), the network
     needs (10, 128) (PyTorch layout)``."""
     def where(key: str) -> str:
-        index, _, name = key.partition(".")
+        index, _, rest = key.partition(".")
+        name = rest.rpartition(".")[2]
         layer = model.layers[int(index)] if index.isdigit() and int(index) < len(model.layers) else None
         return f"model.layers[{index}] ({layer.type_name}) {name}" if layer is not None else key
 
