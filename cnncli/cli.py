@@ -422,11 +422,12 @@ def layers(
     name: Optional[str] = typer.Argument(None, help="Show one layer in full."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the reference as a Markdown table."),
 ) -> None:
-    """List the registered layers with their options and defaults.
+    """List the registered layers with their options, defaults and export formats.
 
     Example: cnncli layers conv2d
     """
     from cnncli import render, report
+    from cnncli.export import export_formats
     from cnncli.layers import LAYERS, describe, resolve
     from cnncli.layers.registry import reference_markdown
 
@@ -434,14 +435,14 @@ def layers(
         report.print_text(reference_markdown())
         return
     if name is None:
-        render.render_layers([describe(LAYERS[n]) for n in sorted(LAYERS)])
+        render.render_layers([{**describe(LAYERS[n]), "exports": export_formats(n)} for n in sorted(LAYERS)])
         return
     try:
         cls = resolve(name)
     except KeyError as e:
         report.print_error(e.args[0])
         raise typer.Exit(code=2) from None
-    render.render_layers([describe(cls)], full=True)
+    render.render_layers([{**describe(cls), "exports": export_formats(cls.type_name)}], full=True)
 
 
 data_app = typer.Typer(

@@ -11,7 +11,10 @@ identity at inference and is left out; batch normalization is its inference form
 
 Operators (https://onnx.ai/onnx/operators/): Conv, BatchNormalization, Relu, LeakyRelu,
 Elu, Gelu (opset 20), Sigmoid, Tanh, MaxPool, AveragePool, GlobalAveragePool, Flatten, Gemm,
-Softmax, LogSoftmax, plus Mul and Add for the normalization.
+Softmax, LogSoftmax, plus Mul and Add for the normalization. Pooling's ``ceil_mode`` is
+written as extra end padding, and an average pool whose divisor is not the window's size
+(``count_include_pad: false``, ceil-mode overhang, ``divisor_override``) gets a Mul by a
+constant per output position, so sizes and values are PyTorch's.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def _refuse(i: int, layer, option: str, why: str) -> ExportError:
                        f"export with --format pytorch, or train without it")
 
 
-def _conv2d(g: _Graph, layer, i: int, x: str) -> str:
+def _conv2d(g: _Graph, layer, i: int, x: str, in_shape) -> str:
     t, b, l, r = layer.pads
     inputs = [x, g.const(f"{i}.weight", layer.params["weight"])]
     if "bias" in layer.params:
@@ -61,7 +64,7 @@ def _conv2d(g: _Graph, layer, i: int, x: str) -> str:
                   dilations=list(layer.dilation), pads=[t, l, b, r], group=layer.groups)
 
 
-def _batchnorm(g: _Graph, layer, i: int, x: str) -> str:
+def _batchnorm(g: _Graph, layer, i: int, x: str, in_shape) -> str:
     if not layer.track_running_stats:
         raise _refuse(i, layer, "track_running_stats: false", "ONNX's inference form normalizes with running "
                                                               "statistics, this layer with each batch's own")
@@ -74,30 +77,45 @@ def _batchnorm(g: _Graph, layer, i: int, x: str) -> str:
     return g.node("BatchNormalization", [x, *names], f"{i}.batchnorm", epsilon=float(layer.eps))
 
 
-def _pool_attrs(layer) -> dict[str, Any]:
-    (ph, pw) = layer.padding
-    return {"kernel_shape": list(layer.kernel_size), "strides": list(layer.stride), "pads": [ph, pw, ph, pw],
-            "ceil_mode": int(layer.ceil_mode)}
+def _pool_attrs(layer, in_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Pooling attributes with PyTorch's output size: ``ceil_mode`` written as extra end padding
+    (ONNX's ceil mode keeps a last window that starts in the padding, PyTorch's drops it)."""
+    _, H, W = in_shape
+    _, H_out, W_out = layer.output_shape(in_shape)
+    (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
+    dh, dw = getattr(layer, "dilation", (1, 1))
+    extra_h = max(0, (H_out - 1) * sh + (kh - 1) * dh + 1 - (H + 2 * ph))
+    extra_w = max(0, (W_out - 1) * sw + (kw - 1) * dw + 1 - (W + 2 * pw))
+    return {"kernel_shape": [kh, kw], "strides": [sh, sw], "pads": [ph, pw, ph + extra_h, pw + extra_w]}
 
 
-def _maxpool2d(g: _Graph, layer, i: int, x: str) -> str:
-    return g.node("MaxPool", [x], f"{i}.maxpool2d", dilations=list(layer.dilation), **_pool_attrs(layer))
+def _maxpool2d(g: _Graph, layer, i: int, x: str, in_shape) -> str:
+    return g.node("MaxPool", [x], f"{i}.maxpool2d", dilations=list(layer.dilation), **_pool_attrs(layer, in_shape))
 
 
-def _avgpool2d(g: _Graph, layer, i: int, x: str) -> str:
-    if layer.divisor_override is not None:
-        raise _refuse(i, layer, f"divisor_override: {layer.divisor_override}",
-                      "AveragePool divides by the window's size")
-    return g.node("AveragePool", [x], f"{i}.avgpool2d", count_include_pad=int(layer.count_include_pad),
-                  **_pool_attrs(layer))
+def _avgpool2d(g: _Graph, layer, i: int, x: str, in_shape) -> str:
+    """AveragePool over the padded windows (every divisor kh*kw), times kh*kw / PyTorch's divisor
+    per output position when that differs (``count_include_pad: false``, ceil-mode overhang,
+    ``divisor_override``). The divisor is read from the layer itself: its output on ones is
+    real/divisor, and ``divisor_override: 1`` on ones counts the real elements."""
+    from cnncli.layers.pool import AvgPool2d
+
+    y = g.node("AveragePool", [x], f"{i}.avgpool2d", count_include_pad=1, **_pool_attrs(layer, in_shape))
+    ones = np.ones((1, 1, *in_shape[1:]), dtype=np.float64)
+    real = AvgPool2d(layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode,
+                     divisor_override=1).forward(ones)[0, 0]
+    correction = layer.kernel_size[0] * layer.kernel_size[1] * layer.forward(ones)[0, 0] / real
+    if np.allclose(correction, 1.0, rtol=1e-12, atol=0):
+        return y
+    return g.node("Mul", [y, g.const(f"{i}.divisor_correction", correction)], f"{i}.avgpool2d.divisor")
 
 
-def _global_avgpool(g: _Graph, layer, i: int, x: str) -> str:
+def _global_avgpool(g: _Graph, layer, i: int, x: str, in_shape) -> str:
     y = g.node("GlobalAveragePool", [x], f"{i}.global_avgpool")
     return y if layer.keepdims else g.node("Flatten", [y], f"{i}.flatten", axis=1)
 
 
-def _linear(g: _Graph, layer, i: int, x: str) -> str:
+def _linear(g: _Graph, layer, i: int, x: str, in_shape) -> str:
     inputs = [x, g.const(f"{i}.weight", layer.params["weight"])]     # (in_features, out_features): no transB
     if "bias" in layer.params:
         inputs.append(g.const(f"{i}.bias", layer.params["bias"]))
@@ -106,11 +124,12 @@ def _linear(g: _Graph, layer, i: int, x: str) -> str:
 
 def _op(op: str, **attrs: Callable) -> Callable:
     """An emitter of one operator whose attributes are read from the layer (``attr=getter``)."""
-    return lambda g, layer, i, x: g.node(op, [x], f"{i}.{layer.type_name}",
+    return lambda g, layer, i, x, in_shape: g.node(op, [x], f"{i}.{layer.type_name}",
                                          **{k: get(layer) for k, get in attrs.items()})
 
 
-#: cnncli layer type -> ``emit(graph, layer, index, input_name) -> output_name``.
+#: cnncli layer type -> ``emit(graph, layer, index, input_name, input_shape) -> output_name``
+#: (``input_shape``: one sample, no batch axis).
 ONNX_LAYERS: dict[str, Callable] = {
     "conv2d": _conv2d,
     "batchnorm": _batchnorm,
@@ -118,8 +137,8 @@ ONNX_LAYERS: dict[str, Callable] = {
     "maxpool2d": _maxpool2d,
     "avgpool2d": _avgpool2d,
     "global_avgpool": _global_avgpool,
-    "dropout": lambda g, layer, i, x: x,            # the identity at inference
-    "dropout2d": lambda g, layer, i, x: x,
+    "dropout": lambda g, layer, i, x, in_shape: x,            # the identity at inference
+    "dropout2d": lambda g, layer, i, x, in_shape: x,
     "flatten": _op("Flatten", axis=lambda layer: 1),
     "relu": _op("Relu"),
     "leaky_relu": _op("LeakyRelu", alpha=lambda layer: float(layer.negative_slope)),
@@ -165,12 +184,13 @@ def onnx_model(model, mean, std, metadata: dict[str, str], doc: str = ""):
         raise ExportError("--format onnx needs the onnx package: pip install 'cnncli[export]'") from None
     g = _Graph(onnx, model.dtype)
     x = _normalization(g, mean, std, model.input_shape)
+    shapes = [model.input_shape, *model.shapes]
     for i, layer in enumerate(model.layers):
         emit = ONNX_LAYERS.get(layer.type_name)
         if emit is None:
             raise ExportError(f"model.layers[{i}] ({layer.type_name}) has no ONNX form; add it to ONNX_LAYERS "
                               f"in cnncli/export/onnx_graph.py, or export with --format pytorch")
-        x = emit(g, layer, i, x)
+        x = emit(g, layer, i, x, shapes[i])
     if x == INPUT or not g.nodes or g.nodes[-1].output[0] != x:
         x = g.node("Identity", [x], OUTPUT)
     else:
