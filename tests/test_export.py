@@ -312,7 +312,8 @@ def test_readme_snippet_classifies_with_both_exports(trained, tmp_path, monkeypa
     export_checkpoint(trained["mnist"], "pytorch", tmp_path / "mnist-pytorch")
     np.save(tmp_path / "digit.npy", load_split(REPO / "data" / "mnist", "test", 1).images[0, 0])
     monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path / "mnist-pytorch"))
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))      # the snippet's sys.path.insert is undone
+    monkeypatch.delitem(__import__("sys").modules, "model", raising=False)
     namespace: dict = {"__name__": "readme_export"}
     exec(compile(snippet, "README.md (Taking a model elsewhere)", "exec"), namespace)  # noqa: S102
     want = str(predict_files(trained["mnist"], [tmp_path / "digit.npy"])[0]["top"][0]["class"])
