@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from cnncli import __version__
-from cnncli.errors import ExportError
+from cnncli.errors import ExportError, OutputError
 
 #: The formats ``cnncli export --format`` takes.
 FORMATS = ("onnx", "pytorch")
@@ -67,7 +67,11 @@ def export_checkpoint(path: str | Path, fmt: str, out: str | Path, overwrite: bo
 
         blobs = [safetensors_bytes(model, classes, mean, std),
                  module_source(model, str(ck.path), classes, mean, std).encode()]
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"{out}: cannot make the folder to export into ({e.strerror or e}); "
+                              f"-o names a folder for --format pytorch", e.errno, e.strerror) from None
     for target, blob in zip(targets, blobs):
         atomic_write(target, lambda f, b=blob: f.write(b))
     return targets
