@@ -34,8 +34,6 @@ import math
 import statistics
 import sys
 import time
-from typing import Callable
-
 import numpy as np
 import torch
 from torch import nn
@@ -44,73 +42,26 @@ from cnncli import assemble
 from cnncli.augment import Augment
 from cnncli.config import load
 from cnncli.data import pixel_lut, prepare_data, resolved_config
+from cnncli.errors import ExportError
+from cnncli.export.torch_layout import TORCH_LAYERS, to_torch, torch_modules  # noqa: F401  (TORCH_LAYERS: the table used)
 from cnncli.schedules import steps_per_epoch
 
 
-def _conv2d(layer, in_shape):
-    t, b, l, r = layer.pads
-    conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                     (t, l) if (t, l) == (b, r) else 0, layer.dilation, layer.groups, "bias" in layer.params)
-    # "same" with an even kernel pads one more on the bottom/right: an explicit zero pad
-    return conv if (t, l) == (b, r) else nn.Sequential(nn.ZeroPad2d((l, r, t, b)), conv)
-
-
-def _batchnorm(layer, in_shape):
-    cls = nn.BatchNorm2d if len(in_shape) == 3 else nn.BatchNorm1d
-    return cls(layer.num_features, layer.eps, layer.momentum, layer.affine, layer.track_running_stats)
-
-
-def _global_avgpool(layer, in_shape):
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), *(() if layer.keepdims else (nn.Flatten(),)))
-
-
-#: cnncli layer type -> the torch.nn module with the same options (``layer`` is the built
-#: cnncli layer, ``in_shape`` its input shape without the batch axis).
-TORCH_LAYERS: dict[str, Callable] = {
-    "conv2d": _conv2d,
-    "batchnorm": _batchnorm,
-    "linear": lambda layer, s: nn.Linear(layer.in_features, layer.out_features, "bias" in layer.params),
-    "maxpool2d": lambda layer, s: nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding, layer.dilation,
-                                               ceil_mode=layer.ceil_mode),
-    "avgpool2d": lambda layer, s: nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode,
-                                               layer.count_include_pad, layer.divisor_override),
-    "global_avgpool": _global_avgpool,
-    "dropout": lambda layer, s: nn.Dropout(layer.p),
-    "dropout2d": lambda layer, s: nn.Dropout2d(layer.p),
-    "flatten": lambda layer, s: nn.Flatten(),
-    "relu": lambda layer, s: nn.ReLU(),
-    "leaky_relu": lambda layer, s: nn.LeakyReLU(layer.negative_slope),
-    "elu": lambda layer, s: nn.ELU(layer.alpha),
-    "gelu": lambda layer, s: nn.GELU(layer.approximate),
-    "sigmoid": lambda layer, s: nn.Sigmoid(),
-    "tanh": lambda layer, s: nn.Tanh(),
-    "softmax": lambda layer, s: nn.Softmax(layer.dim),
-    "log_softmax": lambda layer, s: nn.LogSoftmax(layer.dim),
-}
-
-
 def torch_network(model) -> nn.Sequential:
-    """The cnncli ``model`` as ``torch.nn.Sequential`` with its weights and buffers copied
-    (cnncli's linear weight is (in_features, out_features), torch's the transpose).
+    """The cnncli ``model`` as ``torch.nn.Sequential`` with its weights and buffers copied, from
+    cnncli's one translation table (``cnncli.export.torch_layout``: the modules, PyTorch's
+    names and layouts, as ``cnncli export --format pytorch`` writes them).
 
     Raises:
-        SystemExit: A layer type without a translation in :data:`TORCH_LAYERS`.
+        SystemExit: A layer type without a translation in ``TORCH_LAYERS``.
     """
-    mods, shape = [], tuple(model.input_shape)
-    for layer, out in zip(model.layers, model.shapes):
-        make = TORCH_LAYERS.get(layer.type_name)
-        if make is None:
-            raise SystemExit(f"torch_loop.py: layer type {layer.type_name!r} has no torch translation; "
-                             f"add it to TORCH_LAYERS in {__file__}")
-        mod = make(layer, shape)
-        target = mod[-1] if isinstance(mod, nn.Sequential) and layer.type_name == "conv2d" else mod
-        with torch.no_grad():
-            for name, a in {**layer.params, **layer.buffers}.items():
-                value = a.T if layer.type_name == "linear" and name == "weight" else a
-                getattr(target, name).copy_(torch.as_tensor(np.array(value)))   # np.array keeps 0-d 0-d
-        mods.append(mod)
-        shape = out
-    return nn.Sequential(*mods)
+    try:
+        net = nn.Sequential(*(m.build(nn) for m in torch_modules(model)))
+        state = {k: torch.from_numpy(a) for k, a in to_torch(model).items()}
+    except ExportError as e:
+        raise SystemExit(f"torch_loop.py: {e}") from None
+    net.load_state_dict(state, strict=True)
+    return net
 
 
 def torch_optimizer(cfg, net: nn.Sequential, model, lr: float) -> torch.optim.Optimizer:

@@ -182,6 +182,10 @@ def train(
                                           help="Continue the run of CHECKPOINT (RUN/last.npz) in its folder, exactly "
                                                "where it stopped; --epochs may raise the total. With --out NEWDIR "
                                                "the run continues in a new folder (e.g. from an earlier epoch_K.npz)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", metavar="FILE",
+                                           help="Start a new run from these weights (fine-tuning, as Caffe's "
+                                                "--weights): a cnncli checkpoint or a PyTorch-layout .safetensors "
+                                                "file for the same layers; epoch 1, fresh optimizer."),
 ) -> None:
     """Train the network of CONFIG; write checkpoints and metrics to a run folder.
 
@@ -189,6 +193,7 @@ def train(
     Resume:  cnncli train configs/mnist.yaml --resume runs/first/last.npz --epochs 4
     Branch:  cnncli train configs/mnist.yaml --resume runs/first/epoch_2.npz --out runs/from-epoch-2
     Other data (IDX, NPZ, CSV, image folders, or a name): --set data.path=digits.npz  or  --set data.name=kmnist
+    Fine-tune: cnncli train configs/mnist.yaml --weights runs/first/best.npz   (or model.safetensors)
     """
     with user_errors(ctx):
         from cnncli import config as C
@@ -199,7 +204,7 @@ def train(
         reporter = report.TrainReporter("json" if json_out else "quiet" if quiet else None)
         try:
             training.train(cfg, reporter, resume=resume, branch=out is not None, overwrite=overwrite,
-                           batch_size_flag="--batch-size" if batch_size is not None else None)
+                           batch_size_flag="--batch-size" if batch_size is not None else None, weights=weights)
         except training.TrainingInterrupted as e:
             if not e.complete:
                 e.args = (f"{e.args[0]}\n{_resume_hint(config, overrides, e.resume_from, e.path.parent)}",)
@@ -222,6 +227,10 @@ def eval_(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Evaluation batch size."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     show_errors: int = typer.Option(3, "--show-errors", min=0, help="Draw this many misclassified images."),
+    config: Optional[Path] = typer.Option(None, "--config", metavar="CONFIG",
+                                          help="Build the network from this config and read CHECKPOINT as its "
+                                               "weights: a cnncli checkpoint or a PyTorch-layout .safetensors file "
+                                               "(data and normalization are the config's)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, max=1024,
                                           help="Threads to compute with (default: all cores)."),
 ) -> None:
@@ -231,6 +240,7 @@ def eval_(
     data.classes). --json adds "classes" (the names or null), "per_class" and "macro_avg"
     (precision, recall, F1 averaged over the classes in the labels or predictions).
     Example: cnncli eval runs/mnist/best.npz   (or: --data data/other-digits.npz)
+    Weights from PyTorch: cnncli eval model.safetensors --config configs/mnist.yaml
     """
     with user_errors(ctx):
         from cnncli import evaluation, render, report
@@ -238,7 +248,8 @@ def eval_(
         if data is not None and not data.strip():
             raise DataError("--data is empty; give a dataset folder, file or name")
         limit = None if test_limit is None else (test_limit or 10**12)
-        result, cfg, ck, test = evaluation.evaluate_checkpoint(checkpoint, data, batch_size, limit, threads)
+        cfg = _load_config(config)
+        result, cfg, ck, test = evaluation.evaluate_checkpoint(checkpoint, data, batch_size, limit, cfg, threads)
         classes = cfg.data.classes                # the checkpoint's class names
         if json_out:
             report.print_json(report.eval_json(result, str(checkpoint), ck.meta.get("epoch"), classes))
@@ -256,6 +267,10 @@ def predict(
                                         "colour images."),
     top_k: int = typer.Option(1, "--top-k", "-k", min=1, help="Show the k most likely classes."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object per image."),
+    config: Optional[Path] = typer.Option(None, "--config", metavar="CONFIG",
+                                          help="Build the network from this config and read CHECKPOINT as its "
+                                               "weights: a cnncli checkpoint or a PyTorch-layout .safetensors file "
+                                               "(data and normalization are the config's)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, max=1024,
                                           help="Threads to compute with (default: all cores)."),
 ) -> None:
@@ -269,12 +284,46 @@ def predict(
     with user_errors(ctx):
         from cnncli import evaluation, render, report
 
-        rows = evaluation.predict_files(checkpoint, inputs, top_k, threads)
+        rows = evaluation.predict_files(checkpoint, inputs, top_k, _load_config(config), threads)
         if json_out:
             for r in rows:
                 report.print_json(r)
             return
         render.render_predictions(rows)
+
+
+def _load_config(config: Path | None):
+    """``--config`` of eval/predict loaded and validated, or None."""
+    from cnncli import config as C
+
+    return None if config is None else C.load(config, [])
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT", help="A checkpoint, e.g. runs/mnist/best.npz."),
+    fmt: str = typer.Option(..., "--format", "-f", metavar="FORMAT",
+                            help="onnx: one .onnx file; pytorch: model.safetensors + model.py in a folder."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="PATH",
+                             help="The .onnx file (onnx) or the folder to write into (pytorch)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files already there."),
+) -> None:
+    """Write a checkpoint as an ONNX model or as PyTorch files, to run it without cnncli.
+
+    ONNX (opset 20): input "pixels", float32 (N, C, H, W) in 0-255, the normalization inside;
+    output "output"; class names in the metadata. PyTorch: model.safetensors (PyTorch's names
+    and layouts) and model.py (the torch.nn.Sequential, normalize(), load()). Needs
+    cnncli[export] (onnx, safetensors); torch is not needed to export.
+    Example: cnncli export runs/mnist/best.npz --format onnx -o mnist.onnx
+             cnncli export runs/mnist/best.npz --format pytorch -o mnist-pytorch
+    """
+    with user_errors(ctx):
+        from cnncli import report
+        from cnncli.export.run import export_checkpoint
+
+        for path in export_checkpoint(checkpoint, fmt, out, overwrite):
+            report.print_text(f"wrote {path}\n")
 
 
 @app.command()
@@ -377,11 +426,12 @@ def layers(
     name: Optional[str] = typer.Argument(None, help="Show one layer in full."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the reference as a Markdown table."),
 ) -> None:
-    """List the registered layers with their options and defaults.
+    """List the registered layers with their options, defaults and export formats.
 
     Example: cnncli layers conv2d
     """
     from cnncli import render, report
+    from cnncli.export import export_formats
     from cnncli.layers import LAYERS, describe, resolve
     from cnncli.layers.registry import reference_markdown
 
@@ -389,14 +439,14 @@ def layers(
         report.print_text(reference_markdown())
         return
     if name is None:
-        render.render_layers([describe(LAYERS[n]) for n in sorted(LAYERS)])
+        render.render_layers([{**describe(LAYERS[n]), "exports": export_formats(n)} for n in sorted(LAYERS)])
         return
     try:
         cls = resolve(name)
     except KeyError as e:
         report.print_error(e.args[0])
         raise typer.Exit(code=2) from None
-    render.render_layers([describe(cls)], full=True)
+    render.render_layers([{**describe(cls), "exports": export_formats(cls.type_name)}], full=True)
 
 
 data_app = typer.Typer(

@@ -120,6 +120,11 @@ class CheckpointError(CnncliError):
     """A checkpoint cannot be read, is not ours, or does not fit the model."""
 
 
+class ExportError(CnncliError):
+    """A model cannot be exported in the format asked for (a layer option that format cannot
+    express), or the package that writes or reads the format is not installed."""
+
+
 class OutputError(CnncliError, OSError):
     """An output file or run folder cannot be written (permissions, full disk, ...).
 

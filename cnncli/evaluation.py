@@ -106,16 +106,49 @@ def _check_memory(ck: checkpoint.Checkpoint, cfg: Config, skeleton: Model) -> No
                               f"model's weights: is this one from another source?")
 
 
+def weights_model(path: str | Path, config: Config) -> tuple[Model, Config, checkpoint.Checkpoint]:
+    """The network of ``config`` with the weights of ``path`` (a cnncli checkpoint or a
+    PyTorch-layout safetensors file, :mod:`cnncli.export.weights`), as ``cnncli train CONFIG
+    --weights PATH`` starts: the config's normalization, ``auto`` computed from its training
+    split as training computes it.
+
+    Returns:
+        The model, ``config`` with its data section resolved (:func:`cnncli.data.resolved_config`
+        when the normalization had to be computed), and a :class:`checkpoint.Checkpoint` of
+        ``path`` holding that config and empty metadata.
+
+    Raises:
+        ConfigError, DataError: The config's model or data is invalid.
+        CheckpointError: As :func:`cnncli.export.weights.read_weights`.
+    """
+    from cnncli.data import input_shape, prepare_data, resolved_config
+    from cnncli.export.weights import kind, read_weights
+
+    kind(path)                               # a foreign or missing file is refused before any data is read
+    shape = input_shape(config)
+    with shapes_only():                      # matched against the file before any allocation
+        skeleton = build_model(config, shape)
+    params, buffers = read_weights(path, skeleton)
+    model = build_model(config, shape)
+    model.load_arrays(params, buffers)
+    if isinstance(config.data.mean, str) or isinstance(config.data.std, str):
+        config = resolved_config(config, prepare_data(config))
+    return model, config, checkpoint.Checkpoint({}, {}, {}, config.to_dict(), {}, Path(path))
+
+
 def evaluate_checkpoint(path: str | Path, data_path: str | None = None,
-                        batch_size: int | None = None, limit: int | None = None, threads: int | None = None
+                        batch_size: int | None = None, limit: int | None = None,
+                        config: Config | None = None, threads: int | None = None
                         ) -> tuple[EvalResult, Config, checkpoint.Checkpoint, Dataset]:
     """Evaluate a checkpoint on the test split of its own dataset (or of ``data_path``).
 
     Uses the checkpoint's normalization and, by default, its evaluation batch size and
     ``data.test_limit``, so the figures equal those printed at the end of training.
     ``data_path`` is a dataset folder or file in any format (:mod:`cnncli.formats`), or a
-    dataset name; the checkpoint's class names (image folders) map its labels. ``threads``:
-    as ``train.threads`` (:func:`cnncli.threads.limit`; None: all cores).
+    dataset name; the checkpoint's class names (image folders) map its labels.
+    With ``config``, ``path`` may also be a PyTorch-layout safetensors file: the network,
+    data and normalization are the config's (:func:`weights_model`). ``threads``: as
+    ``train.threads`` (:func:`cnncli.threads.limit`; None: all cores).
     Returns the result, the stored config, the checkpoint and the test split.
 
     Raises:
@@ -124,7 +157,7 @@ def evaluate_checkpoint(path: str | Path, data_path: str | None = None,
     """
     from cnncli import formats
 
-    model, cfg, ck = load_model(path)
+    model, cfg, ck = load_model(path) if config is None else weights_model(path, config)
     d = cfg.data if data_path is None else data_location(cfg.data, data_path)
     test_limit = limit if limit is not None else cfg.data.test_limit
     loaded = formats.load(d, ("test",), test_limit=test_limit)
@@ -221,7 +254,7 @@ def predict_proba(model: Model, cfg: Config, images: np.ndarray, batch_size: int
 
 
 def predict_files(path: str | Path, inputs: Sequence[str | Path], top_k: int = 1,
-                  threads: int | None = None) -> list[dict]:
+                  config: Config | None = None, threads: int | None = None) -> list[dict]:
     """Classify image files with a checkpoint: the ``top_k`` most likely classes of each image.
 
     Args:
@@ -229,6 +262,8 @@ def predict_files(path: str | Path, inputs: Sequence[str | Path], top_k: int = 1
         inputs: Image files (:func:`cnncli.images.read_images`: .npy, IDX, PGM, PNG...); a
             file may hold a stack of images.
         top_k: Classes per image, most likely first (at most the model's class count). Default: 1.
+        config: Build the network from this config and read ``path`` as weights for it (a
+            checkpoint or a PyTorch-layout safetensors file, :func:`weights_model`).
         threads: As ``train.threads`` (:func:`cnncli.threads.limit`). Default: all cores.
 
     Returns:
@@ -241,7 +276,7 @@ def predict_files(path: str | Path, inputs: Sequence[str | Path], top_k: int = 1
         DataError: An unreadable image or one the model cannot take; the message names the file.
         NonFiniteError: The model's outputs for an image are not finite (its weights overflow).
     """
-    model, cfg, _ = load_model(path)
+    model, cfg, _ = load_model(path) if config is None else weights_model(path, config)
     k = min(top_k, model.output_shape[0])
     rows = []
     for file in inputs:

@@ -246,7 +246,8 @@ def render_misclassified(result: EvalResult, images: np.ndarray, count: int,
 
 
 def render_layers(descriptions: list[dict], console: Console | None = None, full: bool = False) -> None:
-    """The registry: one row per layer with options and defaults (``full``: the whole docstring)."""
+    """The registry: one row per layer with options, defaults and ``exports`` (the export formats,
+    when the description has them; ``full``: the whole docstring)."""
     console = console or make_console()
     if full:
         for d in descriptions:
@@ -255,6 +256,8 @@ def render_layers(descriptions: list[dict], console: Console | None = None, full
                 console.print(f"aliases: {', '.join(d['aliases'])}")
             if d["inferred"]:
                 console.print(f"inferred from the input: {', '.join(d['inferred'])}")
+            if "exports" in d:
+                console.print(f"exports to: {d['exports']}")
             console.print(d["doc"])
         return
     table = Table(title="layers (cnncli layers NAME for details)")
@@ -262,9 +265,10 @@ def render_layers(descriptions: list[dict], console: Console | None = None, full
     table.add_column("options (default)")
     table.add_column("shape")
     table.add_column("description")
+    table.add_column("exports")
     for d in descriptions:
         opts = ", ".join(n if v == "required" else f"{n}={v!r}" for n, v in d["options"].items())
-        table.add_row(d["name"], opts or "-", d["shape"], d["summary"])
+        table.add_row(d["name"], opts or "-", d["shape"], d["summary"], d.get("exports", "-"))
     console.print(table)
 
 

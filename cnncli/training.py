@@ -52,7 +52,8 @@ class TrainingInterrupted(CnncliError):
 
 
 def train(cfg: Config, on_event: EventHandler, *, resume: str | Path | None = None, branch: bool = False,
-          overwrite: bool = False, batch_size_flag: str | None = None) -> RunEnded:
+          overwrite: bool = False, batch_size_flag: str | None = None,
+          weights: str | Path | None = None) -> RunEnded:
     """The whole ``cnncli train`` job: check, read the data, build, pick the run folder, fit.
 
     Everything that can be refused is refused before a run folder is made or changed: a
@@ -68,6 +69,10 @@ def train(cfg: Config, on_event: EventHandler, *, resume: str | Path | None = No
         overwrite: Reuse ``output.dir`` even if it holds a run (never with ``resume``).
         batch_size_flag: The command-line flag that set ``train.batch_size``, if one did
             (named in a refusal instead of the config key).
+        weights: Start from these weights instead of fresh ones (Caffe's ``--weights``): a
+            cnncli checkpoint or a PyTorch-layout safetensors file
+            (:func:`cnncli.export.weights.load_weights`); the run is new (epoch 1, a fresh
+            optimizer and schedule), unlike ``resume``.
 
     Returns:
         The :class:`~cnncli.events.RunEnded` event.
@@ -78,6 +83,9 @@ def train(cfg: Config, on_event: EventHandler, *, resume: str | Path | None = No
     if resume is not None and overwrite:
         raise CnncliError("--resume never overwrites a run folder: drop --overwrite (without --out the run "
                           "continues in the checkpoint's own folder; with --out NEWDIR in a new one)")
+    if resume is not None and weights is not None:
+        raise CnncliError("--weights starts a new run from trained weights, --resume continues a run where it "
+                          "stopped: give one of them")
     ck = None
     if resume is not None:
         ck = checkpoint.load(resume)
@@ -96,6 +104,10 @@ def train(cfg: Config, on_event: EventHandler, *, resume: str | Path | None = No
         model = build_model(cfg, data.train.image_shape, num_classes=data.num_classes)
     else:
         check_fits(cfg, model, data.train.image_shape, data.num_classes)
+    if weights is not None:
+        from cnncli.export.weights import load_weights
+
+        load_weights(weights, model)          # refused weights leave no run folder behind
     # refused batch sizes leave no run folder behind
     check_batch(model, min(cfg.train.batch_size, len(data.train)),
                 *((batch_size_flag, None) if batch_size_flag else ("train.batch_size", cfg.source)))
