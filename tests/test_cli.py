@@ -318,7 +318,9 @@ def test_ctrl_c_saves_state_beside_the_last_finished_epoch(write_config, mnist_s
 
     line = next(l for l in stderr.splitlines() if l.startswith("resume with: "))
     args = shlex.split(line[len("resume with: "):])
-    assert args == ["cnncli", "train", str(cfg), "--set", "train.epochs=100000", "--resume", str(out / "last.npz")]
+    # mid-epoch the interrupted state itself resumes (issue 16); at an epoch's end, last.npz
+    stopped_at = out / ("interrupted.npz" if stopped.meta.get("batch") else "last.npz")
+    assert args == ["cnncli", "train", str(cfg), "--set", "train.epochs=100000", "--resume", str(stopped_at)]
     finished = last.meta["epoch"]
     resumed = runner.invoke(app, [*args[1:], "--epochs", str(finished + 1), "-q"])
     assert resumed.exit_code == 0, resumed.output
