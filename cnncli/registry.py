@@ -102,11 +102,19 @@ class Registry(Mapping):
     def options(self, obj: Any) -> dict[str, inspect.Parameter]:
         """The YAML options of a registered class or function: its constructor's (or its own)
         parameters, less ``self``, ``*args``/``**kwargs``, the registry's ``supplied``
-        arguments and a layer's ``inferred`` sizes, in signature order."""
+        arguments and a layer's ``inferred`` sizes, in signature order. A class constructor
+        with ``**kwargs`` forwards them to its base class: the base's keyword-only options
+        follow (the warmup options every schedule shares)."""
         sig = inspect.signature(obj.__init__ if isinstance(obj, type) else obj)
         skip = {"self", *self.supplied, *getattr(obj, "inferred", {})}
-        return {n: p for n, p in sig.parameters.items()
-                if n not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        out = {n: p for n, p in sig.parameters.items()
+               if n not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        if isinstance(obj, type) and any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            base = next((b for b in obj.__mro__[1:] if "__init__" in vars(b)), object)
+            if base is not object:
+                out.update({n: p for n, p in self.options(base).items()
+                            if n not in out and p.kind is p.KEYWORD_ONLY})
+        return out
 
     def required(self, obj: Any) -> list[str]:
         """The options of ``obj`` without a default."""

@@ -140,7 +140,7 @@ def lrs(name, opts, base=0.1, epochs=10, spe=1, per_step=False):
 
 def test_every_schedule_has_a_formula_test():
     assert set(SCHEDULES) == {"constant", "step", "multistep", "exponential", "cosine", "onecycle",
-                              "reduce_on_plateau"}
+                              "reduce_on_plateau", "inv", "poly", "sigmoid"}   # the last three: test_schedules_more
 
 
 def test_closed_forms():
