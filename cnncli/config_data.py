@@ -250,10 +250,19 @@ def _normalization(values: dict[str, Any], raw: Any, problems: list[Problem]) ->
 
 
 
+def _named_classes(name: str) -> tuple[str, ...] | None:
+    """The class names the catalog gives the named dataset (None for EMNIST's, read from its files)."""
+    from cnncli.catalog import DATASETS
+
+    return DATASETS[name].classes
+
+
 def _data_source(values: dict[str, Any], raw: Any, problems: list[Problem], present: bool,
                  overridden: Any = (), line: int | None = None) -> None:
     """Exactly one of data.name, data.path, data.train says where the data is. One given with
-    ``--set`` replaces the file's (``--set data.path=x.npz`` on a config with ``data.name``)."""
+    ``--set`` replaces the file's (``--set data.path=x.npz`` on a config with ``data.name``);
+    a replaced ``data.name`` leaves its class names as ``data.classes`` (unless given): the
+    file says which dataset, the command line where another copy of it is."""
     if not present or (raw is not None and not isinstance(raw, dict)):
         return                                           # the missing or malformed section is reported
     if raw is None:                                      # `data:` with nothing under it (or --set data=)
@@ -263,6 +272,8 @@ def _data_source(values: dict[str, Any], raw: Any, problems: list[Problem], pres
     if len(given) > 1 and from_cli & set(given) and not set(given) <= from_cli:
         for k in given:
             if k not in from_cli:
+                if k == "name" and values.get("classes") is None:
+                    values["classes"] = _named_classes(values["name"])
                 values[k] = None
                 follower = {"name": "root", "train": "test"}.get(k)
                 if follower and follower not in from_cli:
