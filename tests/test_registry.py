@@ -67,7 +67,8 @@ def test_one_options_rule_for_every_registry():
     assert list(SCHEDULES.options(SCHEDULES["step"])) == ["step_size", "gamma", "interval",
                                                          "warmup_epochs", "warmup_steps"]   # **common: the base's
     assert list(SCHEDULES.options(SCHEDULES["constant"])) == ["warmup_epochs", "warmup_steps"]
-    assert list(INITIALIZERS) == ["he_normal", "he_uniform", "xavier_normal", "xavier_uniform", "torch_default"]
+    assert list(INITIALIZERS) == ["he_normal", "he_uniform", "xavier_normal", "xavier_uniform", "torch_default",
+                                  "lecun_uniform", "lecun_normal"]
     assert all(INITIALIZERS.options(f) == {} for f in INITIALIZERS.values())
     with pytest.raises(KeyError, match="unknown layer 'rleu'. Did you mean 'relu'. Run 'cnncli layers'"):
         LAYERS.get("rleu")
