@@ -28,7 +28,10 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the data is and how each batch is normalized: x = (pixel/255 - mean) / std.
+    """Where the data is and how each batch is normalized: x = (pixel * scale - mean) / std,
+    ``scale`` 1/255 unless ``data.scale`` is given (Caffe's ``transform_param scale``: with
+    it, ``mean`` and ``std`` are numbers in the scaled units, e.g. 0 and 1 for Caffe's plain
+    multiplier; ``auto`` would cancel the scale and is refused).
 
     Exactly one of ``name`` (a named dataset, see ``cnncli.catalog``), ``path`` (a dataset
     folder or file) or ``train`` (with optional ``test``) says where the data is; the
@@ -42,6 +45,7 @@ class DataConfig:
     val_split: float | int = 0.1
     mean: float | tuple[float, ...] | str = "auto"
     std: float | tuple[float, ...] | str = "auto"
+    scale: float | None = None
     train_limit: int | None = None
     test_limit: int | None = None
     augment: AugmentConfig = AugmentConfig()
@@ -193,6 +197,7 @@ DATA_CHECKS: Checks = {
     "val_split": _val_split,
     "mean": _normalizer("mean", positive=False),
     "std": _normalizer("std", positive=True),
+    "scale": lambda v: None if v is None else check_float("scale", v, 0.0, 1.0, low_open=True),
     "train_limit": _optional_positive_int("train_limit"),
     "test_limit": _optional_positive_int("test_limit"),
     "augment": None,          # checked by _augment
@@ -227,7 +232,15 @@ def _normalization(values: dict[str, Any], raw: Any, problems: list[Problem]) ->
     """Refuse a mean/std that maps pixels to absurd values (a std of 1e-300 would turn every
     batch into inf and the run into NaN, reported as divergence instead of as the config's fault),
     and per-channel lists of different lengths. ``auto`` is checked when it is computed."""
-    mean, std = values.get("mean"), values.get("std")
+    mean, std, scale = values.get("mean"), values.get("std"), values.get("scale")
+    if scale is not None and "auto" in (mean, std):
+        problems.append(Problem("data.scale", f"is {scale:g} but data.{'mean' if mean == 'auto' else 'std'} is "
+                                f"'auto', which would standardize the scaled pixels and cancel the scale. Give "
+                                f"data.mean and data.std in the scaled units: mean: 0, std: 1 for Caffe's plain "
+                                f"multiplier (x = pixel * scale); or remove data.scale",
+                                line_of(raw, "scale") if isinstance(raw, dict) else None))
+        return
+    top = 1.0 if scale is None else 255.0 * scale               # the largest scaled pixel
     if "auto" in (mean, std) or not isinstance(mean, (float, tuple)) or not isinstance(std, (float, tuple)):
         return                                           # computed later, or already reported
     means = mean if isinstance(mean, tuple) else (mean,)
@@ -239,7 +252,7 @@ def _normalization(values: dict[str, Any], raw: Any, problems: list[Problem]) ->
         return
     n = max(len(means), len(stds))
     for m, s in zip(means * (n // len(means)), stds * (n // len(stds))):
-        reach = max(abs((0.0 - m) / s), abs((1.0 - m) / s))
+        reach = max(abs((0.0 - m) / s), abs((top - m) / s))
         if reach > MAX_NORMALIZED:
             key = "std" if isinstance(raw, dict) and "std" in raw else "mean"
             problems.append(Problem(f"data.{key}", f"mean {m:g} and std {s:g} map pixels to values up to "

@@ -173,7 +173,7 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
                         tuple(resume_changes(resolved, resume)) if resume is not None else (),
                         int(steps < math.ceil(len(data.train) / t.batch_size)), repaired))
         t_run = time.perf_counter()
-        lut = pixel_lut(resolved.data.mean, resolved.data.std, model.dtype)
+        lut = pixel_lut(resolved.data.mean, resolved.data.std, model.dtype, resolved.data.scale)
         with threads.limit(t.threads):
             stopped_early = _epochs(state, data, lut, augment if augment.active else None, emit, writer)
             test = _test(state, data, lut)
