@@ -19,11 +19,15 @@ from cnncli.yamlio import line_of
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Random augmentation of training batches (``cnncli.augment.Augment``): shift by up to
-    ``translate`` pixels (zero fill), horizontal flip with probability 0.5 if ``hflip``."""
+    """Random augmentation of training batches (``cnncli.augment.Augment``): rotate by up to
+    ``rotate`` degrees and scale by a factor in [1 - zoom, 1 + zoom] (bilinear, zero fill),
+    shift by up to ``translate`` pixels (zero fill), horizontal flip with probability 0.5 if
+    ``hflip``."""
 
     translate: int = 0
     hflip: bool = False
+    rotate: float = 0.0
+    zoom: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -213,11 +217,13 @@ DATA_CHECKS: Checks = {
 
 #: ``data.augment`` keys -> checks.
 AUGMENT_CHECKS: Checks = {"translate": lambda v: check_int("translate", v, 0, 64),
-                          "hflip": lambda v: check_bool("hflip", v)}
+                          "hflip": lambda v: check_bool("hflip", v),
+                          "rotate": lambda v: check_float("rotate", v, 0.0, 180.0),
+                          "zoom": lambda v: check_float("zoom", v, 0.0, 0.9)}
 
 
 def _augment(raw, container, problems: list[Problem]) -> AugmentConfig:
-    """``data.augment``: absent/null (off) or ``{translate: pixels, hflip: bool}``."""
+    """``data.augment``: absent/null (off) or ``{translate: pixels, hflip: bool, rotate: degrees, zoom: fraction}``."""
     if raw is None:
         return AugmentConfig()
     return AugmentConfig(**check_section("data.augment", raw, problems, line_of(container, "augment"),
