@@ -37,40 +37,91 @@ def translate_batch(images: np.ndarray, shifts_y: np.ndarray, shifts_x: np.ndarr
     return windows[np.arange(N), :, shifts_y + n, shifts_x + n]
 
 
-class Augment:
-    """Random pad-and-crop translation and horizontal flip of uint8 NCHW batches.
+def affine_batch(images: np.ndarray, angles: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """Rotate each image by its angle (degrees, counter-clockwise as displayed, row 0 on top)
+    and scale it by its factor (> 1 enlarges) about the image centre, sampling bilinearly with
+    zero fill, rounded back to the input's integer dtype (torchvision's ``RandomAffine(degrees,
+    scale=...)`` with bilinear interpolation; 90 degrees is ``np.rot90`` for a square image).
 
-    Per image: a shift (dy, dx), each uniform in [-translate, translate] (zero fill, as
-    torchvision ``RandomCrop(H, padding=translate)``), then with ``hflip`` a left-right flip
-    with probability 0.5 (``RandomHorizontalFlip()``). Every batch draws, in this order,
-    N values of dy, N of dx, then N flip coins, from ``rng``.
+    Output pixel (i, j), centred as u = i - (H-1)/2, v = j - (W-1)/2, reads the input at
+    ((cos a * u + sin a * v) / s + (H-1)/2, (-sin a * u + cos a * v) / s + (W-1)/2).
+
+    Args:
+        images: (N, C, H, W) uint8 (or any integer dtype of values 0-255).
+        angles, factors: (N,) floats.
+
+    Returns:
+        A new (N, C, H, W) array of the input's dtype; angle 0 and factor 1 give the image.
+    """
+    N, C, H, W = images.shape
+    a = np.deg2rad(np.asarray(angles, dtype=np.float64))[:, None, None]          # (N, 1, 1)
+    s = np.asarray(factors, dtype=np.float64)[:, None, None]
+    cy, cx = (H - 1) / 2.0, (W - 1) / 2.0
+    u = (np.arange(H, dtype=np.float64) - cy)[None, :, None]                      # (1, H, 1)
+    v = (np.arange(W, dtype=np.float64) - cx)[None, None, :]                      # (1, 1, W)
+    sy = (np.cos(a) * u + np.sin(a) * v) / s + cy                                # (N, H, W)
+    sx = (-np.sin(a) * u + np.cos(a) * v) / s + cx
+    y0, x0 = np.floor(sy), np.floor(sx)
+    wy, wx = (sy - y0)[:, None], (sx - x0)[:, None]                              # (N, 1, H, W)
+    padded = np.pad(images, ((0, 0), (0, 0), (1, 1), (1, 1))).astype(np.float32)  # zero ring: outside reads 0
+    n = np.arange(N)[:, None, None]
+
+    def at(yy, xx):   # (N, C, H, W): the padded pixel, every index outside the image clipped onto the ring
+        yy = np.clip(yy, -1, H).astype(np.intp) + 1
+        xx = np.clip(xx, -1, W).astype(np.intp) + 1
+        return padded[n, :, yy, xx].transpose(0, 3, 1, 2)
+
+    out = ((1 - wy) * ((1 - wx) * at(y0, x0) + wx * at(y0, x0 + 1))
+           + wy * ((1 - wx) * at(y0 + 1, x0) + wx * at(y0 + 1, x0 + 1)))
+    return np.clip(np.rint(out), 0, 255).astype(images.dtype)
+
+
+class Augment:
+    """Random rotation and scaling, pad-and-crop translation and horizontal flip of uint8 NCHW batches.
+
+    Per image: with ``rotate`` or ``zoom``, an angle uniform in [-rotate, rotate] degrees and a
+    scale factor uniform in [1 - zoom, 1 + zoom] (:func:`affine_batch`); then a shift (dy, dx),
+    each uniform in [-translate, translate] (zero fill, as torchvision ``RandomCrop(H,
+    padding=translate)``); then with ``hflip`` a left-right flip with probability 0.5
+    (``RandomHorizontalFlip()``). Every batch draws, in this order and only for the parts
+    that are on, N angles, N factors, N values of dy, N of dx, then N flip coins, from ``rng``
+    (so a config without rotate/zoom draws what it drew before they existed).
 
     Args:
         translate: Largest shift in pixels (>= 0). Default: 0 (off).
         hflip: Random horizontal flips (leave off for digits). Default: false.
+        rotate: Largest rotation in degrees (>= 0). Default: 0 (off).
+        zoom: Largest relative change of scale, in [0, 1) (Keras's ``zoom_range``). Default: 0 (off).
         rng: The generator (the trainer derives it from the run seed).
 
     Shape:
         Input (N, C, H, W); output a new array of the same shape and dtype.
     """
 
-    def __init__(self, translate: int = 0, hflip: bool = False, *, rng: np.random.Generator):
+    def __init__(self, translate: int = 0, hflip: bool = False, rotate: float = 0.0, zoom: float = 0.0,
+                 *, rng: np.random.Generator):
         self.translate = int(translate)
         self.hflip = bool(hflip)
+        self.rotate = float(rotate)
+        self.zoom = float(zoom)
         self.rng = rng
 
     @property
     def active(self) -> bool:
-        return self.translate > 0 or self.hflip
+        return self.translate > 0 or self.hflip or self.rotate > 0 or self.zoom > 0
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         N = len(images)
         out = images
+        if self.rotate or self.zoom:
+            angles = self.rng.uniform(-self.rotate, self.rotate, N) if self.rotate else np.zeros(N)
+            factors = self.rng.uniform(1 - self.zoom, 1 + self.zoom, N) if self.zoom else np.ones(N)
+            out = affine_batch(images, angles, factors)
         if self.translate:
             n = self.translate
             dy = self.rng.integers(-n, n + 1, size=N)
             dx = self.rng.integers(-n, n + 1, size=N)
-            out = translate_batch(images, dy, dx, n)
+            out = translate_batch(out, dy, dx, n)
         if self.hflip:
             flip = self.rng.random(N) < 0.5
             if out is images:

@@ -12,8 +12,8 @@
 ``--to DIR``, so a downloaded dataset is found by name afterwards.
 
 Checksums are SHA-256 of the files as their sources serve them, each with the place it
-was published; where we hold the data (MNIST in ``data/mnist``, Fashion-MNIST in the
-shared datasets folder), the SHA-256 of the *unpacked* IDX content was computed here
+was published; where we hold the data (MNIST in ``data/mnist``, Fashion-MNIST in
+``data/fashion-mnist``), the SHA-256 of the *unpacked* IDX content was computed here
 too, which also accepts mirrors that re-compressed the files (ours did: see
 ``data/README.md``). This module is plain data: no network, no numpy.
 """
@@ -111,7 +111,7 @@ _MNIST = DatasetInfo(
 # ---------------------------------------------------------------- Fashion-MNIST
 # Source: Zalando Research's S3 bucket (github.com/zalandoresearch/fashion-mnist README).
 # SHA-256 of the served .gz files: tensorflow/datasets url_checksums/fashion_mnist.txt.
-# SHA-256 unpacked: computed here from the copy in shared/datasets/fashion-mnist
+# SHA-256 unpacked: computed here from the copy shipped in data/fashion-mnist
 # (`gzip -dc FILE | sha256sum`; that copy was re-compressed, its .gz sizes differ).
 _FASHION = DatasetInfo(
     name="fashion-mnist",
@@ -133,8 +133,7 @@ _FASHION = DatasetInfo(
                    "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
                    "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
     ),
-    checksum_source="tensorflow/datasets url_checksums/fashion_mnist.txt; unpacked: computed from "
-                    "shared/datasets/fashion-mnist",
+    checksum_source="tensorflow/datasets url_checksums/fashion_mnist.txt; unpacked: data/README.md",
     classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
              "Ankle boot"),
 )

@@ -24,8 +24,8 @@ def data_download(
     to: Optional[Path] = typer.Option(None, "--to", metavar="DIR", help="Data root to write under: files go to "
                                       "DIR/NAME (default: $CNNCLI_DATA_DIR, else ./data)."),
     mirror: Optional[str] = typer.Option(None, "--mirror", metavar="URL", envvar="CNNCLI_MIRROR",
-                                         help="Base URL of a mirror serving the same file names "
-                                              "(or set CNNCLI_MIRROR)."),
+                                         help="Base URL of a mirror serving the same file names: "
+                                              "http(s)://... or file:///local/folder/ (or set CNNCLI_MIRROR)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
     """Download a named dataset from its public source, checked against SHA-256 sums pinned in cnncli.

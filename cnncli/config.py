@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnncli.checks import check_choice, check_float, check_int
+from cnncli.checks import OptionError, check_choice, check_float, check_int
 from cnncli.config_data import (DATA_CHECKS, AugmentConfig, DataConfig, check_data, check_path, check_shape,
                                 validate_data)
 from cnncli.config_sections import Checks, check_section, defaults_of, kind_of, raise_problems
@@ -171,7 +171,13 @@ def _non_negative_int(name):
 
 
 def _input_shape(v):
-    return check_shape(v, "input_shape", (1, 3), "[C, H, W] or [F]", "an input")
+    shape = check_shape(v, "input_shape", (1, 3), "[C, H, W] or [F]", "an input")
+    if len(shape) == 3 and shape[2] in (1, 3, 4) and min(shape[0], shape[1]) > 4:
+        # [28, 28, 1] would be 28 channels of 28x1 images: Keras's channels-last habit
+        raise OptionError("input_shape", f"{list(shape)} is channels-last (Keras's [H, W, C]); cnncli is "
+                          f"channels-first, [C, H, W]: write [{shape[2]}, {shape[0]}, {shape[1]}] (or leave "
+                          f"model.input_shape out: it is inferred from the data)")
+    return shape
 
 
 

@@ -19,16 +19,23 @@ from cnncli.yamlio import line_of
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Random augmentation of training batches (``cnncli.augment.Augment``): shift by up to
-    ``translate`` pixels (zero fill), horizontal flip with probability 0.5 if ``hflip``."""
+    """Random augmentation of training batches (``cnncli.augment.Augment``): rotate by up to
+    ``rotate`` degrees and scale by a factor in [1 - zoom, 1 + zoom] (bilinear, zero fill),
+    shift by up to ``translate`` pixels (zero fill), horizontal flip with probability 0.5 if
+    ``hflip``."""
 
     translate: int = 0
     hflip: bool = False
+    rotate: float = 0.0
+    zoom: float = 0.0
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the data is and how each batch is normalized: x = (pixel/255 - mean) / std.
+    """Where the data is and how each batch is normalized: x = (pixel * scale - mean) / std,
+    ``scale`` 1/255 unless ``data.scale`` is given (Caffe's ``transform_param scale``: with
+    it, ``mean`` and ``std`` are numbers in the scaled units, e.g. 0 and 1 for Caffe's plain
+    multiplier; ``auto`` would cancel the scale and is refused).
 
     Exactly one of ``name`` (a named dataset, see ``cnncli.catalog``), ``path`` (a dataset
     folder or file) or ``train`` (with optional ``test``) says where the data is; the
@@ -44,6 +51,7 @@ class DataConfig:
     val_split: float | int = 0.1
     mean: float | tuple[float, ...] | str = "auto"
     std: float | tuple[float, ...] | str = "auto"
+    scale: float | None = None
     train_limit: int | None = None
     test_limit: int | None = None
     augment: AugmentConfig = AugmentConfig()
@@ -197,6 +205,7 @@ DATA_CHECKS: Checks = {
     "validate_on": lambda v: check_choice("validate_on", v, ("val", "test")),
     "mean": _normalizer("mean", positive=False),
     "std": _normalizer("std", positive=True),
+    "scale": lambda v: None if v is None else check_float("scale", v, 0.0, 1.0, low_open=True),
     "train_limit": _optional_positive_int("train_limit"),
     "test_limit": _optional_positive_int("test_limit"),
     "augment": None,          # checked by _augment
@@ -212,11 +221,13 @@ DATA_CHECKS: Checks = {
 
 #: ``data.augment`` keys -> checks.
 AUGMENT_CHECKS: Checks = {"translate": lambda v: check_int("translate", v, 0, 64),
-                          "hflip": lambda v: check_bool("hflip", v)}
+                          "hflip": lambda v: check_bool("hflip", v),
+                          "rotate": lambda v: check_float("rotate", v, 0.0, 180.0),
+                          "zoom": lambda v: check_float("zoom", v, 0.0, 0.9)}
 
 
 def _augment(raw, container, problems: list[Problem]) -> AugmentConfig:
-    """``data.augment``: absent/null (off) or ``{translate: pixels, hflip: bool}``."""
+    """``data.augment``: absent/null (off) or ``{translate: pixels, hflip: bool, rotate: degrees, zoom: fraction}``."""
     if raw is None:
         return AugmentConfig()
     return AugmentConfig(**check_section("data.augment", raw, problems, line_of(container, "augment"),
@@ -231,7 +242,15 @@ def _normalization(values: dict[str, Any], raw: Any, problems: list[Problem]) ->
     """Refuse a mean/std that maps pixels to absurd values (a std of 1e-300 would turn every
     batch into inf and the run into NaN, reported as divergence instead of as the config's fault),
     and per-channel lists of different lengths. ``auto`` is checked when it is computed."""
-    mean, std = values.get("mean"), values.get("std")
+    mean, std, scale = values.get("mean"), values.get("std"), values.get("scale")
+    if scale is not None and "auto" in (mean, std):
+        problems.append(Problem("data.scale", f"is {scale:g} but data.{'mean' if mean == 'auto' else 'std'} is "
+                                f"'auto', which would standardize the scaled pixels and cancel the scale. Give "
+                                f"data.mean and data.std in the scaled units: mean: 0, std: 1 for Caffe's plain "
+                                f"multiplier (x = pixel * scale); or remove data.scale",
+                                line_of(raw, "scale") if isinstance(raw, dict) else None))
+        return
+    top = 1.0 if scale is None else 255.0 * scale               # the largest scaled pixel
     if "auto" in (mean, std) or not isinstance(mean, (float, tuple)) or not isinstance(std, (float, tuple)):
         return                                           # computed later, or already reported
     means = mean if isinstance(mean, tuple) else (mean,)
@@ -243,7 +262,7 @@ def _normalization(values: dict[str, Any], raw: Any, problems: list[Problem]) ->
         return
     n = max(len(means), len(stds))
     for m, s in zip(means * (n // len(means)), stds * (n // len(stds))):
-        reach = max(abs((0.0 - m) / s), abs((1.0 - m) / s))
+        reach = max(abs((0.0 - m) / s), abs((top - m) / s))
         if reach > MAX_NORMALIZED:
             key = "std" if isinstance(raw, dict) and "std" in raw else "mean"
             problems.append(Problem(f"data.{key}", f"mean {m:g} and std {s:g} map pixels to values up to "
@@ -254,10 +273,19 @@ def _normalization(values: dict[str, Any], raw: Any, problems: list[Problem]) ->
 
 
 
+def _named_classes(name: str) -> tuple[str, ...] | None:
+    """The class names the catalog gives the named dataset (None for EMNIST's, read from its files)."""
+    from cnncli.catalog import DATASETS
+
+    return DATASETS[name].classes
+
+
 def _data_source(values: dict[str, Any], raw: Any, problems: list[Problem], present: bool,
                  overridden: Any = (), line: int | None = None) -> None:
     """Exactly one of data.name, data.path, data.train says where the data is. One given with
-    ``--set`` replaces the file's (``--set data.path=x.npz`` on a config with ``data.name``)."""
+    ``--set`` replaces the file's (``--set data.path=x.npz`` on a config with ``data.name``);
+    a replaced ``data.name`` leaves its class names as ``data.classes`` (unless given): the
+    file says which dataset, the command line where another copy of it is."""
     if not present or (raw is not None and not isinstance(raw, dict)):
         return                                           # the missing or malformed section is reported
     if raw is None:                                      # `data:` with nothing under it (or --set data=)
@@ -267,6 +295,8 @@ def _data_source(values: dict[str, Any], raw: Any, problems: list[Problem], pres
     if len(given) > 1 and from_cli & set(given) and not set(given) <= from_cli:
         for k in given:
             if k not in from_cli:
+                if k == "name" and values.get("classes") is None:
+                    values["classes"] = _named_classes(values["name"])
                 values[k] = None
                 follower = {"name": "root", "train": "test"}.get(k)
                 if follower and follower not in from_cli:

@@ -136,8 +136,11 @@ def resolved_config(cfg: Config, data: Data) -> Config:
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **changes))
 
 
-def pixel_lut(mean: float | tuple[float, ...], std: float | tuple[float, ...], dtype=np.float32) -> np.ndarray:
-    """The normalized values (v/255 - mean)/std of a uint8 pixel v: a batch is one gather.
+def pixel_lut(mean: float | tuple[float, ...], std: float | tuple[float, ...], dtype=np.float32,
+              scale: float | None = None) -> np.ndarray:
+    """The normalized values (v * scale - mean)/std of a uint8 pixel v: a batch is one gather.
+
+    ``scale`` is ``data.scale``; None is 1/255 (computed as v / 255).
 
     Returns:
         ``(256,)`` for one mean and std; ``(C, 256)`` when either is a per-channel list.
@@ -149,7 +152,8 @@ def pixel_lut(mean: float | tuple[float, ...], std: float | tuple[float, ...], d
         raise ValueError(f"normalization {mean!r}/{std!r} is not resolved to numbers")
     m = np.atleast_1d(np.asarray(mean, dtype=np.float64))
     s = np.atleast_1d(np.asarray(std, dtype=np.float64))
-    levels = np.arange(256, dtype=np.float64) / 255.0
+    levels = np.arange(256, dtype=np.float64)
+    levels = levels / 255.0 if scale is None else levels * float(scale)
     if m.size == 1 and s.size == 1:
         return ((levels - m[0]) / s[0]).astype(dtype)
     return ((levels[None, :] - m[:, None]) / s[:, None]).astype(dtype)

@@ -8,7 +8,9 @@ and the next run resumes it with an HTTP ``Range`` request (starting over when t
 does not honour it). A file already in place is verified, not fetched again.
 
 ``--mirror URL`` (or the environment variable ``CNNCLI_MIRROR``) replaces the source's
-base URL: the mirror must serve the same file names (e.g. ``URL/train-images-idx3-ubyte.gz``).
+base URL: the mirror must serve the same file names (e.g. ``URL/train-images-idx3-ubyte.gz``);
+``file:///folder/`` reads them from a local folder. A download that fails leaves no folder
+it created empty (``data list`` would report an empty folder as found).
 For gzip files whose content we hold (MNIST, Fashion-MNIST), a mirror's re-compressed copy
 is accepted when its unpacked content has the pinned unpacked SHA-256.
 
@@ -125,7 +127,8 @@ def _url(base: str, name: str) -> str:
 
 
 def check_mirror(mirror: str) -> str:
-    """``mirror`` if it is an http(s) URL.
+    """``mirror`` if it is an http(s) URL or a ``file:///`` URL of a local folder (urllib reads it;
+    a file needs no resume, so it is always read whole).
 
     Raises:
         DownloadError: Otherwise.
@@ -136,9 +139,15 @@ def check_mirror(mirror: str) -> str:
     except ValueError as e:
         raise DownloadError(f"invalid --mirror URL {mirror!r} ({e}); give the base URL that serves the dataset's "
                             f"files, e.g. --mirror https://example.org/mnist/ (IPv6: http://[::1]:8000/)") from None
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise DownloadError(f"mirror {mirror!r}: a file:// mirror names a local folder by its absolute path, "
+                                f"e.g. --mirror file:///srv/datasets/mnist/ (three slashes)")
+        return mirror
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise DownloadError(f"mirror {mirror!r} is not an http:// or https:// URL; give the base URL that serves "
-                            f"the dataset's files, e.g. --mirror https://example.org/mnist/")
+        raise DownloadError(f"mirror {mirror!r} is not an http://, https:// or file:// URL; give the base URL that "
+                            f"serves the dataset's files, e.g. --mirror https://example.org/mnist/ or "
+                            f"--mirror file:///srv/datasets/mnist/")
     return mirror
 
 
@@ -200,7 +209,8 @@ def fetch(url: str, dest: Path, remote: RemoteFile, on_event: EventHandler = _ig
                 continue
             raise DownloadError(f"{url}: the server answered HTTP {e.code} {e.reason}.{_resume_hint(part)}") from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-            raise DownloadError(f"cannot download {url}: {_reason(e)}. Check the network connection."
+            check = "Check the folder" if url.startswith("file:") else "Check the network connection"
+            raise DownloadError(f"cannot download {url}: {_reason(e)}. {check}."
                                 f"{_resume_hint(part)}") from None
         with response:
             status = getattr(response, "status", 200)
@@ -353,12 +363,22 @@ def download(name: str, to: str | os.PathLike | None = None, mirror: str | None 
     if mirror is not None:
         check_mirror(mirror)
     folder = root / info.name
-    if info.archive is not None:
-        a = info.archive
-        archive = root / a.folder / a.file.name
-        fetch(_url(mirror or a.base_url, a.file.name), archive, a.file, on_event, timeout)
-        _extract(archive, a.members, info.split or "", folder, on_event)
-        return folder
-    for remote in info.files:
-        fetch(_url(mirror or info.base_url, remote.name), folder / remote.name, remote, on_event, timeout)
+    archive_folder = root / info.archive.folder if info.archive is not None else None
+    new = [f for f in (folder, archive_folder) if f is not None and not f.exists()]
+    try:
+        if info.archive is not None:
+            a = info.archive
+            archive = root / a.folder / a.file.name
+            fetch(_url(mirror or a.base_url, a.file.name), archive, a.file, on_event, timeout)
+            _extract(archive, a.members, info.split or "", folder, on_event)
+            return folder
+        for remote in info.files:
+            fetch(_url(mirror or info.base_url, remote.name), folder / remote.name, remote, on_event, timeout)
+    except BaseException:
+        for f in new:                  # a folder this call made and left empty would look like a dataset
+            try:
+                f.rmdir()              # only if empty: a .part kept for resuming stays
+            except OSError:
+                pass
+        raise
     return folder

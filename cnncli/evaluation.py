@@ -214,7 +214,7 @@ def stored_lut(ck: checkpoint.Checkpoint, cfg: Config) -> np.ndarray:
         CheckpointError: If the stored data.mean/data.std are not numbers.
     """
     try:
-        return pixel_lut(cfg.data.mean, cfg.data.std, np.float32)
+        return pixel_lut(cfg.data.mean, cfg.data.std, np.float32, cfg.data.scale)
     except ValueError:
         raise CheckpointError(f"{ck.path}: its stored config holds no computed normalization (data.mean "
                               f"{cfg.data.mean!r}, data.std {cfg.data.std!r}); it was not written by "
@@ -235,7 +235,7 @@ def predict_proba(model: Model, cfg: Config, images: np.ndarray, batch_size: int
         raise DataError(f"images of shape {tuple(images.shape[1:])}, but the model takes {shape}"
                         + (f" (channels, height, width); {fix_hint(shape)}" if len(shape) == 3 else ""))
     try:
-        lut = pixel_lut(cfg.data.mean, cfg.data.std, np.float32)
+        lut = pixel_lut(cfg.data.mean, cfg.data.std, np.float32, cfg.data.scale)
     except ValueError:
         raise CheckpointError(f"the model's config holds no computed normalization (data.mean {cfg.data.mean!r}); "
                               f"use a checkpoint written by 'cnncli train'") from None

@@ -348,13 +348,13 @@ def read_inputs(path: str | Path, cfg: Config, input_shape: tuple[int, ...], lim
 
 
 def _normalized(a: np.ndarray, cfg: Config, path: Path) -> np.ndarray:
-    """uint8 pixels -> (v/255 - mean) / std in float64, with the config's ``data.mean``/``data.std``."""
+    """uint8 pixels -> (v * scale - mean) / std in float64, with the config's ``data.scale``/``mean``/``std``."""
     mean, std = cfg.data.mean, cfg.data.std
     if "auto" in (mean, std):
         d = data.prepare_data(cfg)
         mean, std = d.mean, d.std
     try:
-        return data.normalize_batch(data.pixel_lut(mean, std, np.float64), a)
+        return data.normalize_batch(data.pixel_lut(mean, std, np.float64, cfg.data.scale), a)
     except ValueError as e:
         raise DataError(f"{path}: uint8 pixels cannot be normalized with data.mean/data.std: {e}") from None
 

@@ -125,8 +125,20 @@ def check_spec(spec: LayerSpec, values: bool = True) -> list[Problem]:
 
 
 def check_specs(specs: list[LayerSpec]) -> list[Problem]:
-    """:func:`check_spec` of every layer, in order."""
-    return [p for spec in specs for p in check_spec(spec)]
+    """:func:`check_spec` of every layer, in order, then the rule for the whole stack: it ends in
+    logits, not in a layer that ``outputs_probabilities`` (softmax, log_softmax)."""
+    problems = [p for spec in specs for p in check_spec(spec)]
+    last = specs[-1] if specs else None
+    try:
+        cls = LAYERS.get(last.type) if last is not None else None
+    except KeyError:
+        cls = None                                   # reported by check_spec
+    if cls is not None and cls.outputs_probabilities:
+        problems.append(Problem(last.path, f"the model ends with {cls.type_name}, but its output must be logits: "
+                                f"the loss applies log-softmax itself (as PyTorch's CrossEntropyLoss, Keras's "
+                                f"from_logits=True), and eval, predict and export read the output as logits. Remove "
+                                f"this last layer; eval and predict still report probabilities.", last.line))
+    return problems
 
 
 class Model:

@@ -122,6 +122,14 @@ class Optimizer:
         self.steps = steps
 
 
+def _betas(betas) -> tuple[float, float]:
+    """``betas`` checked as a pair of floats in [0, 1)."""
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+        raise OptionError("betas", f"must be a pair [b1, b2], got {betas!r}")
+    return (check_float("betas[0]", betas[0], 0.0, 1.0, high_open=True),
+            check_float("betas[1]", betas[1], 0.0, 1.0, high_open=True))
+
+
 @OPTIMIZERS.register("sgd")
 class SGD(Optimizer):
     """Stochastic gradient descent with momentum, as ``torch.optim.SGD``.
@@ -196,10 +204,7 @@ class Adam(Optimizer):
                  weight_decay: float = 0.0, exclude_bias_and_norm: bool = False,
                  *, norm_keys: Iterable[str] = ()):
         super().__init__(params, lr, weight_decay, exclude_bias_and_norm, norm_keys)
-        if not isinstance(betas, (list, tuple)) or len(betas) != 2:
-            raise OptionError("betas", f"must be a pair [b1, b2], got {betas!r}")
-        self.betas = (check_float("betas[0]", betas[0], 0.0, 1.0, high_open=True),
-                      check_float("betas[1]", betas[1], 0.0, 1.0, high_open=True))
+        self.betas = _betas(betas)
         self.eps = check_float("eps", eps, 0.0)
 
     def _update(self, key, p, g):
@@ -318,3 +323,212 @@ class RMSprop(Optimizer):
             p -= t(self.lr) * b
         else:
             p -= t(self.lr) * (g / d)
+
+
+@OPTIMIZERS.register("adadelta")
+class Adadelta(Optimizer):
+    """Adadelta, as ``torch.optim.Adadelta``.
+
+    g = grad + weight_decay * p; v = rho v + (1 - rho) g^2;
+    d = sqrt(u + eps) / sqrt(v + eps) * g; u = rho u + (1 - rho) d^2; p = p - lr d.
+    Both accumulators start at zero.
+
+    Args:
+        lr: Scales the step d. Default: 1.0 (Zeiler's rule has no learning rate).
+        rho: Decay of both running averages, in [0, 1]. Default: 0.9.
+        eps: Added inside both square roots (> 0, or every step is zero). Default: 1e-6.
+        weight_decay: L2 penalty added to the gradient. Default: 0.
+        exclude_bias_and_norm: No weight decay on biases and normalization weights. Default: false.
+
+    References:
+        Zeiler 2012, https://arxiv.org/abs/1212.5701;
+        https://pytorch.org/docs/stable/generated/torch.optim.Adadelta.html
+    """
+
+    state_names = ("square_avg", "acc_delta")
+
+    def __init__(self, params, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6, weight_decay: float = 0.0,
+                 exclude_bias_and_norm: bool = False, *, norm_keys: Iterable[str] = ()):
+        super().__init__(params, lr, weight_decay, exclude_bias_and_norm, norm_keys)
+        self.rho = check_float("rho", rho, 0.0, 1.0)
+        self.eps = check_float("eps", eps, 0.0, low_open=True)
+
+    def _update(self, key, p, g):
+        t = p.dtype.type
+        wd = self.decay(key)
+        if wd:
+            g = g + t(wd) * p
+        st = self.state[key]
+        if not st:
+            st["square_avg"] = np.zeros_like(p)
+            st["acc_delta"] = np.zeros_like(p)
+        v, u = st["square_avg"], st["acc_delta"]
+        v *= t(self.rho)
+        v += t(1 - self.rho) * np.square(g)
+        d = np.sqrt(u + t(self.eps))
+        d /= np.sqrt(v + t(self.eps))
+        d *= g
+        u *= t(self.rho)
+        u += t(1 - self.rho) * np.square(d)
+        p -= t(self.lr) * d
+
+
+@OPTIMIZERS.register("adagrad")
+class Adagrad(Optimizer):
+    """Adagrad, as ``torch.optim.Adagrad``.
+
+    g = grad + weight_decay * p; clr = lr / (1 + (t - 1) lr_decay) at step t = 1, 2, ...;
+    s = s + g^2 (s starts at ``initial_accumulator_value``); p = p - clr g / (sqrt(s) + eps).
+
+    Args:
+        lr: Learning rate. Default: 0.01.
+        lr_decay: Default: 0.
+        weight_decay: L2 penalty added to the gradient. Default: 0.
+        initial_accumulator_value: The start of s (>= 0). Default: 0.
+        eps: Added to the denominator. Default: 1e-10.
+        exclude_bias_and_norm: No weight decay on biases and normalization weights. Default: false.
+
+    References:
+        Duchi, Hazan & Singer 2011, https://jmlr.org/papers/v12/duchi11a.html;
+        https://pytorch.org/docs/stable/generated/torch.optim.Adagrad.html
+    """
+
+    state_names = ("sum",)
+
+    def __init__(self, params, lr: float = 0.01, lr_decay: float = 0.0, weight_decay: float = 0.0,
+                 initial_accumulator_value: float = 0.0, eps: float = 1e-10, exclude_bias_and_norm: bool = False,
+                 *, norm_keys: Iterable[str] = ()):
+        super().__init__(params, lr, weight_decay, exclude_bias_and_norm, norm_keys)
+        self.lr_decay = check_float("lr_decay", lr_decay, 0.0)
+        self.initial_accumulator_value = check_float("initial_accumulator_value", initial_accumulator_value, 0.0)
+        self.eps = check_float("eps", eps, 0.0)
+
+    def _update(self, key, p, g):
+        t = p.dtype.type
+        wd = self.decay(key)
+        if wd:
+            g = g + t(wd) * p
+        st = self.state[key]
+        if not st:
+            st["sum"] = np.full_like(p, self.initial_accumulator_value)
+        s = st["sum"]
+        s += np.square(g)
+        clr = self.lr / (1 + (self.steps - 1) * self.lr_decay)
+        d = np.sqrt(s)
+        d += t(self.eps)
+        p -= t(clr) * (g / d)
+
+
+@OPTIMIZERS.register("adamax")
+class Adamax(Optimizer):
+    """Adamax (Adam with the infinity norm), as ``torch.optim.Adamax``.
+
+    g = grad + weight_decay * p; m = b1 m + (1 - b1) g; u = max(b2 u, |g| + eps);
+    p = p - lr / (1 - b1^t) * m / u. Both start at zero.
+
+    Args:
+        lr: Learning rate. Default: 0.002.
+        betas: [b1, b2]. Default: [0.9, 0.999].
+        eps: Added to |g| (> 0, or a parameter with zero gradients divides by zero). Default: 1e-8.
+        weight_decay: L2 penalty added to the gradient. Default: 0.
+        exclude_bias_and_norm: No weight decay on biases and normalization weights. Default: false.
+
+    References:
+        Kingma & Ba 2014, section 7.1, https://arxiv.org/abs/1412.6980;
+        https://pytorch.org/docs/stable/generated/torch.optim.Adamax.html
+    """
+
+    state_names = ("exp_avg", "exp_inf")
+
+    def __init__(self, params, lr: float = 0.002, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 exclude_bias_and_norm: bool = False, *, norm_keys: Iterable[str] = ()):
+        super().__init__(params, lr, weight_decay, exclude_bias_and_norm, norm_keys)
+        self.betas = _betas(betas)
+        self.eps = check_float("eps", eps, 0.0, low_open=True)
+
+    def _update(self, key, p, g):
+        t = p.dtype.type
+        b1, b2 = self.betas
+        wd = self.decay(key)
+        if wd:
+            g = g + t(wd) * p
+        st = self.state[key]
+        if not st:
+            st["exp_avg"] = np.zeros_like(p)
+            st["exp_inf"] = np.zeros_like(p)
+        m, u = st["exp_avg"], st["exp_inf"]
+        m += t(1 - b1) * (g - m)                   # torch's lerp: b1 m + (1 - b1) g
+        u *= t(b2)
+        np.maximum(u, np.abs(g) + t(self.eps), out=u)
+        p -= t(self.lr / (1 - b1 ** self.steps)) * (m / u)
+
+
+@OPTIMIZERS.register("nadam")
+class NAdam(Optimizer):
+    """NAdam (Adam with Nesterov momentum), as ``torch.optim.NAdam``.
+
+    g = grad + weight_decay * p; at step t = 1, 2, ...: mu_t = b1 (1 - 0.5 * 0.96^(t psi))
+    with psi = ``momentum_decay``, P_t = mu_1 ... mu_t; m = b1 m + (1 - b1) g;
+    v = b2 v + (1 - b2) g^2; d = sqrt(v / (1 - b2^t)) + eps;
+    p = p - lr (1 - mu_t) / (1 - P_t) * g / d - lr mu_{t+1} / (1 - P_t mu_{t+1}) * m / d.
+    P_t depends on t alone, so it is recomputed from the step count, not stored.
+
+    Args:
+        lr: Learning rate. Default: 0.002.
+        betas: [b1, b2]. Default: [0.9, 0.999].
+        eps: Default: 1e-8.
+        weight_decay: L2 penalty added to the gradient. Default: 0.
+        momentum_decay: psi (>= 0). Default: 0.004.
+        exclude_bias_and_norm: No weight decay on biases and normalization weights. Default: false.
+
+    References:
+        Dozat 2016, "Incorporating Nesterov Momentum into Adam", ICLR workshop;
+        https://pytorch.org/docs/stable/generated/torch.optim.NAdam.html
+    """
+
+    state_names = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, params, lr: float = 0.002, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 momentum_decay: float = 0.004, exclude_bias_and_norm: bool = False,
+                 *, norm_keys: Iterable[str] = ()):
+        super().__init__(params, lr, weight_decay, exclude_bias_and_norm, norm_keys)
+        self.betas = _betas(betas)
+        self.eps = check_float("eps", eps, 0.0)
+        self.momentum_decay = check_float("momentum_decay", momentum_decay, 0.0)
+        self._mu_product = (0, 1.0)              # (t, P_t)
+
+    def _mu(self, t: int) -> float:
+        return self.betas[0] * (1.0 - 0.5 * 0.96 ** (t * self.momentum_decay))
+
+    def mu_product(self, t: int) -> float:
+        """P_t = mu_1 * ... * mu_t (1 for t = 0), multiplied in step order as torch does."""
+        done, product = self._mu_product
+        if done > t:
+            done, product = 0, 1.0
+        for k in range(done + 1, t + 1):
+            product *= self._mu(k)
+        self._mu_product = (t, product)
+        return product
+
+    def _update(self, key, p, g):
+        tp = p.dtype.type
+        b1, b2 = self.betas
+        t = self.steps
+        wd = self.decay(key)
+        if wd:
+            g = g + tp(wd) * p
+        st = self.state[key]
+        if not st:
+            st["exp_avg"] = np.zeros_like(p)
+            st["exp_avg_sq"] = np.zeros_like(p)
+        m, v = st["exp_avg"], st["exp_avg_sq"]
+        mu, mu_next = self._mu(t), self._mu(t + 1)
+        product = self.mu_product(t)
+        m += tp(1 - b1) * (g - m)
+        v *= tp(b2)
+        v += tp(1 - b2) * np.square(g)
+        d = v / tp(1 - b2 ** t)
+        np.sqrt(d, out=d)
+        d += tp(self.eps)
+        p -= tp(self.lr * (1 - mu) / (1 - product)) * (g / d)
+        p -= tp(self.lr * mu_next / (1 - product * mu_next)) * (m / d)

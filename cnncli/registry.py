@@ -28,12 +28,18 @@ class Registry(Mapping):
             layer; ``params`` of an optimizer; ``base_lr``, ``epochs``, ``steps_per_epoch``
             of a schedule): never YAML options.
         listing: How an "unknown name" message ends. Default: ``Choose one of a, b, c.``
+        habits: Option names of other frameworks -> (the option that means the same here, or
+            None; how to say the foreign name), for the hint on an unknown option. With an
+            option, the hint names it when the entry has it (``units`` -> ``out_features``);
+            with None, the text is the whole hint and ``{value}`` in it is the given value.
     """
 
-    def __init__(self, kind: str, supplied: tuple[str, ...] = (), listing: str | None = None):
+    def __init__(self, kind: str, supplied: tuple[str, ...] = (), listing: str | None = None,
+                 habits: Mapping[str, tuple[str | None, str]] | None = None):
         self.kind = kind
         self.supplied = tuple(supplied)
         self.listing = listing
+        self.habits = dict(habits or {})
         self._entries: dict[str, Any] = {}
         self._aliases: dict[str, str] = {}
 
@@ -102,15 +108,35 @@ class Registry(Mapping):
     def options(self, obj: Any) -> dict[str, inspect.Parameter]:
         """The YAML options of a registered class or function: its constructor's (or its own)
         parameters, less ``self``, ``*args``/``**kwargs``, the registry's ``supplied``
-        arguments and a layer's ``inferred`` sizes, in signature order."""
+        arguments and a layer's ``inferred`` sizes, in signature order. A class constructor
+        with ``**kwargs`` forwards them to its base class: the base's keyword-only options
+        follow (the warmup options every schedule shares)."""
         sig = inspect.signature(obj.__init__ if isinstance(obj, type) else obj)
         skip = {"self", *self.supplied, *getattr(obj, "inferred", {})}
-        return {n: p for n, p in sig.parameters.items()
-                if n not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        out = {n: p for n, p in sig.parameters.items()
+               if n not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        if isinstance(obj, type) and any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            base = next((b for b in obj.__mro__[1:] if "__init__" in vars(b)), object)
+            if base is not object:
+                out.update({n: p for n, p in self.options(base).items()
+                            if n not in out and p.kind is p.KEYWORD_ONLY})
+        return out
 
     def required(self, obj: Any) -> list[str]:
         """The options of ``obj`` without a default."""
         return [n for n, p in self.options(obj).items() if p.default is inspect.Parameter.empty]
+
+
+def _habit(registry: Registry, key: str, value: Any, allowed: Mapping[str, Any]) -> str:
+    """The hint for an option spelt as another framework spells it (``registry.habits``), or ""."""
+    if key not in registry.habits:
+        return ""
+    option, said = registry.habits[key]
+    if option is None:
+        return " " + said.replace("{value}", str(value) if isinstance(value, str) else "...")
+    if option in allowed:
+        return f" '{key}' is {said}; cnncli calls it '{option}'."
+    return ""
 
 
 def locate(e: Exception, type_name: str, path: str, line: int | None, options: dict[str, Any],
@@ -162,8 +188,8 @@ def check_block(registry: Registry, name: Any, options: dict[str, Any], *, path:
             problems.append(Problem(f"{path}.{k}", f"'{k}' of {type_name} is inferred from the previous layer's "
                                     f"output; remove it", option_lines.get(k) or line))
         elif k not in allowed:
-            hint = did_you_mean(str(k), allowed)
-            hinted.add(hint.split("'")[1] if hint else None)
+            hint = _habit(registry, str(k), options[k], allowed) or did_you_mean(str(k), allowed)
+            hinted.add(hint.split("'")[-2] if hint else None)
             problems.append(Problem(f"{path}.{k}", f"unknown option '{k}' for {type_name}.{hint} "
                                     f"Options: {', '.join(allowed) or 'none'}.", option_lines.get(k) or line))
     for k in registry.required(entry):

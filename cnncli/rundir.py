@@ -239,8 +239,8 @@ def _header_run_id(folder: Path) -> str | None:
 
 #: Settings compared between a resumed run's stored config and the config it resumes with
 #: (not train.seed: a resumed run's generators come back from the checkpoint).
-_RESUME_KEYS = ("data.path", "data.name", "data.train_limit", "data.val_split", "data.validate_on", "data.test_limit", "data.mean",
-                "data.std", "data.augment", "train.epochs", "train.batch_size", "train.optimizer",
+_RESUME_KEYS = ("data.path", "data.name", "data.train_limit", "data.val_split", "data.validate_on", "data.test_limit",
+                "data.mean", "data.std", "data.scale", "data.augment", "train.epochs", "train.batch_size", "train.optimizer",
                 "train.schedule", "train.grad_clip_norm", "train.label_smoothing")
 
 

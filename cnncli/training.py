@@ -171,7 +171,8 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
     run_id = resume.meta.get("run_id") if in_place and isinstance(resume.meta.get("run_id"), str) else None
     state = TrainState.create(cfg, resolved, model, len(data.train), data.val is not None, run_dir,
                               shuffle_rng, run_id)
-    augment = Augment(cfg.data.augment.translate, cfg.data.augment.hflip, rng=state.augment_rng)
+    a = cfg.data.augment
+    augment = Augment(a.translate, a.hflip, a.rotate, a.zoom, rng=state.augment_rng)
     if resume is not None:
         state.restore(resume, check_resume(resolved, resume), augment.active)
     lock_run_dir(run_dir)                   # one writer per run folder, for the run's life
@@ -185,7 +186,7 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
                         tuple(resume_changes(resolved, resume)) if resume is not None else (),
                         int(steps < math.ceil(len(data.train) / t.batch_size)), repaired))
         t_run = time.perf_counter()
-        lut = pixel_lut(resolved.data.mean, resolved.data.std, model.dtype)
+        lut = pixel_lut(resolved.data.mean, resolved.data.std, model.dtype, resolved.data.scale)
         with threads.limit(t.threads):
             stopped_early = _epochs(state, data, lut, augment if augment.active else None, emit, writer)
             test = _test(state, data, lut)

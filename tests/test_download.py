@@ -29,7 +29,6 @@ from cnncli.download import DownloadError
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST = REPO / "data" / "mnist"
-SHARED = REPO.parent / "shared" / "datasets"
 runner = CliRunner()
 
 
@@ -101,15 +100,13 @@ def blob_remote(name: str, data: bytes) -> RemoteFile:
 # ------------------------------------------------------------------ the pinned checksums
 
 def test_pinned_checksums_match_the_data_we_hold():
-    """The unpacked SHA-256 pinned for MNIST (and Fashion-MNIST, when the shared copy is here)
-    are those of our files; every pinned sum is a 64-digit hex string."""
+    """The unpacked SHA-256 pinned for MNIST and Fashion-MNIST are those of the files shipped in
+    data/; every pinned sum is a 64-digit hex string."""
     for info in catalog.DATASETS.values():
         for f in info.files + ((info.archive.file,) if info.archive else ()):
             assert re.fullmatch(r"[0-9a-f]{64}", f.sha256) and f.size > 0
             assert f.unpacked_sha256 is None or re.fullmatch(r"[0-9a-f]{64}", f.unpacked_sha256)
-    for name, folder in (("mnist", MNIST), ("fashion-mnist", SHARED / "fashion-mnist")):
-        if not folder.is_dir():
-            continue
+    for name, folder in (("mnist", MNIST), ("fashion-mnist", MNIST.parent / "fashion-mnist")):
         for f in catalog.DATASETS[name].files:
             assert hashlib.sha256(gzip.decompress((folder / f.name).read_bytes())).hexdigest() == f.unpacked_sha256
 
@@ -143,7 +140,7 @@ def test_checksum_failure_deletes_the_partial_file_and_exits_2(server, tmp_path)
     assert result.exit_code == 2, result.output
     assert "SHA-256 mismatch" in result.output and "was deleted" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
-    assert list((tmp_path / "mnist").iterdir()) == []
+    assert not (tmp_path / "mnist").exists()           # no empty folder for `data list` to report as found
 
 
 @pytest.mark.parametrize("status", [500, 404])
@@ -159,7 +156,7 @@ def test_bad_names_mirrors_and_unreachable_servers_exit_2(tmp_path):
     unknown = runner.invoke(app, ["data", "download", "fashion_mnist", "--to", str(tmp_path)])
     assert unknown.exit_code == 2 and "Did you mean 'fashion-mnist'" in unknown.output
     ftp = runner.invoke(app, ["data", "download", "mnist", "--to", str(tmp_path), "--mirror", "ftp://x/"])
-    assert ftp.exit_code == 2 and "not an http:// or https:// URL" in ftp.output
+    assert ftp.exit_code == 2 and "not an http://, https:// or file:// URL" in ftp.output
     with socket.socket() as s:                        # a port with nothing listening
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -246,3 +243,26 @@ def test_emnist_split_is_extracted_from_the_verified_zip(server, tmp_path, monke
     d = validate({"data": {"name": "emnist-letters", "root": str(tmp_path)}, "model": {"layers": ["flatten"]}}).data
     loaded = formats.load(d, test_limit=5)
     assert loaded.classes[1] == "Aa" and loaded.classes[26] == "Zz" and len(loaded.test) == 5
+
+
+def test_a_file_mirror_is_a_local_folder(tmp_path):
+    result = runner.invoke(app, ["data", "download", "mnist", "--to", str(tmp_path / "root"),
+                                 "--mirror", MNIST.resolve().as_uri() + "/"])
+    assert result.exit_code == 0, result.output
+    for f in catalog.DATASETS["mnist"].files:
+        assert (tmp_path / "root" / "mnist" / f.name).read_bytes() == (MNIST / f.name).read_bytes()
+    relative = runner.invoke(app, ["data", "download", "mnist", "--to", str(tmp_path), "--mirror", "file://data/mnist"])
+    assert relative.exit_code == 2 and "absolute path" in relative.output
+
+
+def test_a_failed_download_leaves_no_folder_that_data_list_finds(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["data", "download", "fashion-mnist", "--to", str(tmp_path / "root"),
+                                 "--mirror", empty.as_uri() + "/"])
+    assert result.exit_code == 2 and "Check the folder" in result.output, result.output
+    assert not (tmp_path / "root" / "fashion-mnist").exists()
+    from cnncli.datainfo import named_datasets
+
+    where = {name: w for name, w, _ in named_datasets(tmp_path / "root")}
+    assert not where["fashion-mnist"].startswith(str(tmp_path))      # the repo's copy, or not found

@@ -122,11 +122,11 @@ model:
     - tanh
     - {type: global_avgpool, keepdims: true}
     - flatten
+    - log_softmax: {dim: 1}
+    - softmax: {dim: -1}
     - dropout: {p: 0.5}
     - dense: {out_features: 10, bias: true, init: xavier_uniform}
     - relu
-    - log_softmax: {dim: 1}
-    - softmax: {dim: -1}
 train:
   epochs: 1
   batch_size: 16

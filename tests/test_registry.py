@@ -64,9 +64,11 @@ def test_one_options_rule_for_every_registry():
     assert "rng" not in LAYERS.options(LAYERS["dropout"])
     assert list(OPTIMIZERS.options(OPTIMIZERS["sgd"])) == ["lr", "momentum", "dampening", "nesterov",
                                                            "weight_decay", "exclude_bias_and_norm"]
-    assert list(SCHEDULES.options(SCHEDULES["step"])) == ["step_size", "gamma"]
-    assert SCHEDULES.options(SCHEDULES["constant"]) == {}
-    assert list(INITIALIZERS) == ["he_normal", "he_uniform", "xavier_normal", "xavier_uniform", "torch_default"]
+    assert list(SCHEDULES.options(SCHEDULES["step"])) == ["step_size", "gamma", "interval",
+                                                         "warmup_epochs", "warmup_steps"]   # **common: the base's
+    assert list(SCHEDULES.options(SCHEDULES["constant"])) == ["warmup_epochs", "warmup_steps"]
+    assert list(INITIALIZERS) == ["he_normal", "he_uniform", "xavier_normal", "xavier_uniform", "torch_default",
+                                  "lecun_uniform", "lecun_normal"]
     assert all(INITIALIZERS.options(f) == {} for f in INITIALIZERS.values())
     with pytest.raises(KeyError, match="unknown layer 'rleu'. Did you mean 'relu'. Run 'cnncli layers'"):
         LAYERS.get("rleu")

@@ -28,7 +28,7 @@ data:
   val_split: 100
   mean: 0.1307
   std: 0.3081
-  augment: {{translate: 2, hflip: true}}
+  augment: {augment}
 model:
   layers:
     - avgpool2d: {{kernel_size: 4}}
@@ -61,11 +61,17 @@ SETUPS = {
         "schedule": "{type: reduce_on_plateau, monitor: val_loss, mode: max, patience: 0, factor: 0.5}",
         # min_delta 10 never counts as improvement after epoch 1: the run stops at epoch 1 + patience
         "extra": "  early_stopping: {monitor: val_loss, patience: 3, min_delta: 10}\n"},
+    # the optimizers and schedules of issue 16, with rotation and scaling on
+    "nadam-inv-warmup-rotate": {"optimizer": "{type: nadam, lr: 0.005}",
+                                "schedule": "{type: inv, gamma: 0.01, power: 0.75, warmup_steps: 5}",
+                                "augment": "{translate: 1, rotate: 12, zoom: 0.1}"},
+    "adadelta-poly": {"optimizer": "{type: adadelta, lr: 1.0, rho: 0.95, eps: 1.0e-7}",
+                      "schedule": "{type: poly, power: 0.9, interval: epoch}"},
 }
 
 
 def make_config(write_config, data, name="c.yaml", epochs=5, setup="adamw-cosine-warmup", **over):
-    opts = {**SETUPS[setup], **over}
+    opts = {"augment": "{translate: 2, hflip: true}", "extra": "", **SETUPS[setup], **over}
     return write_config(BASE.format(data=data, epochs=epochs, **opts), name)
 
 

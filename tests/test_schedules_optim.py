@@ -67,7 +67,7 @@ def test_rmsprop_keeps_float32():
 
 # ------------------------------------------------------------------ weight decay exclusion
 
-@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "rmsprop"])
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_exclude_bias_and_norm_skips_decay_exactly_there(name):
     params = {"0.weight": np.ones(2), "0.bias": np.ones(2), "1.weight": np.ones(2), "1.bias": np.ones(2)}
     zero = {k: np.zeros(2) for k in params}
@@ -105,7 +105,9 @@ def test_exclusion_matches_torch_param_groups():
 
 
 @pytest.mark.parametrize("name,kw", [("sgd", {"momentum": 0.9}), ("adam", {}),
-                                     ("rmsprop", {"momentum": 0.9, "centered": True})])
+                                     ("rmsprop", {"momentum": 0.9, "centered": True}),
+                                     ("adadelta", {}), ("adagrad", {"lr_decay": 0.1}), ("adamax", {}),
+                                     ("nadam", {})])
 def test_state_round_trip_continues_bit_for_bit(name, kw):
     rng = np.random.default_rng(3)
     grads = [{"w": rng.standard_normal(5).astype(np.float32)} for _ in range(6)]
@@ -138,7 +140,7 @@ def lrs(name, opts, base=0.1, epochs=10, spe=1, per_step=False):
 
 def test_every_schedule_has_a_formula_test():
     assert set(SCHEDULES) == {"constant", "step", "multistep", "exponential", "cosine", "onecycle",
-                              "reduce_on_plateau"}
+                              "reduce_on_plateau", "inv", "poly", "sigmoid"}   # the last three: test_schedules_more
 
 
 def test_closed_forms():

@@ -201,8 +201,9 @@ def _check_dim(dim, input_shape, name):
 class Softmax(Layer):
     """Probabilities along ``dim``: exp(x - max) / sum(exp(x - max)) (``torch.nn.Softmax``).
 
-    Put it last only to read probabilities; train on logits (the loss applies its own
-    log-softmax), as with PyTorch's CrossEntropyLoss.
+    A model cannot end with it: the model outputs logits, the loss applies its own
+    log-softmax (as PyTorch's CrossEntropyLoss, Keras's ``from_logits=True``) and eval and
+    predict report softmax probabilities of the output.
 
     Args:
         dim: Axis to normalize, counting the batch axis as 0. Default: 1.
@@ -210,6 +211,8 @@ class Softmax(Layer):
     Shape:
         Any input; output same shape and dtype.
     """
+
+    outputs_probabilities = True
 
     def __init__(self, dim: int = 1):
         super().__init__()
@@ -235,12 +238,17 @@ class Softmax(Layer):
 class LogSoftmax(Layer):
     """Log-probabilities along ``dim``: x - max - log(sum(exp(x - max))) (``torch.nn.LogSoftmax``).
 
+    A model cannot end with it (see :class:`Softmax`; PyTorch's habit of LogSoftmax + NLLLoss
+    is cnncli's built-in cross-entropy on logits).
+
     Args:
         dim: Axis to normalize, counting the batch axis as 0. Default: 1.
 
     Shape:
         Any input; output same shape and dtype.
     """
+
+    outputs_probabilities = True
 
     def __init__(self, dim: int = 1):
         super().__init__()

@@ -26,12 +26,15 @@ class Layer:
             so it needs two or more values per channel (batchnorm). Default: False.
         is_normalization: Its ``params`` are normalization parameters, which
             ``exclude_bias_and_norm`` exempts from weight decay (batchnorm). Default: False.
+        outputs_probabilities: Its output is (log-)probabilities (softmax, log_softmax): it
+            cannot end a model, whose output the loss, eval and predict take as logits. Default: False.
     """
 
     type_name = "layer"
     inferred: dict[str, Callable[[tuple[int, ...]], int]] = {}
     normalizes_over_batch: bool = False
     is_normalization: bool = False
+    outputs_probabilities: bool = False
 
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}

@@ -53,8 +53,9 @@ class Conv2d(Layer):
         bias: Learn an additive bias per output channel. Default: true.
         padding_mode: Only ``zeros``. Default: zeros.
         init: Weight initialiser: he_normal, he_uniform, xavier_normal, xavier_uniform,
-            torch_default (PyTorch's: weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))).
-            Default: torch_default.
+            lecun_uniform (alias xavier_caffe, Caffe's xavier filler), lecun_normal, torch_default
+            (PyTorch's: weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))). The bias is zero
+            for all but torch_default (``cnncli.layers.init``). Default: torch_default.
 
     Shape:
         Input (N, C, H, W); output (N, out_channels, H_out, W_out), same dtype.
@@ -89,7 +90,7 @@ class Conv2d(Layer):
         self.pads = conv_padding(padding, self.kernel_size, self.dilation, self.stride)
         self.padding = padding
         use_bias = check_bool("bias", bias)
-        check_choice("init", init, INITIALIZERS)
+        check_choice("init", init, (*INITIALIZERS, *INITIALIZERS.aliases))
         if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(f"in_channels ({self.in_channels}) and out_channels ({self.out_channels}) "
                              f"must both be divisible by groups ({self.groups})")

@@ -1,7 +1,9 @@
 """Weight initialisers, selectable per layer with ``init:``.
 
 Each is registered in :data:`INITIALIZERS` and takes ``(rng, weight_shape, fan_in,
-fan_out, bias_shape)``, returning ``(weight, bias)`` (bias None: zeros).
+fan_out, bias_shape)``, returning ``(weight, bias)`` (bias None: zeros). The bias fill:
+zeros for every initialiser but ``torch_default``, which draws it as PyTorch does (Keras's
+``bias_initializer="zeros"``, Caffe's default ``bias_filler`` constant 0).
 fan_in/fan_out follow PyTorch's ``_calculate_fan_in_and_fan_out``:
 conv ``in_channels/groups * kh * kw`` and ``out_channels * kh * kw``; linear
 ``in_features`` and ``out_features``.
@@ -10,7 +12,10 @@ References:
     He et al. 2015, https://arxiv.org/abs/1502.01852 (he_*);
     Glorot & Bengio 2010 (xavier_*);
     torch/nn/modules/conv.py and linear.py ``reset_parameters`` (torch_default:
-    kaiming_uniform with a=sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), same bound for the bias).
+    kaiming_uniform with a=sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), same bound for the bias);
+    LeCun et al. 1998, "Efficient BackProp" (lecun_*: variance 1 / fan_in), as Keras's
+    ``lecun_uniform`` / ``lecun_normal`` (keras/src/initializers/random_initializers.py);
+    Caffe ``include/caffe/filler.hpp`` ``XavierFiller`` (xavier_caffe).
 """
 
 from __future__ import annotations
@@ -68,6 +73,37 @@ def torch_default(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int,
     bound = 1.0 / math.sqrt(fan_in)
     w = rng.uniform(-bound, bound, shape)
     return w, None if bias_shape is None else rng.uniform(-bound, bound, bias_shape)
+
+@INITIALIZERS.register("lecun_uniform", "xavier_caffe")
+def lecun_uniform(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, fan_out: int,
+                  bias_shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """U(-b, b) with b = sqrt(3 / fan_in), variance 1 / fan_in; zero bias.
+
+    Keras's ``lecun_uniform``, and Caffe's ``xavier`` filler with its default
+    ``variance_norm: FAN_IN`` (scale = sqrt(3 / n), n = fan_in = the blob's count / num,
+    i.e. in_channels * kh * kw or in_features), hence the alias ``xavier_caffe``. Caffe's
+    ``xavier`` is not Glorot's (that is ``xavier_uniform`` here, fan_in + fan_out)."""
+    bound = math.sqrt(3.0 / fan_in)
+    return rng.uniform(-bound, bound, shape), None
+
+
+#: A truncated standard normal cut at +-2 has standard deviation 0.8796... (Keras's constant).
+_TRUNCATED_STD = 0.87962566103423978
+
+
+@INITIALIZERS.register("lecun_normal")
+def lecun_normal(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, fan_out: int,
+                 bias_shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Keras's ``lecun_normal``: a normal of standard deviation s = sqrt(1 / fan_in) / 0.8796...
+    truncated at +-2 s (draws outside are drawn again), so the variance is 1 / fan_in; zero bias."""
+    s = math.sqrt(1.0 / fan_in) / _TRUNCATED_STD
+    w = rng.normal(0.0, s, shape)
+    out = np.abs(w) > 2 * s
+    while out.any():                             # about 4.6 % per round: a few rounds
+        w[out] = rng.normal(0.0, s, int(out.sum()))
+        out = np.abs(w) > 2 * s
+    return w, None
+
 
 _SHAPES_ONLY = contextvars.ContextVar("cnncli_init_shapes_only", default=False)
 

@@ -22,8 +22,9 @@ class Linear(Layer):
         out_features: Output features.
         bias: Learn an additive bias. Default: true.
         init: Weight initialiser: he_normal, he_uniform, xavier_normal, xavier_uniform,
-            torch_default (PyTorch's: weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))).
-            Default: torch_default.
+            lecun_uniform (alias xavier_caffe, Caffe's xavier filler), lecun_normal, torch_default
+            (PyTorch's: weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))). The bias is zero
+            for all but torch_default (``cnncli.layers.init``). Default: torch_default.
 
     Shape:
         Input (N, in_features); output (N, out_features), same dtype.
@@ -41,7 +42,7 @@ class Linear(Layer):
         self.in_features = check_int("in_features", in_features, 1)
         self.out_features = check_int("out_features", out_features, 1)
         use_bias = check_bool("bias", bias)
-        check_choice("init", init, INITIALIZERS)
+        check_choice("init", init, (*INITIALIZERS, *INITIALIZERS.aliases))
         rng = rng if rng is not None else np.random.default_rng(0)
         w, b = initialize(init, rng, (self.in_features, self.out_features), self.in_features,
                           self.out_features, np.dtype(dtype), (self.out_features,) if use_bias else None)

@@ -13,7 +13,25 @@ from cnncli.registry import Registry
 #: Canonical type name -> class; ``LAYERS.aliases`` maps Keras/PyTorch spellings to it.
 #: ``rng`` and ``dtype`` are passed by ``model.build``; ``cls.inferred`` sizes come from
 #: the running shape: neither is a YAML option.
-LAYERS = Registry("layer", supplied=("rng", "dtype"), listing="Run 'cnncli layers' to list them.")
+#: Layer options as Keras (or PyTorch) spells them -> cnncli's option, or None and the whole hint:
+#: the hint on an unknown option (``Registry.habits``).
+HABITS: dict[str, tuple[str | None, str]] = {
+    "units": ("out_features", "Keras's name (Dense(units))"),
+    "filters": ("out_channels", "Keras's name (Conv2D(filters))"),
+    "pool_size": ("kernel_size", "Keras's name (MaxPooling2D(pool_size))"),
+    "rate": ("p", "Keras's name (Dropout(rate), the drop probability)"),
+    "strides": ("stride", "Keras's name"),
+    "kernel_initializer": ("init", "Keras's name"),
+    "use_bias": ("bias", "Keras's name"),
+    "epsilon": ("eps", "Keras's name"),
+    "activation": (None, "Layers have no activation option in cnncli: add the activation as the next layer, "
+                         "e.g. '- {value}' after this one."),
+    "input_shape": (None, "The input shape is model.input_shape (optional: it is inferred from the data), "
+                          "channels first: [C, H, W], e.g. [1, 28, 28] for MNIST, not Keras's [28, 28, 1]."),
+    "inplace": (None, "No layer needs an inplace option (PyTorch's ReLU(inplace=True)); remove it."),
+}
+
+LAYERS = Registry("layer", supplied=("rng", "dtype"), listing="Run 'cnncli layers' to list them.", habits=HABITS)
 #: Alternative spellings a user may know from Keras or PyTorch -> canonical name.
 ALIASES = LAYERS.aliases
 register = LAYERS.register
