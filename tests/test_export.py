@@ -52,11 +52,11 @@ model:
     - dropout: {p: 0.2}
     - sigmoid
     - linear: {out_features: 12}
+    - softmax
+    - log_softmax
     - tanh
     - relu
     - linear: {out_features: 10}
-    - softmax
-    - log_softmax
 train: {epochs: 1, batch_size: 50, seed: 0, optimizer: {type: adam, lr: 0.01}}
 output: {dir: OUT}
 """
@@ -139,10 +139,17 @@ def trained(tmp_path_factory):
     epoch on 600 images: name -> best checkpoint."""
     tmp = tmp_path_factory.mktemp("export-runs")
     out = {}
-    for path in sorted((REPO / "configs").glob("*.yaml")):
+    for path in SHIPPED:
         from cnncli.config import load
+        from cnncli.errors import ConfigError
+        from test_caffe_lenet import PENDING
 
-        data = load(path).data.path
+        try:
+            data = load(path).data.path
+        except ConfigError as e:         # TODO(merge, issue 16): names of a branch not landed yet
+            if all(any(p in str(problem) for p in PENDING) for problem in e.problems):
+                continue
+            raise
         if data is not None and not (REPO / data).exists():
             continue                     # e.g. Fashion-MNIST lives outside a fresh clone
         out[path.stem] = _train(tmp, path, path.stem, "data.train_limit=600", "data.val_split=100",
@@ -153,7 +160,10 @@ def trained(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name", ["mnist", "lenet5", "tiny", "fashion-mnist", "all-layers"])
+SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", [p.stem for p in SHIPPED] + ["all-layers"])
 def test_exports_give_cnncli_eval_logits_classes_and_accuracy(trained, name, tmp_path, monkeypatch):
     """onnx.checker passes; ONNX Runtime and the generated model.py give cnncli's logits within
     1e-4, the same class for every test image and the same accuracy as ``cnncli eval``."""
