@@ -62,18 +62,24 @@ def affine_batch(images: np.ndarray, angles: np.ndarray, factors: np.ndarray) ->
     sy = (np.cos(a) * u + np.sin(a) * v) / s + cy                                # (N, H, W)
     sx = (-np.sin(a) * u + np.cos(a) * v) / s + cx
     y0, x0 = np.floor(sy), np.floor(sx)
-    wy, wx = (sy - y0)[:, None], (sx - x0)[:, None]                              # (N, 1, H, W)
-    padded = np.pad(images, ((0, 0), (0, 0), (1, 1), (1, 1))).astype(np.float32)  # zero ring: outside reads 0
-    n = np.arange(N)[:, None, None]
+    wy, wx = (sy - y0).astype(np.float32), (sx - x0).astype(np.float32)           # (N, H, W)
+    # channel-major copy with a zero ring, flat per channel: every read is one np.take of
+    # (N, H, W) flat indices (indices outside the image are clipped onto the ring, which reads 0)
+    Hp, Wp = H + 2, W + 2
+    padded = np.zeros((C, N, Hp, Wp), dtype=np.float32)
+    padded[:, :, 1:-1, 1:-1] = images.transpose(1, 0, 2, 3)
+    flat = padded.reshape(C, N * Hp * Wp)
+    base = (np.arange(N) * (Hp * Wp))[:, None, None]
+    rows = [(np.clip(y0 + k, -1, H).astype(np.intp) + 1) * Wp + base for k in (0, 1)]
+    cols = [np.clip(x0 + k, -1, W).astype(np.intp) + 1 for k in (0, 1)]
 
-    def at(yy, xx):   # (N, C, H, W): the padded pixel, every index outside the image clipped onto the ring
-        yy = np.clip(yy, -1, H).astype(np.intp) + 1
-        xx = np.clip(xx, -1, W).astype(np.intp) + 1
-        return padded[n, :, yy, xx].transpose(0, 3, 1, 2)
+    def at(k: int, m: int) -> np.ndarray:                                        # (C, N, H, W)
+        return np.take(flat, rows[k] + cols[m], axis=1)
 
-    out = ((1 - wy) * ((1 - wx) * at(y0, x0) + wx * at(y0, x0 + 1))
-           + wy * ((1 - wx) * at(y0 + 1, x0) + wx * at(y0 + 1, x0 + 1)))
-    return np.clip(np.rint(out), 0, 255).astype(images.dtype)
+    out = (1 - wy) * ((1 - wx) * at(0, 0) + wx * at(0, 1)) + wy * ((1 - wx) * at(1, 0) + wx * at(1, 1))
+    np.rint(out, out=out)
+    np.clip(out, 0, 255, out=out)
+    return np.ascontiguousarray(out.astype(images.dtype).transpose(1, 0, 2, 3))
 
 
 class Augment:
