@@ -216,9 +216,10 @@ class TrainReporter:
     def _json(self, e: Any) -> None:
         from cnncli import events as T
 
-        if isinstance(e, T.EpochEnded):
-            print_json({"event": "epoch", **e.metrics, "seconds": round(e.seconds, 3),
-                        "images_per_s": round(e.images_per_s, 1), "is_best": e.is_best})
+        if isinstance(e, (T.EpochEnded, T.ValidationEnded)):
+            print_json({"event": "epoch" if isinstance(e, T.EpochEnded) else "validation", **e.metrics,
+                        "seconds": round(e.seconds, 3), "images_per_s": round(e.images_per_s, 1),
+                        "is_best": e.is_best})
         elif isinstance(e, T.RunEnded):
             test = None if e.test is None else {"loss": e.test.loss, "accuracy": e.test.accuracy,
                                                 "n": int(e.test.labels.size)}
@@ -233,7 +234,9 @@ class TrainReporter:
         self.console.print(f"run folder: {e.run_dir}")
         self.console.print(f"data: {e.n_train:,} train, {e.n_val:,} validation, {e.n_test:,} test images; "
                            f"model: {e.num_params:,} parameters; {_n(e.epochs, 'epoch')} of "
-                           f"{_n(e.batches_per_epoch, 'batch')}")
+                           f"{_n(e.batches_per_epoch, 'batch')}"
+                           + (f" ({_n(e.max_steps, 'step')} in all)" if e.max_steps is not None else "")
+                           + (f"; validation every {_n(e.val_every, 'step')}" if e.val_every is not None else ""))
         if e.left_out:
             self.console.print(f"each epoch leaves out {_n(e.left_out, 'training image')} (the last batch would "
                                f"hold one, which batchnorm cannot normalize; shuffling picks another each epoch)")
@@ -278,6 +281,16 @@ class TrainReporter:
         self.console.print(
             f"epoch {e.epoch}/{e.epochs}  train loss {_num(m['train_loss'])} acc {_pct(m['train_accuracy'])}  "
             f"val loss {_num(m.get('val_loss'))} acc {_pct(m.get('val_accuracy'))}  "
+            f"lr {m['lr']:.3g}  {e.seconds:.1f}s ({e.images_per_s:,.0f} img/s){best}")
+
+    def on_ValidationEnded(self, e: T.ValidationEnded) -> None:
+        self.history.append(dict(e.metrics))
+        if self.mode == "quiet":
+            return
+        m, best = e.metrics, "  *best" if e.is_best else ""
+        self.console.print(
+            f"step {e.step}/{e.max_steps} (epoch {e.epoch})  train loss {_num(m['train_loss'])} acc "
+            f"{_pct(m['train_accuracy'])}  val loss {_num(m.get('val_loss'))} acc {_pct(m.get('val_accuracy'))}  "
             f"lr {m['lr']:.3g}  {e.seconds:.1f}s ({e.images_per_s:,.0f} img/s){best}")
 
     def on_RunEnded(self, e: T.RunEnded) -> None:

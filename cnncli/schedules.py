@@ -60,6 +60,10 @@ class Schedule:
         base_lr: The optimizer's configured learning rate (> 0).
         epochs: Total epochs of the run, ``train.epochs`` (>= 1).
         steps_per_epoch: Optimizer steps per epoch (>= 1).
+
+    Attributes:
+        total_steps: The run's optimizer steps, the horizon of a schedule that counts steps:
+            epochs * steps_per_epoch, or ``train.max_steps`` (set by :func:`make_schedule`).
     """
 
     type_name = "schedule"
@@ -68,6 +72,7 @@ class Schedule:
         self.base_lr = check_float("lr", base_lr, 0.0, low_open=True)
         self.epochs = check_int("epochs", epochs, 1)
         self.steps_per_epoch = check_int("steps_per_epoch", steps_per_epoch, 1)
+        self.total_steps = self.epochs * self.steps_per_epoch
 
     def lr(self, epoch: int, step: int) -> float:  # pragma: no cover - abstract
         """Learning rate of the optimizer step ``step`` (0-based) in epoch ``epoch`` (0-based)."""
@@ -205,7 +210,7 @@ class OneCycle(Schedule):
     """The 1cycle policy, per optimizer step, as ``torch.optim.lr_scheduler.OneCycleLR``
     (``anneal_strategy="cos"``, ``three_phase=False``, ``cycle_momentum=False``).
 
-    With total = epochs * steps_per_epoch, initial = max_lr / div_factor,
+    With total = ``total_steps`` (epochs * steps_per_epoch, or ``train.max_steps``), initial = max_lr / div_factor,
     final = initial / final_div_factor and cos_anneal(a, b, t) = b + (a - b) (1 + cos(pi t)) / 2:
     phase 1 ends at step s1 = pct_start * total - 1 and anneals initial -> max_lr;
     phase 2 ends at step total - 1 and anneals max_lr -> final; step s of a phase
@@ -228,7 +233,6 @@ class OneCycle(Schedule):
         self.pct_start = check_float("pct_start", pct_start, 0.0, 1.0, low_open=True, high_open=True)
         self.div_factor = check_float("div_factor", div_factor, 0.0, low_open=True)
         self.final_div_factor = check_float("final_div_factor", final_div_factor, 0.0, low_open=True)
-        self.total_steps = self.epochs * self.steps_per_epoch
         self.initial_lr = self.max_lr / self.div_factor
         self.min_lr = self.initial_lr / self.final_div_factor
 
@@ -329,11 +333,22 @@ class ReduceOnPlateau(Schedule):
         self.cooldown_counter = check_int("cooldown_counter", state.get("cooldown_counter", 0), 0)
 
 
-def make_schedule(name: str, options: dict[str, Any], base_lr: float, epochs: int,
-                  steps_per_epoch: int) -> Schedule:
-    """Build the schedule registered as ``name``.
+def run_epochs(epochs: int | None, max_steps: int | None, steps_per_epoch: int) -> int:
+    """Epochs a run trains: ``epochs``, or with ``max_steps`` (``train.max_steps``) the epochs
+    its steps start, ceil(max_steps / steps_per_epoch) (the last one may end early)."""
+    return epochs if max_steps is None else math.ceil(max_steps / steps_per_epoch)
+
+
+def make_schedule(name: str, options: dict[str, Any], base_lr: float, epochs: int | None,
+                  steps_per_epoch: int, max_steps: int | None = None) -> Schedule:
+    """Build the schedule registered as ``name``. With ``max_steps`` (a run counted in steps,
+    ``epochs`` None) a schedule that counts epochs spans :func:`run_epochs` epochs and one
+    that counts steps has ``total_steps = max_steps`` as its horizon.
 
     Raises:
         KeyError: Unknown name. ValueError/TypeError: A bad or missing option.
     """
-    return SCHEDULES[name](base_lr, epochs, steps_per_epoch, **options)
+    schedule = SCHEDULES[name](base_lr, run_epochs(epochs, max_steps, steps_per_epoch), steps_per_epoch, **options)
+    if max_steps is not None:
+        schedule.total_steps = max_steps
+    return schedule
