@@ -328,8 +328,8 @@ def _duration(train: dict[str, Any], container, problems: list[Problem]) -> None
     if train.get("max_steps") is not None:
         if given is not None:
             problems.append(Problem("train.epochs", f"is {given!r} and train.max_steps is {train['max_steps']!r}: "
-                                    f"a run is counted in epochs or in optimizer steps, not both. Remove one "
-                                    f"(or set it to null)", line_of(container, "epochs")))
+                                    f"a run is counted in epochs or in optimizer steps, not both. Remove one, "
+                                    f"or set it to null (e.g. --set train.max_steps=null)", line_of(container, "epochs")))
         train["epochs"] = None
     elif isinstance(container, dict) and "epochs" in container and given is None:     # (a bad value is reported)
         problems.append(Problem("train.epochs", "is null and train.max_steps is not set: say how long to train, "
