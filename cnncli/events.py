@@ -100,6 +100,7 @@ class RunEnded:
     test: "EvalResult | None"
     seconds: float
     stopped_early: str | None = None   # why early stopping ended the run, if it did
+    best_step: int = 0                 # the optimizer steps taken when the best value was measured
 
 
 #: Any of the events above.

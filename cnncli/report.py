@@ -158,13 +158,14 @@ def _num(v: float | None) -> str:
 
 
 def plot_lines(series: dict[str, list[float]], height: int = 8, width: int = 40,
-               fmt: str = "{:.3f}", epochs: list[int] | None = None) -> list[str]:
+               fmt: str = "{:.3f}", epochs: list[int] | None = None, unit: str = "epoch") -> list[str]:
     """A text chart of one or more series over epochs: marker per series (``*``, ``o``, ``+``),
     ``#`` where two meet, y labels at the top and bottom, epochs along x.
 
     ``epochs`` numbers the points (the ``epoch`` field of the metrics rows, so a resumed
     run's plot of epochs 5-6 says so); default 1, 2, ... The x axis is labelled with the
-    first and last epoch.
+    first and last epoch; with ``unit="step"`` (a run validated every ``train.val_every``
+    steps) ``epochs`` holds the points' steps and the labels say so.
     """
     markers = "*o+x"
     values = [v for s in series.values() for v in s if v is not None]
@@ -188,7 +189,7 @@ def plot_lines(series: dict[str, list[float]], height: int = 8, width: int = 40,
         label = fmt.format(hi) if r == 0 else (fmt.format(lo) if r == height - 1 else "")
         lines.append(f"{label:>{label_w}} |{''.join(row)}")
     lines.append(" " * label_w + " +" + "-" * width)
-    left, right = f"epoch {first}", f"epoch {last}"
+    left, right = f"{unit} {first}", f"{unit} {last}"
     lines.append(" " * label_w + f"  {left}{'':>{width - len(left) - len(right)}}{right}")
     lines.append(" " * label_w + "  " + "  ".join(f"{m} {name}" for m, name in zip(markers, series)))
     return lines
@@ -206,6 +207,7 @@ class TrainReporter:
         self.progress = None
         self.epoch_task = self.batch_task = None
         self.history: list[dict[str, float]] = []    # this session's metrics rows, with "epoch"
+        self.by_steps = False                          # the rows are validations every train.val_every steps
 
     def __call__(self, event: Any) -> None:
         if self.mode == "json":
@@ -223,7 +225,7 @@ class TrainReporter:
         elif isinstance(e, T.RunEnded):
             test = None if e.test is None else {"loss": e.test.loss, "accuracy": e.test.accuracy,
                                                 "n": int(e.test.labels.size)}
-            print_json({"event": "end", "run_dir": str(e.run_dir), "best_epoch": e.best_epoch,
+            print_json({"event": "end", "run_dir": str(e.run_dir), "best_epoch": e.best_epoch, "best_step": e.best_step,
                         "best": str(e.best_path), "last": str(e.last_path), "test": test,
                         "stopped_early": e.stopped_early, "seconds": round(e.seconds, 3)})
 
@@ -285,6 +287,7 @@ class TrainReporter:
 
     def on_ValidationEnded(self, e: T.ValidationEnded) -> None:
         self.history.append(dict(e.metrics))
+        self.by_steps = True
         if self.mode == "quiet":
             return
         m, best = e.metrics, "  *best" if e.is_best else ""
@@ -305,9 +308,10 @@ class TrainReporter:
                 if "val_accuracy" in h[0]:
                     series["validation"] = [r[f"val_{key}"] * scale for r in h]
                 self.console.print(title)
-                for line in plot_lines(series, fmt=fmt, epochs=[r["epoch"] for r in h]):
+                unit = "step" if self.by_steps else "epoch"
+                for line in plot_lines(series, fmt=fmt, epochs=[r[unit] for r in h], unit=unit):
                     self.console.print(line)
-            self.console.print(f"best epoch: {e.best_epoch}")
+            self.console.print(f"best epoch: {e.best_epoch}" + (f", step {e.best_step}" if self.by_steps else ""))
         if self.mode == "quiet":
             # one line, even with no test split: the run folder may not be the one asked for
             # (a taken name gets -2, -3, ...), so scripts find the checkpoint here; path last

@@ -179,7 +179,7 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
             stopped_early = _epochs(state, data, lut, augment if augment.active else None, emit, writer)
             test = _test(state, data, lut)
         end = RunEnded(run_dir, state.best.best_epoch, run_dir / "best.npz", run_dir / "last.npz", test,
-                       time.perf_counter() - t_run, stopped_early)
+                       time.perf_counter() - t_run, stopped_early, state.best.best_step)
         emit(end)
         return end
     finally:

@@ -80,6 +80,8 @@ def test_val_every_writes_one_line_per_validation_with_step_and_epoch(write_conf
     assert (last["step"], last["epoch"], last["position"]["batch"]) == (25, 2, 5)
     best = checkpoint.load(folder / "best.npz").meta
     assert best["step"] == best["best"]["best_step"] == max(rows, key=lambda x: x["val_accuracy"])["step"]
+    assert f"best epoch: {best['best']['best_epoch']}, step {best['best']['best_step']}" in r.output
+    assert any(line.split() == ["step", "7", "step", "25"] for line in r.output.splitlines())    # the plots' x axis
     timing = [json.loads(x) for x in (folder / "timing.jsonl").read_text().splitlines()]
     assert [t["step"] for t in timing] == [7, 14, 21, 25]
     # finished: nothing left to do, and the fix names max_steps
