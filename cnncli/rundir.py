@@ -362,7 +362,7 @@ def start_branch(ck: checkpoint.Checkpoint, run_dir: Path) -> None:
         if rows:
             write_rows(run_dir / name, rows)
     best = ck.meta.get("best") or {}
-    best_epoch = best.get("best_epoch")
+    best_epoch, best_step = best.get("best_epoch"), best.get("best_step")
     if _holds_best(ck.meta):
         copy_atomic(ck.path, run_dir / "best.npz")
     elif (src / "best.npz").is_file():
@@ -370,7 +370,8 @@ def start_branch(ck: checkpoint.Checkpoint, run_dir: Path) -> None:
             best = checkpoint.load(src / "best.npz")
         except Exception:  # noqa: BLE001 - a damaged best.npz is simply not carried over
             return
-        if best.meta.get("run_id") == run_id and best.meta.get("epoch") == best_epoch:
+        same = (best.meta.get("step") == best_step) if best_step else best.meta.get("epoch") == best_epoch
+        if best.meta.get("run_id") == run_id and same:
             copy_atomic(src / "best.npz", run_dir / "best.npz")
 
 

@@ -276,14 +276,18 @@ class _Window:
         self.since = time.perf_counter()
         self.images = 0
 
-    def after_step(self, epoch: int, images: int) -> None:
-        """Called after each training step of ``images`` images in epoch ``epoch`` (1-based)."""
+    def after_step(self, epoch: int, images: int, epoch_done: bool) -> None:
+        """Called after each training step of ``images`` images in epoch ``epoch`` (1-based);
+        ``epoch_done``: it was the epoch's last (a validation there commits the finished epoch,
+        with no mid-epoch position, so a run that ends there is finished for ``--resume``)."""
         state, every = self.state, self.state.cfg.train.val_every
         self.images += images
         total = state.schedule.total_steps
         if every is None or (state.step % every and state.step < total):
             return
         train_seconds = time.perf_counter() - self.since
+        if epoch_done:
+            state.epoch, state.batch = epoch, 0
         tally = state.tally
         metrics = _metrics(state, self.data, self.lut, epoch, tally.loss_sum / max(tally.seen, 1),
                            tally.correct / max(tally.seen, 1))
@@ -357,7 +361,7 @@ def _train_epoch(state: TrainState, data: Data, epoch: int, lut: np.ndarray, ste
         seen = min((b + 1) * t.batch_size, len(data.train))
         emit(BatchEnded(epoch, b + 1, n_batches, loss, acc, seen / max(time.perf_counter() - t0, 1e-9),
                         state.optimizer.lr, state.step))
-        window.after_step(epoch, min(t.batch_size, len(data.train) - b * t.batch_size))
+        window.after_step(epoch, min(t.batch_size, len(data.train) - b * t.batch_size), b + 1 == n_batches)
         interrupt.check()
 
     try:

@@ -126,3 +126,31 @@ def test_validation_windows_of_one_epoch_equal_the_per_epoch_lines(write_config,
     rows = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
     assert [(x["epoch"], x["step"]) for x in rows] == [(1, 10), (2, 20), (3, 30)]
     assert len({x["train_loss"] for x in rows}) == 3
+
+
+def test_a_run_ended_at_an_epochs_last_step_is_finished_and_branches_carry_the_best(write_config, mnist_slice,
+                                                                                      tmp_path):
+    from typer.testing import CliRunner
+    from cnncli.cli import app
+
+    # best.npz by the largest validation loss: the first validation's (step 6) stays best
+    r, folder = run(write_config, mnist_slice, tmp_path,
+                    "  epochs: 2\n  val_every: 6\n  checkpoint: {monitor: val_loss, mode: max}\n")    # 6, 12, 18, 20
+    assert r.exit_code == 0, r.output
+    last = checkpoint.load(folder / "last.npz").meta
+    assert (last["epoch"], last["step"], "position" in last) == (2, 20, False)
+    again = CliRunner().invoke(app, ["train", str(folder / "config.yaml"), "--resume", str(folder / "last.npz")])
+    assert again.exit_code == 2 and "nothing left to do" in again.output, again.output
+    # a branch into a new folder carries the lines and the best checkpoint over
+    best = checkpoint.load(folder / "best.npz").meta
+    new = tmp_path / "branch"
+    b = CliRunner().invoke(app, ["train", str(folder / "config.yaml"), "--resume", str(folder / "last.npz"),
+                                 "--out", str(new), "--set", "train.epochs=3"])
+    assert b.exit_code == 0, b.output
+    rows = (folder / "metrics.jsonl").read_text().splitlines()
+    assert (new / "metrics.jsonl").read_text().splitlines()[:4] == rows
+    assert [json.loads(x)["step"] for x in (new / "metrics.jsonl").read_text().splitlines()] == [6, 12, 18, 20, 24,
+                                                                                               30]
+    kept = checkpoint.load(new / "best.npz").meta
+    assert best["step"] == best["best"]["best_step"] == 6
+    assert (new / "best.npz").read_bytes() == (folder / "best.npz").read_bytes()     # still the best
