@@ -154,3 +154,14 @@ def test_a_run_ended_at_an_epochs_last_step_is_finished_and_branches_carry_the_b
     kept = checkpoint.load(new / "best.npz").meta
     assert best["step"] == best["best"]["best_step"] == 6
     assert (new / "best.npz").read_bytes() == (folder / "best.npz").read_bytes()     # still the best
+
+
+def test_json_reports_each_validation_and_the_best_step(write_config, mnist_slice, tmp_path):
+    r, folder = run(write_config, mnist_slice, tmp_path, "  max_steps: 12\n  val_every: 4\n", "--json")
+    assert r.exit_code == 0, r.output
+    events = [json.loads(x) for x in r.output.strip().splitlines()]
+    assert [(e["event"], e.get("step")) for e in events] == [("validation", 4), ("validation", 8),
+                                                             ("validation", 12), ("end", None)]
+    lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    best = max(lines, key=lambda x: x["val_accuracy"])       # first of equals, as the tracker keeps it
+    assert (events[-1]["best_step"], events[-1]["best_epoch"]) == (best["step"], best["epoch"])
