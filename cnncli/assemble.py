@@ -176,7 +176,7 @@ def make_schedule(cfg: Config, base_lr: float, n_train: int, has_val: bool = Tru
     if "monitor" in options:
         options["monitor"] = resolve_monitor(options["monitor"], has_val)
     return schedules.make_schedule(s.type, options, base_lr, cfg.train.epochs,
-                                   schedules.steps_per_epoch(n_train, cfg.train.batch_size))
+                                   schedules.steps_per_epoch(n_train, cfg.train.batch_size), cfg.train.max_steps)
 
 
 

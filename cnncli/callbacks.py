@@ -68,6 +68,7 @@ class Monitor:
         self.min_delta = check_float("min_delta", min_delta, 0.0)
         self.best = math.inf if self.mode == "min" else -math.inf
         self.best_epoch = 0
+        self.best_step = 0
 
     def improved(self, value: float) -> bool:
         """True if ``value`` beats the best so far by more than ``min_delta`` (NaN never does)."""
@@ -75,17 +76,18 @@ class Monitor:
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
 
-    def update(self, value: float, epoch: int) -> bool:
-        """Record ``value`` of ``epoch``; True if it is a new best."""
+    def update(self, value: float, epoch: int, step: int = 0) -> bool:
+        """Record ``value`` of ``epoch`` (1-based; with ``train.val_every``, the epoch in
+        progress) after ``step`` optimizer steps; True if it is a new best."""
         if self.improved(value):
-            self.best, self.best_epoch = value, epoch
+            self.best, self.best_epoch, self.best_step = value, epoch, step
             return True
         return False
 
     def state(self) -> dict[str, Any]:
-        """JSON-ready state: monitor, mode, best value (null for none yet) and its epoch."""
+        """JSON-ready state: monitor, mode, best value (null for none yet), its epoch and step."""
         return {"monitor": self.monitor, "mode": self.mode, "best": _to_json(self.best),
-                "best_epoch": self.best_epoch}
+                "best_epoch": self.best_epoch, "best_step": self.best_step}
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state`; a state saved for another monitor or mode is ignored (the
@@ -94,6 +96,7 @@ class Monitor:
             return
         self.best = _from_json(state.get("best"), self.best)
         self.best_epoch = check_int("best_epoch", state.get("best_epoch", 0), 0)
+        self.best_step = check_int("best_step", state.get("best_step", 0), 0)
 
 
 class EarlyStopping:
@@ -123,9 +126,10 @@ class EarlyStopping:
     def stopped(self) -> bool:
         return self.wait >= self.patience
 
-    def epoch_end(self, value: float, epoch: int) -> bool:
-        """Record the monitored ``value`` after ``epoch``; True when training must stop."""
-        if self.tracker.update(value, epoch):
+    def epoch_end(self, value: float, epoch: int, step: int = 0) -> bool:
+        """Record the monitored ``value`` after ``epoch`` (with ``train.val_every``: after each
+        validation, so ``patience`` counts validations); True when training must stop."""
+        if self.tracker.update(value, epoch, step):
             self.wait = 0
         else:
             self.wait += 1

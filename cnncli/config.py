@@ -5,7 +5,7 @@ A config has four sections::
     data:   {name | path | train + test, format, root, image_shape, npz_keys, classes,
              num_classes, val_split, mean, std, train_limit, test_limit}
     model:  {input_shape (optional), layers: [...]}
-    train:  {epochs, batch_size, eval_batch_size, seed, optimizer, label_smoothing,
+    train:  {epochs | max_steps, val_every, batch_size, eval_batch_size, seed, optimizer, label_smoothing,
              schedule, grad_clip_norm, early_stopping, checkpoint, threads}
     output: {dir}
 
@@ -96,7 +96,9 @@ class TrainConfig:
     ``threads``: BLAS threads while training (None: every core this process may use; see
     ``cnncli.threads``)."""
 
-    epochs: int = 10
+    epochs: int | None = 10
+    max_steps: int | None = None
+    val_every: int | None = None
     batch_size: int = 128
     eval_batch_size: int = 1000
     seed: int = 0
@@ -150,7 +152,8 @@ class Config:
 # ------------------------------------------------------------------ checks
 
 def _positive_int(name):
-    return lambda v: check_int(name, v, 1)
+    """A check of an int >= 1, or null (``train.epochs`` / ``max_steps`` / ``val_every``: see ``_duration``)."""
+    return lambda v: None if v is None else check_int(name, v, 1)
 
 
 
@@ -196,6 +199,8 @@ SECTIONS: dict[str, Checks] = {
     },
     "train": {
         "epochs": _positive_int("epochs"),
+        "max_steps": _positive_int("max_steps"),
+        "val_every": _positive_int("val_every"),
         "batch_size": _batch_size("batch_size"),
         "eval_batch_size": _batch_size("eval_batch_size"),
         "seed": _non_negative_int("seed"),
@@ -321,6 +326,22 @@ def _schedule(train: dict[str, Any], container, problems: list[Problem], optimiz
     return ScheduleConfig(name or ScheduleConfig.type, opts)
 
 
+def _duration(train: dict[str, Any], container, problems: list[Problem]) -> None:
+    """``train.epochs`` or ``train.max_steps``: a run is counted in one of them. ``epochs``'
+    default (10) applies only when ``max_steps`` is absent; with ``max_steps``, ``epochs``
+    becomes None (the resolved config says ``epochs: null``, which validates again)."""
+    given = container.get("epochs") if isinstance(container, dict) else None
+    if train.get("max_steps") is not None:
+        if given is not None:
+            problems.append(Problem("train.epochs", f"is {given!r} and train.max_steps is {train['max_steps']!r}: "
+                                    f"a run is counted in epochs or in optimizer steps, not both. Remove one, "
+                                    f"or set it to null (e.g. --set train.max_steps=null)", line_of(container, "epochs")))
+        train["epochs"] = None
+    elif isinstance(container, dict) and "epochs" in container and given is None:     # (a bad value is reported)
+        problems.append(Problem("train.epochs", "is null and train.max_steps is not set: say how long to train, "
+                                "e.g. epochs: 10 or max_steps: 10000", line_of(container, "epochs")))
+
+
 def _callbacks(values: dict[str, Any], container, problems: list[Problem]
                ) -> tuple[EarlyStoppingConfig | None, CheckpointConfig]:
     """``train.early_stopping`` (absent/null: off) and ``train.checkpoint``; a ``val_*`` monitor
@@ -388,6 +409,7 @@ def validate(raw: Any, source: str | None = None, stem: str = "run") -> Config:
     model_raw = raw.get("model") if isinstance(raw.get("model"), dict) else {}
     layers = _layers(model_raw["layers"], problems, line_of(model_raw, "layers")) if "layers" in model_raw else ()
     train_raw = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    _duration(values["train"], train_raw, problems)
     optimizer = _optimizer(values["train"], train_raw, problems)
     schedule = _schedule(values["train"], train_raw, problems, optimizer)
     early_stopping, checkpoint = _callbacks(values, train_raw, problems)

@@ -2,7 +2,8 @@
 
 :func:`cnncli.training.fit` calls each subscriber with these events in order:
 ``RunStarted``, then per epoch ``EpochStarted``, ``BatchEnded`` per batch and
-``EpochEnded``, and finally ``RunEnded``. The terminal renderer (``report.TrainReporter``)
+``EpochEnded`` (with ``train.val_every``: ``ValidationEnded`` after every ``val_every``-th
+step and the run's last one, instead of ``EpochEnded``), and finally ``RunEnded``. The terminal renderer (``report.TrainReporter``)
 and the run folder's writers (``rundir.RunWriter``) are such subscribers, so a quiet or
 JSON run goes through the same loop.
 """
@@ -22,7 +23,7 @@ class RunStarted:
     """Training is about to start (after the run folder's config.yaml is written)."""
 
     run_dir: Path
-    epochs: int
+    epochs: int                   # epochs the run starts (with train.max_steps: ceil(max_steps / batches))
     batches_per_epoch: int
     n_train: int
     n_val: int
@@ -32,6 +33,9 @@ class RunStarted:
     changes: tuple[str, ...] = ()  # settings that differ from the resumed checkpoint's run
     left_out: int = 0             # training images each epoch leaves out (a last batch of one)
     repaired: tuple[str, ...] = ()  # what resuming mended in the run folder (rundir.repair)
+    max_steps: int | None = None  # train.max_steps (None: the run counts epochs)
+    val_every: int | None = None  # train.val_every (None: validation after each epoch)
+    start_step: int = 0           # optimizer steps already taken (a resumed run)
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,22 @@ class EpochEnded:
 
 
 @dataclass(frozen=True)
+class ValidationEnded:
+    """With ``train.val_every``: a validation after ``step`` optimizer steps, in epoch ``epoch``
+    (1-based, the one the step belongs to), finished; ``metrics`` (one metrics.jsonl line) is
+    final, its training means taken over the steps since the previous validation."""
+
+    epoch: int
+    step: int
+    max_steps: int       # the run's steps (train.max_steps, or epochs * steps per epoch)
+    metrics: dict[str, float]
+    seconds: float       # since the previous validation
+    is_best: bool
+    images_per_s: float = 0.0
+    train_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class RunEnded:
     """The run finished; ``test`` is the best checkpoint's result on the test split, if any."""
 
@@ -80,6 +100,7 @@ class RunEnded:
     test: "EvalResult | None"
     seconds: float
     stopped_early: str | None = None   # why early stopping ended the run, if it did
+    best_step: int = 0                 # the optimizer steps taken when the best value was measured
 
 
 #: Any of the events above.

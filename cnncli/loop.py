@@ -53,12 +53,16 @@ class Tally:
     loss_sum: float = 0.0
     correct: int = 0
 
+    def reset(self) -> None:
+        """Start a new window, in place (``run_batches`` keeps adding to this object)."""
+        self.seen, self.loss_sum, self.correct = 0, 0.0, 0
+
 
 def run_batches(model: Model, ds: Dataset, batch_size: int, lut: np.ndarray, *, training: bool,
                 order: np.ndarray | None = None, optimizer: Optimizer | None = None,
                 label_smoothing: float = 0.0, on_batch: Callable[[int, int, float, float], None] | None = None,
                 keep_preds: bool = False, augment: Callable[[np.ndarray], np.ndarray] | None = None,
-                start: int = 0, tally: Tally | None = None):
+                start: int = 0, tally: Tally | None = None, stop: int | None = None):
     """One pass over ``ds`` in ``order``: forward (and backward + step when training).
 
     Each batch is gathered from the uint8 images and normalized through ``lut`` into a
@@ -70,7 +74,9 @@ def run_batches(model: Model, ds: Dataset, batch_size: int, lut: np.ndarray, *, 
     ``start`` (default 0) skips the first batches of ``order`` and ``tally`` (default: a new
     one) holds the sums the running means continue from, updated in place after each batch:
     together they continue a pass that was cut short (a mid-epoch resume) with the same
-    numbers; a caller may reset ``tally`` between batches to average over a shorter window.
+    numbers; a caller may reset ``tally`` (``Tally.reset``) between batches to average over a shorter window.
+    ``stop`` (default: all) ends the pass after that many batches of ``order`` (a run of
+    ``train.max_steps`` ending inside an epoch).
 
     Returns:
         (mean_loss, accuracy, preds or None).
@@ -87,6 +93,7 @@ def run_batches(model: Model, ds: Dataset, batch_size: int, lut: np.ndarray, *, 
         order = order[:-1]
         n -= 1
     n_batches = math.ceil(n / batch_size)
+    end = n_batches if stop is None else min(stop, n_batches)
     # two reused float buffers: batch b+1 is gathered, augmented and normalized into one by a
     # background thread while batch b computes from the other (NumPy releases the GIL in both);
     # batches are prepared one after another in order, so augmentation draws as without it
@@ -103,10 +110,10 @@ def run_batches(model: Model, ds: Dataset, batch_size: int, lut: np.ndarray, *, 
     preds = np.empty(n, dtype=np.int64) if keep_preds else None
     # overflow shows up as a non-finite loss, which is reported below; numpy need not warn
     with np.errstate(all="ignore"), ThreadPoolExecutor(1, thread_name_prefix="cnncli-batches") as pool:
-        ahead = pool.submit(prepare, start) if start < n_batches else None
-        for b in range(start, n_batches):
+        ahead = pool.submit(prepare, start) if start < end else None
+        for b in range(start, end):
             x, y = ahead.result()
-            if b + 1 < n_batches:
+            if b + 1 < end:
                 ahead = pool.submit(prepare, b + 1)     # into the other buffer, which batch b-1 is done with
             m = len(y)
             try:

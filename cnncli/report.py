@@ -164,7 +164,9 @@ def plot_lines(series: dict[str, list[float]], height: int = 8, width: int = 40,
 
     ``epochs`` numbers the points (the ``epoch`` field of the metrics rows, so a resumed
     run's plot of epochs 5-6 says so); default 1, 2, ... The x axis is labelled with the
-    first and last epoch (``x_name``: another word for the x axis, e.g. ``trial``).
+    first and last epoch (``x_name``: another word for the x axis, e.g. ``trial``, or
+    ``step`` for a run validated every ``train.val_every`` steps, whose ``epochs`` then holds
+    the points' steps).
     """
     markers = "*o+x"
     values = [v for s in series.values() for v in s if v is not None]
@@ -206,6 +208,7 @@ class TrainReporter:
         self.progress = None
         self.epoch_task = self.batch_task = None
         self.history: list[dict[str, float]] = []    # this session's metrics rows, with "epoch"
+        self.by_steps = False                          # the rows are validations every train.val_every steps
 
     def __call__(self, event: Any) -> None:
         if self.mode == "json":
@@ -216,13 +219,14 @@ class TrainReporter:
     def _json(self, e: Any) -> None:
         from cnncli import events as T
 
-        if isinstance(e, T.EpochEnded):
-            print_json({"event": "epoch", **e.metrics, "seconds": round(e.seconds, 3),
-                        "images_per_s": round(e.images_per_s, 1), "is_best": e.is_best})
+        if isinstance(e, (T.EpochEnded, T.ValidationEnded)):
+            print_json({"event": "epoch" if isinstance(e, T.EpochEnded) else "validation", **e.metrics,
+                        "seconds": round(e.seconds, 3), "images_per_s": round(e.images_per_s, 1),
+                        "is_best": e.is_best})
         elif isinstance(e, T.RunEnded):
             test = None if e.test is None else {"loss": e.test.loss, "accuracy": e.test.accuracy,
                                                 "n": int(e.test.labels.size)}
-            print_json({"event": "end", "run_dir": str(e.run_dir), "best_epoch": e.best_epoch,
+            print_json({"event": "end", "run_dir": str(e.run_dir), "best_epoch": e.best_epoch, "best_step": e.best_step,
                         "best": str(e.best_path), "last": str(e.last_path), "test": test,
                         "stopped_early": e.stopped_early, "seconds": round(e.seconds, 3)})
 
@@ -233,7 +237,9 @@ class TrainReporter:
         self.console.print(f"run folder: {e.run_dir}")
         self.console.print(f"data: {e.n_train:,} train, {e.n_val:,} validation, {e.n_test:,} test images; "
                            f"model: {e.num_params:,} parameters; {_n(e.epochs, 'epoch')} of "
-                           f"{_n(e.batches_per_epoch, 'batch')}")
+                           f"{_n(e.batches_per_epoch, 'batch')}"
+                           + (f" ({_n(e.max_steps, 'step')} in all)" if e.max_steps is not None else "")
+                           + (f"; validation every {_n(e.val_every, 'step')}" if e.val_every is not None else ""))
         if e.left_out:
             self.console.print(f"each epoch leaves out {_n(e.left_out, 'training image')} (the last batch would "
                                f"hold one, which batchnorm cannot normalize; shuffling picks another each epoch)")
@@ -280,6 +286,17 @@ class TrainReporter:
             f"val loss {_num(m.get('val_loss'))} acc {_pct(m.get('val_accuracy'))}  "
             f"lr {m['lr']:.3g}  {e.seconds:.1f}s ({e.images_per_s:,.0f} img/s){best}")
 
+    def on_ValidationEnded(self, e: T.ValidationEnded) -> None:
+        self.history.append(dict(e.metrics))
+        self.by_steps = True
+        if self.mode == "quiet":
+            return
+        m, best = e.metrics, "  *best" if e.is_best else ""
+        self.console.print(
+            f"step {e.step}/{e.max_steps} (epoch {e.epoch})  train loss {_num(m['train_loss'])} acc "
+            f"{_pct(m['train_accuracy'])}  val loss {_num(m.get('val_loss'))} acc {_pct(m.get('val_accuracy'))}  "
+            f"lr {m['lr']:.3g}  {e.seconds:.1f}s ({e.images_per_s:,.0f} img/s){best}")
+
     def on_RunEnded(self, e: T.RunEnded) -> None:
         self.close()
         if self.mode != "quiet" and e.stopped_early:
@@ -292,9 +309,10 @@ class TrainReporter:
                 if "val_accuracy" in h[0]:
                     series["validation"] = [r[f"val_{key}"] * scale for r in h]
                 self.console.print(title)
-                for line in plot_lines(series, fmt=fmt, epochs=[r["epoch"] for r in h]):
+                unit = "step" if self.by_steps else "epoch"
+                for line in plot_lines(series, fmt=fmt, epochs=[r[unit] for r in h], x_name=unit):
                     self.console.print(line)
-            self.console.print(f"best epoch: {e.best_epoch}")
+            self.console.print(f"best epoch: {e.best_epoch}" + (f", step {e.best_step}" if self.by_steps else ""))
         if self.mode == "quiet":
             # one line, even with no test split: the run folder may not be the one asked for
             # (a taken name gets -2, -3, ...), so scripts find the checkpoint here; path last

@@ -22,7 +22,7 @@ from cnncli import checkpoint, runlock
 from cnncli.callbacks import EarlyStopping, resolve_monitor
 from cnncli.config import Config
 from cnncli.errors import CheckpointError, OutputError
-from cnncli.events import BatchEnded, EpochEnded, RunStarted
+from cnncli.events import BatchEnded, EpochEnded, RunStarted, ValidationEnded
 from cnncli.layers import LAYERS
 
 if TYPE_CHECKING:
@@ -135,13 +135,18 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def _layer_signature(item: Any) -> tuple[str, dict[str, Any]]:
     """A ``model.layers`` item of ``Config.to_dict`` as (canonical type, every option with
-    defaults filled), so that ``- bn`` and ``- batchnorm: {eps: 1.0e-5}`` compare equal."""
+    defaults filled, the constructor's and ``model.PARAM_OPTIONS``), so that ``- bn`` and
+    ``- batchnorm: {eps: 1.0e-5}`` compare equal, and ``- linear: {out_features: 10}`` and
+    ``- linear: {out_features: 10, trainable: true}``."""
+    from cnncli.model import PARAM_OPTIONS
+
     name, opts = (item, {}) if isinstance(item, str) else next(iter(item.items()))
     try:
         cls = LAYERS.get(name)
     except KeyError:
         return str(name), dict(opts or {})
-    full = {n: p.default for n, p in LAYERS.options(cls).items()}
+    full = {n: default for n, (_, default) in PARAM_OPTIONS.items()}
+    full.update({n: p.default for n, p in LAYERS.options(cls).items()})
     full.update(opts or {})
     return cls.type_name, full
 
@@ -195,8 +200,11 @@ def check_resume(cfg: Config, ck: checkpoint.Checkpoint) -> int:
     if cfg.model.input_shape is not None and shape is not None and list(cfg.model.input_shape) != list(shape):
         raise CheckpointError(f"{path}: the checkpoint's model takes input {shape}, the config's "
                               f"model.input_shape is {list(cfg.model.input_shape)}")
-    total = cfg.train.epochs
-    if epoch >= total:
+    total, max_steps, step = cfg.train.epochs, cfg.train.max_steps, _step(meta)
+    if max_steps is not None and step is not None and step >= max_steps:
+        raise CheckpointError(f"{path}: the run has taken {step} step(s) and train.max_steps is {max_steps}: nothing "
+                              f"left to do. Raise the total to continue: --set train.max_steps=N with N > {step}.")
+    if max_steps is None and epoch >= total:
         raise CheckpointError(f"{path}: the run has finished {epoch} epoch(s) and train.epochs is {total}: nothing "
                               f"left to do. Raise the total to continue: --epochs N with N > {epoch}.")
     es = cfg.train.early_stopping
@@ -350,23 +358,44 @@ def start_branch(ck: checkpoint.Checkpoint, run_dir: Path) -> None:
         return
     epoch = ck.meta.get("epoch")
     for name in ("metrics.jsonl", "timing.jsonl"):
-        rows = read_rows(src / name, epoch)
+        rows = read_rows(src / name, epoch, _step(ck.meta))
         if rows:
             write_rows(run_dir / name, rows)
-    best_epoch = (ck.meta.get("best") or {}).get("best_epoch")
-    if best_epoch == epoch and "position" not in ck.meta:
+    best = ck.meta.get("best") or {}
+    best_epoch, best_step = best.get("best_epoch"), best.get("best_step")
+    if _holds_best(ck.meta):
         copy_atomic(ck.path, run_dir / "best.npz")
     elif (src / "best.npz").is_file():
         try:
             best = checkpoint.load(src / "best.npz")
         except Exception:  # noqa: BLE001 - a damaged best.npz is simply not carried over
             return
-        if best.meta.get("run_id") == run_id and best.meta.get("epoch") == best_epoch:
+        same = (best.meta.get("step") == best_step) if best_step else best.meta.get("epoch") == best_epoch
+        if best.meta.get("run_id") == run_id and same:
             copy_atomic(src / "best.npz", run_dir / "best.npz")
 
 
-def read_rows(path: Path, upto: int) -> list[dict[str, Any]]:
-    """The JSON lines of ``path`` for epochs 1..``upto`` (a resumed run rewrites the rest)."""
+def _step(meta: dict[str, Any]) -> int | None:
+    """A checkpoint's ``step`` (None if it has none)."""
+    step = meta.get("step")
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def _holds_best(meta: dict[str, Any]) -> bool:
+    """Whether the checkpoint of ``meta`` holds the state its best value was measured on: its
+    step is the best one's (a checkpoint without ``best_step``, of an older cnncli: its epoch is
+    the best and it was saved at the end of it)."""
+    best = meta.get("best") or {}
+    if isinstance(best.get("best_step"), int) and best.get("best_step"):
+        return best["best_step"] == _step(meta)
+    return best.get("best_epoch") == meta.get("epoch") and "position" not in meta
+
+
+def read_rows(path: Path, upto: int, upto_step: int | None = None) -> list[dict[str, Any]]:
+    """The JSON lines of ``path`` up to a checkpoint's state (a resumed run rewrites the rest):
+    with ``upto_step`` (the checkpoint's ``step``), the lines whose ``step`` is at most that;
+    else, and for lines without a ``step`` (written by an older cnncli), those of epochs
+    1..``upto``."""
     rows = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -377,9 +406,19 @@ def read_rows(path: Path, upto: int) -> list[dict[str, Any]]:
             row = json.loads(line)
         except ValueError:
             continue
-        if isinstance(row, dict) and isinstance(row.get("epoch"), int) and 1 <= row["epoch"] <= upto:
+        if isinstance(row, dict) and _within(row, upto, upto_step):
             rows.append(row)
     return rows
+
+
+def _within(row: dict[str, Any], upto: int, upto_step: int | None) -> bool:
+    """Whether a JSON line belongs to a state of ``upto`` epochs and ``upto_step`` steps (see
+    :func:`read_rows`)."""
+    step = row.get("step")
+    if upto_step is not None and isinstance(step, int) and not isinstance(step, bool):
+        return 1 <= step <= upto_step
+    epoch = row.get("epoch")
+    return isinstance(epoch, int) and not isinstance(epoch, bool) and 1 <= epoch <= upto
 
 
 
@@ -416,6 +455,7 @@ class RunWriter:
 
     Attributes:
         committed: The epoch whose ``last.npz`` is written (the resumed epoch at first).
+        committed_step: The step of the last commit this writer made (-1 before its first).
 
     Args:
         state: The run's :class:`~cnncli.state.TrainState` (its ``epoch`` is the resumed epoch).
@@ -432,15 +472,18 @@ class RunWriter:
         self.every_steps = every_steps
         self.folder = state.run_dir
         self.committed = state.epoch
+        self.committed_step = -1          # the step of the last commit made by this writer (-1: none yet)
         self.metrics_path, self.timing_path = self.folder / "metrics.jsonl", self.folder / "timing.jsonl"
-        self.rows = read_rows(self.metrics_path, state.epoch) if state.epoch else []
-        self.timing_rows = read_rows(self.timing_path, state.epoch) if state.epoch else []
+        self.rows = read_rows(self.metrics_path, state.epoch, state.step) if state.step else []
+        self.timing_rows = read_rows(self.timing_path, state.epoch, state.step) if state.step else []
 
     def __call__(self, event: Any) -> None:
         if isinstance(event, RunStarted):
             self.write_config()
         elif isinstance(event, EpochEnded):
             self.end_epoch(event)
+        elif isinstance(event, ValidationEnded):
+            self.commit(event)
         elif isinstance(event, BatchEnded) and self.every_steps and event.step % self.every_steps == 0:
             self.state.save(self.folder / "last.npz")
             (self.folder / "interrupted.npz").unlink(missing_ok=True)
@@ -455,16 +498,21 @@ class RunWriter:
                               getattr(e, "errno", None), getattr(e, "strerror", None)) from None
 
     def end_epoch(self, e: EpochEnded) -> None:
-        save, folder = self.state.save, self.folder
         if self.every and e.epoch % self.every == 0:
-            save(folder / f"epoch_{e.epoch}.npz")
+            self.state.save(self.folder / f"epoch_{e.epoch}.npz")
+        self.commit(e)
+
+    def commit(self, e: EpochEnded | ValidationEnded) -> None:
+        """Write the lines of ``e`` (an epoch's end or, with ``train.val_every``, a
+        validation's), then ``last.npz``, ``best.npz`` and the removal of ``interrupted.npz``."""
+        save, folder = self.state.save, self.folder
         self.rows.append(e.metrics)
-        self.timing_rows.append({"epoch": e.epoch, "train_seconds": round(e.train_seconds, 3),
+        self.timing_rows.append({"epoch": e.epoch, "step": self.state.step, "train_seconds": round(e.train_seconds, 3),
                                  "seconds": round(e.seconds, 3), "images_per_s": round(e.images_per_s, 1)})
         write_rows(self.metrics_path, self.rows)
         write_rows(self.timing_path, self.timing_rows)
-        save(folder / "last.npz")                       # the commit record of the epoch
-        self.committed = e.epoch
+        save(folder / "last.npz")                       # the commit record of the epoch or validation
+        self.committed, self.committed_step = self.state.epoch, self.state.step
         if e.is_best:
             save(folder / "best.npz")
         (folder / "interrupted.npz").unlink(missing_ok=True)
@@ -486,17 +534,22 @@ def repair(ck: checkpoint.Checkpoint) -> list[str]:
         OutputError: A file cannot be rewritten.
     """
     folder, meta = ck.path.parent, ck.meta
-    epoch = meta["epoch"]
+    epoch, step = meta["epoch"], _step(meta)
     done = []
+    line = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
+    # the checkpoint holds the last line committed before it (by step; by epoch, older lines)
+    key = ("step", line.get("step")) if "step" in line else ("epoch", line.get("epoch"))
     for name in ("metrics.jsonl", "timing.jsonl"):
         path = folder / name
         if not path.exists():
             continue
-        rows = read_rows(path, epoch)
-        if name == "metrics.jsonl" and isinstance(meta.get("metrics"), dict) and meta["metrics"].get("epoch") == epoch \
-                and not any(r.get("epoch") == epoch for r in rows):
-            rows.append(meta["metrics"])
-            done.append(f"metrics.jsonl: the line of epoch {epoch} restored from {ck.path.name}")
+        rows = read_rows(path, epoch, step)
+        if name == "metrics.jsonl" and line and _within(line, epoch, step) \
+                and not any(r.get(key[0]) == key[1] for r in rows):
+            rows.append(line)
+            by_steps = ((ck.config.get("train") or {}).get("val_every") if isinstance(ck.config, dict) else None)
+            which = f"step {line.get('step')}" if by_steps else f"epoch {line.get('epoch')}"
+            done.append(f"metrics.jsonl: the line of {which} restored from {ck.path.name}")
         if path.read_bytes() != "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8"):
             write_rows(path, rows)
     for old in folder.glob("epoch_*.npz"):
@@ -506,18 +559,18 @@ def repair(ck: checkpoint.Checkpoint) -> list[str]:
             done.append(f"{old.name} removed (its epoch never committed)")
     for tmp in folder.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
-    best_epoch = (meta.get("best") or {}).get("best_epoch")
     best = folder / "best.npz"
     # (a mid-epoch checkpoint holds a later state than its best epoch's: best.npz was written before it)
-    if best_epoch == epoch and "position" not in meta and _epoch_of(best) != epoch:
+    if _holds_best(meta) and _state_of(best) != (epoch, step):
         copy_atomic(ck.path, best)
-        done.append(f"best.npz restored from {ck.path.name} (epoch {epoch})")
+        done.append(f"best.npz restored from {ck.path.name} (epoch {epoch}) at step {step}")
     return done
 
 
-def _epoch_of(path: Path) -> int | None:
-    """The epoch a checkpoint holds (None if it is missing or unreadable)."""
+def _state_of(path: Path) -> tuple[Any, Any] | None:
+    """The (epoch, step) a checkpoint holds (None if it is missing or unreadable)."""
     try:
-        return checkpoint.load(path).meta.get("epoch") if path.is_file() else None
+        meta = checkpoint.load(path).meta if path.is_file() else None
     except CheckpointError:
         return None
+    return None if meta is None else (meta.get("epoch"), _step(meta))

@@ -88,6 +88,12 @@ class Schedule:
             With as many units as the run or more (a short trial run of a longer config,
             e.g. ``--epochs 1``), the run ends inside the warmup.
 
+    Attributes:
+        total_steps: The run's optimizer steps, the horizon of a schedule that counts steps:
+            epochs * steps_per_epoch, or ``train.max_steps`` (set by :func:`make_schedule`).
+        length: Units of ``interval`` after the warmup (T of the closed forms); <= 0 when the
+            run ends inside the warmup.
+
     Raises:
         OptionError: Both warmups, a negative one, or ``warmup_steps`` before a schedule that
             changes its lr once per epoch.
@@ -112,9 +118,14 @@ class Schedule:
                               f"warm up in whole epochs with warmup_epochs, or set interval: step")
         #: Optimizer steps taken before the schedule proper starts.
         self.skipped_steps = self.warmup_steps + self.warmup_epochs * self.steps_per_epoch
-        #: Units of ``interval`` after the warmup (T of the closed forms); <= 0 inside the warmup.
-        self.length = (self.epochs - self.warmup_epochs if self.interval == "epoch"
-                       else self.epochs * self.steps_per_epoch - self.skipped_steps)
+        self.total_steps = self.epochs * self.steps_per_epoch
+
+    @property
+    def length(self) -> int:
+        """Units of ``interval`` after the warmup (T of the closed forms); <= 0 inside the warmup."""
+        if self.interval == "epoch":
+            return self.epochs - self.warmup_epochs
+        return self.total_steps - self.skipped_steps
 
     def lr(self, epoch: int, step: int) -> float:
         """Learning rate of the optimizer step ``step`` (0-based) in epoch ``epoch`` (0-based):
@@ -346,7 +357,8 @@ class OneCycle(Schedule):
     """The 1cycle policy, per optimizer step, as ``torch.optim.lr_scheduler.OneCycleLR``
     (``anneal_strategy="cos"``, ``three_phase=False``, ``cycle_momentum=False``).
 
-    With total = the steps of the run (after the warmup, if any), initial = max_lr / div_factor,
+    With total = the steps of the run after the warmup (``total_steps``: epochs * steps_per_epoch,
+    or ``train.max_steps``), initial = max_lr / div_factor,
     final = initial / final_div_factor and cos_anneal(a, b, t) = b + (a - b) (1 + cos(pi t)) / 2:
     phase 1 ends at step s1 = pct_start * total - 1 and anneals initial -> max_lr;
     phase 2 ends at step total - 1 and anneals max_lr -> final; step s of a phase
@@ -371,7 +383,6 @@ class OneCycle(Schedule):
         self.pct_start = check_float("pct_start", pct_start, 0.0, 1.0, low_open=True, high_open=True)
         self.div_factor = check_float("div_factor", div_factor, 0.0, low_open=True)
         self.final_div_factor = check_float("final_div_factor", final_div_factor, 0.0, low_open=True)
-        self.total_steps = self.length
         self.initial_lr = self.max_lr / self.div_factor
         self.min_lr = self.initial_lr / self.final_div_factor
 
@@ -380,11 +391,12 @@ class OneCycle(Schedule):
         return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
 
     def at(self, t):
-        if self.total_steps < 1:                  # the run ends inside the warmup: this is its target
+        total = self.length
+        if total < 1:                             # the run ends inside the warmup: this is its target
             return self.initial_lr
-        step = min(t, self.total_steps - 1)       # past the plan (never in a normal run): stay at the end
-        phases = ((float(self.pct_start * self.total_steps) - 1, self.initial_lr, self.max_lr),
-                  (self.total_steps - 1, self.max_lr, self.min_lr))
+        step = min(t, total - 1)                  # past the plan (never in a normal run): stay at the end
+        phases = ((float(self.pct_start * total) - 1, self.initial_lr, self.max_lr),
+                  (total - 1, self.max_lr, self.min_lr))
         start = 0.0
         for i, (end, lr0, lr1) in enumerate(phases):
             if step <= end or i == len(phases) - 1:
@@ -474,11 +486,22 @@ class ReduceOnPlateau(Schedule):
         self.cooldown_counter = check_int("cooldown_counter", state.get("cooldown_counter", 0), 0)
 
 
-def make_schedule(name: str, options: dict[str, Any], base_lr: float, epochs: int,
-                  steps_per_epoch: int) -> Schedule:
-    """Build the schedule registered as ``name``.
+def run_epochs(epochs: int | None, max_steps: int | None, steps_per_epoch: int) -> int:
+    """Epochs a run trains: ``epochs``, or with ``max_steps`` (``train.max_steps``) the epochs
+    its steps start, ceil(max_steps / steps_per_epoch) (the last one may end early)."""
+    return epochs if max_steps is None else math.ceil(max_steps / steps_per_epoch)
+
+
+def make_schedule(name: str, options: dict[str, Any], base_lr: float, epochs: int | None,
+                  steps_per_epoch: int, max_steps: int | None = None) -> Schedule:
+    """Build the schedule registered as ``name``. With ``max_steps`` (a run counted in steps,
+    ``epochs`` None) a schedule that counts epochs spans :func:`run_epochs` epochs and one
+    that counts steps has ``total_steps = max_steps`` as its horizon.
 
     Raises:
         KeyError: Unknown name. ValueError/TypeError: A bad or missing option.
     """
-    return SCHEDULES[name](base_lr, epochs, steps_per_epoch, **options)
+    schedule = SCHEDULES[name](base_lr, run_epochs(epochs, max_steps, steps_per_epoch), steps_per_epoch, **options)
+    if max_steps is not None:
+        schedule.total_steps = max_steps
+    return schedule

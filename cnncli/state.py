@@ -45,7 +45,8 @@ class TrainState:
         run_dir, run_id: The run folder and the id that ties its files together.
         epoch: Epochs finished. step: Optimizer steps taken. batch: Batches of the current
             epoch done (0 between epochs). metrics: The last finished epoch's metrics.
-        tally: The running training sums of the current epoch (``loop.Tally``).
+        tally: The running training sums since the last metrics line (``loop.Tally``): of the
+            current epoch, or with ``train.val_every`` since the last validation.
         epoch_shuffle: The shuffling generator's state before it drew the current epoch's
             order (redrawn from it on a mid-epoch resume).
         augment_after: The augmentation generator's state after the draws of the last batch
@@ -106,14 +107,19 @@ class TrainState:
 
     def meta(self, **extra: Any) -> dict[str, Any]:
         """The checkpoint metadata of this state (JSON-safe), plus ``extra`` entries. Mid-epoch
-        (``batch`` > 0) it also holds ``position``: the batches done, the shuffling state the
-        epoch's order was drawn from and the epoch's running sums; and the augmentation
+        (``batch`` > 0), or with running sums not yet reported (``train.val_every``), it also
+        holds ``position``: the batches done, the shuffling state the epoch's order was drawn
+        from (or, between epochs, the present one) and the running sums; mid-epoch the augmentation
         generator's state is the one after the last trained batch's draws."""
-        mid = self.batch > 0
-        position = {"batch": self.batch, "shuffle": self.epoch_shuffle,
+        mid = self.batch > 0 or self.tally.seen > 0
+        # between epochs with a window of train.val_every open: the next epoch's order is drawn
+        # from the generator's present state
+        shuffle = self.epoch_shuffle if self.batch > 0 else self.shuffle_rng.bit_generator.state
+        position = {"batch": self.batch, "shuffle": shuffle,
                     "tally": {"seen": self.tally.seen, "loss_sum": self.tally.loss_sum,
                               "correct": self.tally.correct}} if mid else None
-        augment = self.augment_after if mid and self.augment_after is not None else self.augment_rng.bit_generator.state
+        augment = self.augment_after if self.batch > 0 and self.augment_after is not None \
+            else self.augment_rng.bit_generator.state
         return {"epoch": self.epoch, "step": self.step, "metrics": self.metrics,
                 "run_id": self.run_id, "run_dir": str(self.run_dir.resolve()),
                 "optimizer": {"type": self.optimizer.type_name, "steps": self.optimizer.steps,

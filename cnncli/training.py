@@ -25,14 +25,14 @@ from cnncli.config import Config
 from cnncli.data import Data, pixel_lut, prepare_data, resolved_config
 from cnncli.errors import CheckpointError, CnncliError, DivergedError, TrainingError
 from cnncli.events import (BatchEnded, EpochEnded, EpochStarted, Event, EventHandler,  # noqa: F401 (re-exported)
-                           RunEnded, RunStarted)
+                           RunEnded, RunStarted, ValidationEnded)
 from cnncli.loop import EvalResult, Tally, evaluate, run_batches
 from cnncli.model import Model
 from cnncli.optim import Optimizer
 from cnncli import runlock, threads
 from cnncli.rundir import (RunWriter, check_resume, check_resume_in_place, lock_run_dir, new_run_dir, repair,
                            resume_changes, same_folder, start_branch)
-from cnncli.schedules import Schedule, steps_per_epoch
+from cnncli.schedules import Schedule, run_epochs, steps_per_epoch
 from cnncli.state import TrainState
 
 
@@ -181,17 +181,18 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
         writer = RunWriter(state, t.checkpoint.every, t.checkpoint.every_steps)
         emit = _broadcast(writer, on_event)
         steps = steps_per_epoch(len(data.train), t.batch_size)   # less a last batch of one image, left out
-        emit(RunStarted(run_dir, t.epochs, steps, len(data.train), len(data.val or ()), len(data.test or ()),
-                        model.num_params(), state.epoch,
+        emit(RunStarted(run_dir, run_epochs(t.epochs, t.max_steps, steps), steps, len(data.train),
+                        len(data.val or ()), len(data.test or ()), model.num_params(), state.epoch,
                         tuple(resume_changes(resolved, resume)) if resume is not None else (),
-                        int(steps < math.ceil(len(data.train) / t.batch_size)), repaired))
+                        int(steps < math.ceil(len(data.train) / t.batch_size)), repaired, t.max_steps,
+                        t.val_every, state.step))
         t_run = time.perf_counter()
         lut = pixel_lut(resolved.data.mean, resolved.data.std, model.dtype, resolved.data.scale)
         with threads.limit(t.threads):
             stopped_early = _epochs(state, data, lut, augment if augment.active else None, emit, writer)
             test = _test(state, data, lut)
         end = RunEnded(run_dir, state.best.best_epoch, run_dir / "best.npz", run_dir / "last.npz", test,
-                       time.perf_counter() - t_run, stopped_early)
+                       time.perf_counter() - t_run, stopped_early, state.best.best_step)
         emit(end)
         return end
     finally:
@@ -200,33 +201,118 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
 
 def _epochs(state: TrainState, data: Data, lut: np.ndarray, augment: Augment | None, emit: EventHandler,
             writer: RunWriter) -> str | None:
-    """Train the epochs left; return why early stopping ended the run (None if it did not).
+    """Train the epochs left (up to ``train.max_steps`` steps, if set), validating after each
+    epoch or, with ``train.val_every``, after every ``val_every``-th step and the last one;
+    return why early stopping ended the run (None if it did not).
 
     Raises:
         TrainingInterrupted: Ctrl-C (see :func:`_interrupted`).
     """
     t = state.cfg.train
+    total = run_epochs(t.epochs, t.max_steps, state.schedule.steps_per_epoch)
     stepper = _Stepper(state.optimizer, state.schedule, t.grad_clip_norm)
     interrupt = _DeferredInterrupt()
+    window = _Window(state, data, lut, emit)
     try:
         with interrupt:
-            for epoch in range(state.epoch + 1, t.epochs + 1):
-                emit(EpochStarted(epoch, t.epochs))
-                metrics, seconds, train_seconds = _train_epoch(state, data, epoch, lut, stepper, augment, emit,
-                                                               interrupt)
-                state.schedule.epoch_end(metrics)
-                is_best = state.best.update(metrics[state.best.monitor], epoch)
-                stop = state.early.epoch_end(metrics[state.early.tracker.monitor], epoch) \
-                    if state.early is not None else False
-                state.epoch, state.metrics, state.batch = epoch, metrics, 0
-                emit(EpochEnded(epoch, t.epochs, metrics, seconds, is_best,
-                                len(data.train) / max(train_seconds, 1e-9), train_seconds))
-                if stop:
-                    return state.early.reason(state.early.tracker.monitor)
+            for epoch in range(state.epoch + 1, total + 1):
+                emit(EpochStarted(epoch, total))
+                loss, acc, t0, train_seconds = _train_epoch(state, data, epoch, lut, stepper, augment, emit,
+                                                            interrupt, window)
+                metrics = _metrics(state, data, lut, epoch, loss, acc) if t.val_every is None else None
+                state.epoch, state.batch = epoch, 0
+                if metrics is not None:
+                    seconds = time.perf_counter() - t0
+                    is_best, stop = _judge(state, metrics, epoch)
+                    state.metrics = metrics
+                    state.tally.reset()
+                    emit(EpochEnded(epoch, total, metrics, seconds, is_best,
+                                    len(data.train) / max(train_seconds, 1e-9), train_seconds))
+                    if stop:
+                        return state.early.reason(state.early.tracker.monitor)
                 interrupt.check()
+    except _EarlyStop as e:
+        return e.reason
     except KeyboardInterrupt:
-        raise _interrupted(state, writer.committed, interrupt.forced) from None
+        raise _interrupted(state, writer, interrupt.forced) from None
     return None
+
+
+class _EarlyStop(Exception):
+    """Early stopping ended the run at a validation inside an epoch (``train.val_every``)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _judge(state: TrainState, metrics: dict[str, Any], epoch: int) -> tuple[bool, bool]:
+    """Give a validation's ``metrics`` to the schedule (``reduce_on_plateau``), the best
+    tracker and early stopping; return (is a new best, early stopping says stop)."""
+    state.schedule.epoch_end(metrics)
+    is_best = state.best.update(metrics[state.best.monitor], epoch, state.step)
+    stop = state.early.epoch_end(metrics[state.early.tracker.monitor], epoch, state.step) \
+        if state.early is not None else False
+    return is_best, stop
+
+
+def _metrics(state: TrainState, data: Data, lut: np.ndarray, epoch: int, loss: float, acc: float
+             ) -> dict[str, Any]:
+    """One metrics.jsonl line: ``epoch`` (the epoch the last step belongs to), ``step``, the
+    training means ``loss`` and ``acc``, the lr, and the validation split's loss and accuracy.
+
+    Raises:
+        TrainingError: A parameter or buffer became NaN/inf.
+    """
+    try:
+        _check_finite(state.model)
+    except TrainingError as e:
+        raise _stopped(e, state, epoch) from None
+    metrics = {"epoch": epoch, "step": state.step, "train_loss": loss, "train_accuracy": acc,
+               "lr": state.optimizer.lr}
+    if data.val is not None:
+        t, model = state.cfg.train, state.model
+        val = evaluate(model, data.val, t.eval_batch_size, lut, model.output_shape[0])
+        metrics.update(val_loss=val.loss, val_accuracy=val.accuracy)
+    return metrics
+
+
+class _Window:
+    """With ``train.val_every``: after each step, validate when the step is a multiple of
+    ``val_every`` or the run's last (``schedule.total_steps``), averaging the training sums
+    since the previous validation (``state.tally``, then reset), and emit ``ValidationEnded``
+    (``rundir.RunWriter`` commits it); raise :class:`_EarlyStop` when early stopping says so.
+    Without ``val_every`` it only keeps the time an epoch's validation started from."""
+
+    def __init__(self, state: TrainState, data: Data, lut: np.ndarray, emit: EventHandler):
+        self.state, self.data, self.lut, self.emit = state, data, lut, emit
+        self.since = time.perf_counter()
+        self.images = 0
+
+    def after_step(self, epoch: int, images: int, epoch_done: bool) -> None:
+        """Called after each training step of ``images`` images in epoch ``epoch`` (1-based);
+        ``epoch_done``: it was the epoch's last (a validation there commits the finished epoch,
+        with no mid-epoch position, so a run that ends there is finished for ``--resume``)."""
+        state, every = self.state, self.state.cfg.train.val_every
+        self.images += images
+        total = state.schedule.total_steps
+        if every is None or (state.step % every and state.step < total):
+            return
+        train_seconds = time.perf_counter() - self.since
+        if epoch_done:
+            state.epoch, state.batch = epoch, 0
+        tally = state.tally
+        metrics = _metrics(state, self.data, self.lut, epoch, tally.loss_sum / max(tally.seen, 1),
+                           tally.correct / max(tally.seen, 1))
+        is_best, stop = _judge(state, metrics, epoch)
+        state.metrics = metrics
+        tally.reset()
+        now = time.perf_counter()
+        self.emit(ValidationEnded(epoch, state.step, total, metrics, now - self.since, is_best,
+                                  self.images / max(train_seconds, 1e-9), train_seconds))
+        self.since, self.images = now, 0
+        if stop:
+            raise _EarlyStop(state.early.reason(state.early.tracker.monitor))
 
 
 def _test(state: TrainState, data: Data, lut: np.ndarray) -> EvalResult | None:
@@ -258,9 +344,11 @@ def _broadcast(*handlers: EventHandler) -> EventHandler:
 
 
 def _train_epoch(state: TrainState, data: Data, epoch: int, lut: np.ndarray, stepper: _Stepper,
-                 augment: Augment | None, emit: EventHandler, interrupt: _DeferredInterrupt
-                 ) -> tuple[dict[str, Any], float, float]:
-    """Train one epoch and validate; return (metrics, seconds, training seconds).
+                 augment: Augment | None, emit: EventHandler, interrupt: _DeferredInterrupt, window: _Window
+                 ) -> tuple[float, float, float, float]:
+    """Train one epoch (or what is left of it, up to ``train.max_steps``); return (mean loss,
+    accuracy, its start time, training seconds); ``window`` validates after steps with
+    ``train.val_every``.
 
     Raises:
         TrainingError: The loss or a parameter became NaN/inf, or a batch was refused; the
@@ -268,8 +356,6 @@ def _train_epoch(state: TrainState, data: Data, epoch: int, lut: np.ndarray, ste
     """
     t, model = state.cfg.train, state.model
     t0 = time.perf_counter()
-    if state.batch == 0:                 # a new epoch (else one resumed where a checkpoint left it)
-        state.tally = Tally()
     # the order is drawn from this state: a mid-epoch checkpoint holds it, to draw the same order
     state.epoch_shuffle = state.shuffle_rng.bit_generator.state
     order = state.shuffle_rng.permutation(len(data.train))
@@ -278,6 +364,7 @@ def _train_epoch(state: TrainState, data: Data, epoch: int, lut: np.ndarray, ste
     if start == 0:                       # (resumed mid-epoch, the lr is the last step's, restored)
         stepper.set_lr()
     recorder = _AugmentRecorder(augment) if augment is not None else None
+    stop = None if t.max_steps is None else start + t.max_steps - state.step
 
     def on_batch(b: int, n_batches: int, loss: float, acc: float) -> None:
         state.step += 1
@@ -287,22 +374,17 @@ def _train_epoch(state: TrainState, data: Data, epoch: int, lut: np.ndarray, ste
         seen = min((b + 1) * t.batch_size, len(data.train))
         emit(BatchEnded(epoch, b + 1, n_batches, loss, acc, seen / max(time.perf_counter() - t0, 1e-9),
                         state.optimizer.lr, state.step))
+        window.after_step(epoch, min(t.batch_size, len(data.train) - b * t.batch_size), b + 1 == n_batches)
         interrupt.check()
 
     try:
         train_loss, train_acc, _ = run_batches(model, data.train, t.batch_size, lut, training=True, order=order,
                                                optimizer=stepper, label_smoothing=t.label_smoothing,
                                                on_batch=on_batch, augment=recorder, start=start,
-                                               tally=state.tally)
-        _check_finite(model)
+                                               tally=state.tally, stop=stop)
     except TrainingError as e:
         raise _stopped(e, state, epoch) from None
-    train_seconds = time.perf_counter() - t0
-    metrics = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc, "lr": state.optimizer.lr}
-    if data.val is not None:
-        val = evaluate(model, data.val, t.eval_batch_size, lut, model.output_shape[0])
-        metrics.update(val_loss=val.loss, val_accuracy=val.accuracy)
-    return metrics, time.perf_counter() - t0, train_seconds
+    return train_loss, train_acc, t0, time.perf_counter() - t0
 
 
 def _stopped(e: TrainingError, state: TrainState, epoch: int) -> TrainingError:
@@ -320,7 +402,7 @@ def _stopped(e: TrainingError, state: TrainState, epoch: int) -> TrainingError:
     return type(e)(f"{at}: {e}. Training stopped; {kept}.{hint}")
 
 
-def _interrupted(state: TrainState, committed: int, forced: bool = False) -> TrainingInterrupted:
+def _interrupted(state: TrainState, writer: RunWriter, forced: bool = False) -> TrainingInterrupted:
     """Ctrl-C stopped training: save the state where it stopped to ``interrupted.npz`` (beside
     ``last.npz``, which keeps ``committed``, the last epoch whose files were all written;
     meta epoch = epochs finished, batch = batches of the next epoch done, ``position`` for
@@ -331,16 +413,22 @@ def _interrupted(state: TrainState, committed: int, forced: bool = False) -> Tra
     ``resume_from`` is ``last.npz`` when nothing was trained since its commit, else the
     interrupted checkpoint (None when it is partial and no epoch was committed)."""
     stopped, last_path = state.run_dir / "interrupted.npz", state.run_dir / "last.npz"
-    if committed >= state.cfg.train.epochs:
-        return TrainingInterrupted(f"interrupted after the last epoch; the run is complete ({committed} epochs, "
+    t, committed = state.cfg.train, writer.committed
+    by_steps = t.max_steps is not None or t.val_every is not None     # commits at validation steps
+    if (writer.committed_step >= state.schedule.total_steps) if by_steps else committed >= t.epochs:
+        done = f"{writer.committed_step} steps" if by_steps else f"{committed} epochs"
+        return TrainingInterrupted(f"interrupted after the last {'step' if by_steps else 'epoch'}; the run is complete ({done}, "
                                    f"{last_path}; the test evaluation was skipped). Measure it with: cnncli eval "
                                    f"{state.run_dir / 'best.npz'}", last_path, None, complete=True)
     finished, batch = state.epoch, state.batch
     state.save(stopped, interrupted=True, batch=batch, **({"partial": True} if forced else {}))
     kept = f"; {last_path} keeps epoch {committed}" if committed else ""
+    if by_steps and writer.committed_step > 0:
+        kept = f"; {last_path} keeps step {writer.committed_step} (its last validation)"
     where = f"during epoch {finished + 1} (batch {batch})" if batch else f"after epoch {finished}"
-    at_commit = batch == 0 and committed == finished and committed > 0
-    resume_from = (last_path if committed else None) if forced or at_commit else stopped
+    at_commit = writer.committed_step == state.step > 0 if by_steps else \
+        batch == 0 and committed == finished and committed > 0
+    resume_from = (last_path if committed or writer.committed_step > 0 else None) if forced or at_commit else stopped
     how = " (a second Ctrl-C cut a step short: it cannot be resumed)" if forced else ""
     return TrainingInterrupted(f"interrupted at step {state.step}, {where}; the state was saved to {stopped}{how}"
                                f"{kept}", stopped, resume_from)

@@ -1,37 +1,17 @@
 """configs/caffe-lenet.yaml (Caffe's examples/mnist LeNet): its network has Caffe's 431,080
-parameters and the per-blob lr multipliers; it trains a few steps.
-
-The config needs names that land on other branches (issue 16 part A: data.scale,
-xavier_caffe, the inv schedule; part B: train.max_steps, train.val_every). Until they are all
-registered the test skips, saying which ones are missing. TODO(merge): remove the skip."""
+parameters and the per-blob lr multipliers; it trains a few steps."""
 
 from __future__ import annotations
-
 from pathlib import Path
 
-import pytest
 
 from cnncli import config as C
-from cnncli.errors import ConfigError
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "caffe-lenet.yaml"
 
 
-#: What configs/caffe-lenet.yaml names before the other branches land. TODO(merge): remove.
-PENDING = ("data.scale", "xavier_caffe", "'inv'", "max_steps", "val_every")
-
-
-def load_or_skip(path: Path = CONFIG):
-    """``config.load(path)``; a skip when its only problems are :data:`PENDING` names."""
-    try:
-        return C.load(path)
-    except ConfigError as e:
-        if all(any(p in str(problem) for p in PENDING) for problem in e.problems):
-            pytest.skip(f"waiting for the names of issue 16's other parts: {e}")
-        raise
-
-
-load = load_or_skip
+def load(path: Path = CONFIG):
+    return C.load(path)
 
 
 def test_caffe_lenet_has_caffes_parameters_and_multipliers():

@@ -142,28 +142,30 @@ def test_cosine_limits_are_config_errors(write_config, mnist_slice, tmp_path, sc
 
 
 SHIPPED = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
-#: Configs counted in steps, with validation on the test split: `--epochs 1` and a val_split do
-#: not apply; tests/test_caffe_lenet.py trains them. TODO(merge, issue 16): that test's skip goes.
-BY_STEPS = {"caffe-lenet"}
 
 
 def test_every_shipped_config_is_trained_below():
     """The parametrized test below would pass vacuously if no config were found."""
-    assert {p.stem for p in SHIPPED} >= {"mnist", "lenet5", "tiny", "fashion-mnist"}
+    assert {p.stem for p in SHIPPED} >= {"mnist", "lenet5", "tiny", "fashion-mnist", "caffe-lenet"}
 
 
-@pytest.mark.parametrize("path", [p for p in SHIPPED if p.stem not in BY_STEPS],
-                         ids=[p.stem for p in SHIPPED if p.stem not in BY_STEPS])
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_configs_train_one_epoch(path, mnist_slice, tmp_path):
     """Each shipped config trains one epoch as the README suggests for a first look
-    (``--epochs 1``), on a small real slice in its place: a run folder with one metrics
-    line, a last checkpoint and a test accuracy above chance (10 classes: 10 %)."""
+    (``--epochs 1``; a config counted in steps, ``train.max_steps``: 8 steps, validated once),
+    on a small real slice in its place: a run folder with one metrics line, a last checkpoint
+    and a test accuracy above chance (10 classes: 10 %)."""
     run = tmp_path / "run"
-    r = runner.invoke(app, ["train", str(path), "--epochs", "1", "--out", str(run), "--json",
-                            "--set", f"data.path={mnist_slice}", "--set", "data.val_split=100"])
+    by_steps = "max_steps:" in path.read_text()
+    length = ["--set", "train.max_steps=8", "--set", "train.val_every=8"] if by_steps else ["--epochs", "1"]
+    if "validate_on: test" not in path.read_text():
+        length += ["--set", "data.val_split=100"]
+    r = runner.invoke(app, ["train", str(path), *length, "--out", str(run), "--json",
+                            "--set", f"data.path={mnist_slice}"])
     assert r.exit_code == 0, r.output
     end = json.loads(r.output.strip().splitlines()[-1])
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1]
-    assert checkpoint.load(run / "last.npz").meta["epoch"] == 1
+    rows = [json.loads(line) for line in lines]
+    assert [row["epoch"] for row in rows] == [1] and (rows[0]["step"] == 8 or not by_steps), rows
+    assert checkpoint.load(run / "last.npz").meta["step"] == rows[0]["step"]
     assert end["event"] == "end" and end["test"]["n"] == 200 and end["test"]["accuracy"] > 0.2, end

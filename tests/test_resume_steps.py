@@ -91,3 +91,57 @@ def test_a_step_cut_short_by_a_second_ctrl_c_is_not_resumed(write_config, mnist_
     r = CliRunner().invoke(app, ["train", str(cfg), "--resume", str(tmp_path / "r" / "interrupted.npz")])
     assert r.exit_code == 2 and "a second Ctrl-C cut its last step short" in r.output
     assert f"Resume from {tmp_path / 'r' / 'last.npz'} (epoch 1)" in " ".join(r.output.split())
+
+
+# train.max_steps / train.val_every: 21 steps (2 epochs of 8 and 5 steps of a third), validated at
+# steps 5, 10, 15, 20 and 21; the windows straddle the epoch ends (steps 8 and 16)
+BY_STEPS = "  max_steps: 21\n  val_every: 5\n"
+
+
+def steps_config(write_config, mnist_slice, setup):
+    text = make_config(write_config, mnist_slice, epochs=3, setup=setup).read_text()
+    return write_config(text.replace("  epochs: 3\n", BY_STEPS), "steps.yaml")
+
+
+def stop_on(kind, at):
+    """Raise KeyboardInterrupt on the event ``kind`` whose step (epoch, for EpochStarted) is ``at``."""
+    def handler(e):
+        if isinstance(e, kind) and getattr(e, "step", getattr(e, "epoch", None)) == at:
+            raise KeyboardInterrupt
+    return handler
+
+
+@pytest.mark.parametrize("setup", ["sgd-onecycle-every", "rmsprop-plateau-early-stop"])
+def test_max_steps_val_every_ctrl_c_then_resume_is_bit_identical(write_config, mnist_slice, tmp_path, setup):
+    from cnncli import config as C
+    from cnncli.assemble import build_model
+    from cnncli.data import prepare_data
+
+    cfg = steps_config(write_config, mnist_slice, setup)
+    fit_until(cfg, tmp_path / "full", None)
+    rows = [__import__("json").loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    # early stopping (min_delta 10, patience 3) ends the plateau run at its 4th validation
+    expected = [(1, 5), (2, 10), (2, 15), (3, 20), (3, 21)][:4 if setup.startswith("rmsprop") else 5]
+    assert [(r["epoch"], r["step"]) for r in rows] == expected
+    events = [
+        (training.BatchEnded, 3),            # mid-epoch, mid-window
+        (training.EpochStarted, 2),          # between epochs, a window (steps 6-8) not yet reported
+        (training.ValidationEnded, 10),      # right after a validation's commit
+        (training.BatchEnded, random.Random(setup).choice([11, 12, 13, 14, 16, 17, 18, 19])),
+    ]
+    split, resume = tmp_path / "split", None
+    for kind, at in events:
+        c = C.load(cfg)
+        data = prepare_data(c)
+        model = build_model(c, data.train.image_shape, num_classes=data.num_classes)
+        split.mkdir(exist_ok=True)
+        with pytest.raises(training.TrainingInterrupted) as info:
+            training.fit(c, model, data, split, stop_on(kind, at),
+                         resume=checkpoint.load(resume) if resume is not None else None)
+        resume = info.value.resume_from
+        assert resume == split / ("last.npz" if kind is training.ValidationEnded else "interrupted.npz")
+    fit_until(cfg, split, None, resume)
+    assert not (split / "interrupted.npz").exists()
+    assert_same_run(tmp_path / "full", split)
+    best = checkpoint.load(split / "best.npz").meta
+    assert best["step"] == best["best"]["best_step"] and (best["epoch"], best["step"]) != (0, 0)

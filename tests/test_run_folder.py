@@ -218,7 +218,7 @@ def test_run_writer_commit_record_comes_after_the_lines(tmp_path):
     """RunWriter alone: with a save that fails at last.npz, the epoch's lines are written but
     last.npz (the commit record) is not, so resume drops them (see repair)."""
     class State:
-        run_dir, epoch, run_id, config = tmp_path, 0, "x", {}
+        run_dir, epoch, step, run_id, config = tmp_path, 0, 0, "x", {}
 
         def save(self, path, **extra):
             if path.name == "last.npz":
