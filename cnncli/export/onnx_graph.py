@@ -3,7 +3,7 @@
 The graph takes ``pixels``: float32 (N, C, H, W) with values in [0, 255] (uint8 images cast
 to float, N dynamic), and starts with the checkpoint's normalization,
 x = pixels * (1 / (255 * std)) + (-mean / std) per channel, i.e. (pixels/255 - mean)/std
-as ``cnncli.data.pixel_lut``. Its output ``output`` (N, K) is what ``cnncli eval`` reads: the
+as ``cnncli.data.pixel_lut`` (with ``data.scale``: pixels * (scale / std) + (-mean / std)). Its output ``output`` (N, K) is what ``cnncli eval`` reads: the
 last layer's values (logits, or probabilities after a softmax layer). Dropout is the
 identity at inference and is left out; batch normalization is its inference form
 (running statistics). Initializers are named as PyTorch names the same arrays
@@ -151,25 +151,27 @@ ONNX_LAYERS: dict[str, Callable] = {
 }
 
 
-def _normalization(g: _Graph, mean, std, input_shape: tuple[int, ...]) -> str:
-    """Nodes turning pixels in [0, 255] into the network's input; one value, or one per channel
-    shaped (C, 1, 1) to broadcast over (N, C, H, W)."""
+def _normalization(g: _Graph, mean, std, input_shape: tuple[int, ...], scale: float | None = None) -> str:
+    """Nodes turning pixels in [0, 255] into the network's input, (pixel * scale - mean) / std
+    (``scale`` None: 1/255); one value, or one per channel shaped (C, 1, 1) to broadcast over
+    (N, C, H, W)."""
     m = np.atleast_1d(np.asarray(mean, dtype=np.float64))
     s = np.atleast_1d(np.asarray(std, dtype=np.float64))
     shape = () if m.size == s.size == 1 else (max(m.size, s.size), *(1,) * (len(input_shape) - 1))
-    scale = (1.0 / (255.0 * s)) * np.ones_like(m)
+    factor = (1.0 / (255.0 * s) if scale is None else float(scale) / s) * np.ones_like(m)
     shift = -m / s
-    x = g.node("Mul", [INPUT, g.const("normalize.scale", scale.reshape(shape))], "normalize.mul")
+    x = g.node("Mul", [INPUT, g.const("normalize.scale", factor.reshape(shape))], "normalize.mul")
     return g.node("Add", [x, g.const("normalize.shift", shift.reshape(shape))], "normalize.add")
 
 
-def onnx_model(model, mean, std, metadata: dict[str, str], doc: str = ""):
+def onnx_model(model, mean, std, metadata: dict[str, str], doc: str = "", scale: float | None = None):
     """The ONNX ``ModelProto`` of ``model`` (a ``cnncli.model.Model``), checked with
     ``onnx.checker.check_model(full_check=True)``.
 
     Args:
         model: The network, weights loaded.
         mean, std: Its normalization (a number, or one per channel), as ``data.mean``/``data.std``.
+        scale: The pixel multiplier before them, ``data.scale``; None (the default) is 1/255.
         metadata: Text entries for the model's ``metadata_props`` (class names, ...).
         doc: The graph's doc string.
 
@@ -183,7 +185,7 @@ def onnx_model(model, mean, std, metadata: dict[str, str], doc: str = ""):
     except ImportError:
         raise ExportError("--format onnx needs the onnx package: pip install 'cnncli[export]'") from None
     g = _Graph(onnx, model.dtype)
-    x = _normalization(g, mean, std, model.input_shape)
+    x = _normalization(g, mean, std, model.input_shape, scale)
     shapes = [model.input_shape, *model.shapes]
     for i, layer in enumerate(model.layers):
         emit = ONNX_LAYERS.get(layer.type_name)

@@ -51,22 +51,23 @@ def export_checkpoint(path: str | Path, fmt: str, out: str | Path, overwrite: bo
                           f"-o or add --overwrite to replace {'it' if len(taken) == 1 else 'them'}")
     model, cfg, ck = load_model(path)
     stored_lut(ck, cfg)                       # refuses a checkpoint without computed normalization
-    mean, std = cfg.data.mean, cfg.data.std
+    mean, std, scale = cfg.data.mean, cfg.data.std, cfg.data.scale
     k = model.output_shape[0]
     classes = [class_name(i, cfg.data.classes) or str(i) for i in range(k)]
     if fmt == "onnx":
         from cnncli.export.onnx_graph import onnx_model
 
         meta = {"classes": json.dumps(classes), "mean": json.dumps(mean), "std": json.dumps(std),
+                "scale": json.dumps(scale),
                 "input": "pixels: float32 (N, C, H, W), values 0-255 (uint8 images as float); "
                          "normalization is part of the graph",
                 "source_checkpoint": str(ck.path), "cnncli_version": __version__}
-        blobs = [onnx_model(model, mean, std, meta, doc=f"cnncli model from {ck.path}").SerializeToString()]
+        blobs = [onnx_model(model, mean, std, meta, doc=f"cnncli model from {ck.path}", scale=scale).SerializeToString()]
     else:
         from cnncli.export.pytorch import module_source, safetensors_bytes
 
-        blobs = [safetensors_bytes(model, classes, mean, std),
-                 module_source(model, str(ck.path), classes, mean, std).encode()]
+        blobs = [safetensors_bytes(model, classes, mean, std, scale),
+                 module_source(model, str(ck.path), classes, mean, std, scale).encode()]
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
