@@ -7,8 +7,14 @@ Workers record a heartbeat every ``heartbeat`` seconds; a RUNNING trial without 
 intervals is failed by the next worker that looks (``optuna.storages.fail_stale_trials``)
 and :func:`retry` enqueues its parameters again.
 
+Optuna's check skips a RUNNING trial with no heartbeat at all: a worker lost between
+``study.ask()`` and its heartbeat thread's first record (while the sampler draws) leaves
+one, and every other worker would wait for it forever. :func:`fail_unstarted` fails such a
+trial once this worker has seen it for long enough without its objective starting.
+
 A trial that was retried (``retry_of`` on its successor) or never ran (``surplus``: two
-workers asked for the last trial at once) does not count toward ``trials``.
+workers asked for the last trial at once, or its worker was lost before it started) does
+not count toward ``trials``.
 """
 
 from __future__ import annotations
@@ -162,6 +168,53 @@ def counted(trials: list) -> list:
     """The trials that count toward ``trials``: all but those retried or never run."""
     retried = {t.user_attrs.get("retry_of") for t in trials}
     return [t for t in trials if t.number not in retried and not t.user_attrs.get("surplus")]
+
+
+def unstarted_grace(heartbeat: int) -> float:
+    """Seconds a worker waits before :func:`fail_unstarted` fails a trial that never started:
+    two heartbeat intervals, and at least 10 s (a live worker starts its objective within
+    milliseconds of Optuna's ``ask``; a busy machine may take seconds)."""
+    return max(2.0 * heartbeat, 10.0)
+
+
+def fail_unstarted(study: Any, first_seen: dict[int, float], grace: float, now: float) -> list[int]:
+    """Fail the RUNNING trials whose objective never started (no ``worker`` attribute, which
+    the objective sets first) and that this worker has seen so for ``grace`` seconds or more.
+
+    Such a trial's worker was lost between Optuna's ``ask`` and its first heartbeat;
+    ``optuna.storages.fail_stale_trials`` skips trials without a heartbeat. Time is this
+    worker's own clock (``now``, e.g. ``time.monotonic()``), so machines' clocks need not
+    agree. A failed one is marked ``surplus`` (it never ran: it does not count and
+    another trial takes its place) with a ``message``.
+
+    Args:
+        first_seen: trial number -> ``now`` when first seen unstarted; updated in place.
+
+    Returns:
+        The numbers of the trials failed here.
+    """
+    optuna = require_optuna()
+    from optuna.trial import TrialState
+
+    failed = []
+    running = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+               if "worker" not in t.user_attrs}
+    for number in list(first_seen):
+        if number not in running:
+            del first_seen[number]
+    for number, trial in running.items():
+        if now - first_seen.setdefault(number, now) < grace:
+            continue
+        storage, trial_id = study._storage, trial._trial_id
+        try:
+            storage.set_trial_user_attr(trial_id, "surplus", True)
+            storage.set_trial_user_attr(trial_id, "message", "its worker was lost before the trial started")
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue                    # another worker failed it, or it finished meanwhile
+        del first_seen[number]
+        failed.append(number)
+    return failed
 
 
 def retry(study: Any, trial: Any, reason: str | None = None) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 from cnncli.errors import CnncliError
 from cnncli.sweep import require_optuna
 from cnncli.sweep.space import Sweep, load_sweep, trial_overrides
-from cnncli.sweep.study import counted, open_storage, open_study, retry
+from cnncli.sweep.study import counted, fail_unstarted, open_storage, open_study, retry, unstarted_grace
 
 
 class _NotRun(CnncliError):
@@ -102,8 +102,10 @@ def run_worker(config: str, sweep: Sweep, url: str, threads: int | None = None, 
     total = sweep.total()
     objective = _objective(sweep, config, threads, list(sets or []), total)
     ran = 0
+    unstarted: dict[int, float] = {}
     while True:
         optuna.storages.fail_stale_trials(study)
+        fail_unstarted(study, unstarted, unstarted_grace(sweep.heartbeat), time.monotonic())
         trials = study.get_trials(deepcopy=False)
         waiting = any(t.state == TrialState.WAITING for t in trials)
         if len(counted(trials)) >= total and not waiting:
