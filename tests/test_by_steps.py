@@ -165,3 +165,16 @@ def test_json_reports_each_validation_and_the_best_step(write_config, mnist_slic
     lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
     best = max(lines, key=lambda x: x["val_accuracy"])       # first of equals, as the tracker keeps it
     assert (events[-1]["best_step"], events[-1]["best_epoch"]) == (best["step"], best["epoch"])
+
+
+def test_step_schedules_and_their_warmup_span_max_steps():
+    """A schedule counting steps ends at ``max_steps`` (not at the epochs' steps), after its
+    warmup: poly with power 1 is the closed form base (1 - t / T), T = max_steps - warmup."""
+    from cnncli.schedules import make_schedule
+
+    poly = make_schedule("poly", {"power": 1.0, "warmup_steps": 5}, 1.0, None, 10, max_steps=25)
+    assert poly.total_steps == 25 and poly.length == 20 and poly.epochs == 3
+    assert poly.lr(0, 0) == pytest.approx(1.0 / 6)            # warmup: start (k + 1) / (W + 1)
+    assert poly.lr(0, 5) == 1.0 and poly.lr(2, 24) == pytest.approx(1 - 19 / 20)
+    one = make_schedule("onecycle", {"max_lr": 0.1, "warmup_steps": 5}, 0.1, None, 10, max_steps=25)
+    assert one.lr(2, 24) == pytest.approx(one.min_lr)           # the cycle's last step is the run's
