@@ -77,6 +77,7 @@ def test_channel_split_layers_give_the_same_bits_on_any_thread_count(layer, shap
     from cnncli.layers.windows import to_chwn
 
     monkeypatch.setattr(parallel, "MIN_ELEMENTS", 1024)       # split these small arrays too
+    monkeypatch.setattr(parallel, "SMALL_GEMM", 0)            # the BLAS threads stay as they are
     rng = np.random.default_rng(0)
     x0 = rng.standard_normal(shape).astype(np.float32)
 
@@ -170,3 +171,33 @@ def test_the_command_line_lets_idle_blas_threads_sleep():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                        env={**env, "OPENBLAS_THREAD_TIMEOUT": "20"})
     assert r.stdout.split() == ["20", "False"], r.stderr
+
+
+def test_small_products_run_on_one_blas_thread_large_ones_on_all(monkeypatch):
+    """``parallel.matmul``: below SMALL_GEMM multiply-adds one BLAS thread (a multi-threaded
+    call waits a time slice for a busy core), at or above it every thread; the values of
+    ``np.matmul`` on that many threads, and the thread count restored after."""
+    from cnncli.layers import parallel
+
+    if blas_threads() is None:
+        pytest.skip("threadpoolctl finds no BLAS in this NumPy")
+    original, during = np.matmul, []
+
+    def recording(a, b, out=None):
+        during.append(blas_threads())
+        return original(a, b, out=out)
+    rng = np.random.default_rng(0)
+    small = rng.random((128, 400), dtype=np.float32), rng.random((400, 120), dtype=np.float32)
+    large = rng.random((64, 288), dtype=np.float32), rng.random((288, 25088), dtype=np.float32)
+    assert small[0].shape[0] * 400 * 120 < parallel.SMALL_GEMM <= 64 * 288 * 25088
+    with threads.limit(1):
+        expected = [original(*small)]
+    with threads.limit(2):
+        expected.append(original(*large))
+        monkeypatch.setattr(np, "matmul", recording)
+        got = [parallel.matmul(*small), parallel.matmul(*large)]
+        monkeypatch.setattr(np, "matmul", original)
+        assert blas_threads() == 2
+    assert during == [1, 2]
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from cnncli.checks import check_bool, check_choice, check_int
+from cnncli.layers import parallel
 from cnncli.layers.base import Layer
 from cnncli.layers.init import INITIALIZERS, initialize
 from cnncli.layers.registry import LAYERS
@@ -67,7 +68,7 @@ class Linear(Layer):
 
     def forward(self, x, training=False):
         self._cache = x
-        y = x @ self.params["weight"]
+        y = parallel.matmul(x, self.params["weight"])
         if "bias" in self.params:
             y += self.params["bias"]
         return y
@@ -75,13 +76,13 @@ class Linear(Layer):
     def backward_params(self, dy):
         """Parameter gradients only (the first layer of a model needs no input gradient)."""
         x = self._cached()
-        self.grads["weight"] = x.T @ dy
+        self.grads["weight"] = parallel.matmul(x.T, dy)
         if "bias" in self.params:
             self.grads["bias"] = dy.sum(axis=0)
 
     def backward(self, dy):
         self.backward_params(dy)
-        return dy @ self.params["weight"].T
+        return parallel.matmul(dy, self.params["weight"].T)
 
 
 @LAYERS.register("flatten")
