@@ -408,9 +408,15 @@ def render_sweep(results, best_yaml: Path | None, console: Console | None = None
     console = console or make_console()
     names = sorted({k for r in results.trials for k in r.params})
     table = Table(title=f"study '{results.study}' ({results.storage}): {results.monitor}, {results.direction}",
-                  title_justify="left")
-    for col in ("trial", "state", results.monitor, *names, "epochs", "seconds", "folder / note"):
-        table.add_column(col, justify="right" if col not in ("state", "folder / note") else "left", overflow="fold")
+                  title_justify="left", pad_edge=False)
+    # a key path's header breaks after its dots; short cells never wrap ("complete" and the
+    # parameters' values stay whole on an 80-column terminal); the folder or note folds
+    headers = ["#", "state", results.monitor.replace("_", "_\n"), *(n.replace(".", ".\n") for n in names),
+               "epochs", "s", "folder / note"]
+    for i, col in enumerate(headers):
+        last = i == len(headers) - 1
+        table.add_column(col, justify="left" if col == "state" or last else "right", overflow="fold",
+                         no_wrap=not last, min_width=11 if last else None)     # trials/0001
     for r in results.trials:
         note = r.message or r.run_dir or ""
         if not r.message and r.run_dir and results.folder is not None and r.run_dir.startswith(str(results.folder)):

@@ -34,10 +34,10 @@ def env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
-def cnncli(*args, cwd: Path, timeout: float = 240, **kw) -> subprocess.CompletedProcess:
+def cnncli(*args, cwd: Path, timeout: float = 240, extra_env: dict | None = None, **kw) -> subprocess.CompletedProcess:
     """``cnncli ARGS`` in a new process (the sweep's workers are processes anyway)."""
-    return subprocess.run([sys.executable, "-m", "cnncli", *map(str, args)], cwd=cwd, env=env(), text=True,
-                          capture_output=True, timeout=timeout, **kw)
+    return subprocess.run([sys.executable, "-m", "cnncli", *map(str, args)], cwd=cwd, env={**env(), **(extra_env or {})},
+                          text=True, capture_output=True, timeout=timeout, **kw)
 
 
 def start(*args, cwd: Path) -> subprocess.Popen:

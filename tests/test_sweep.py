@@ -55,8 +55,11 @@ def test_sweep_records_trials_goes_on_after_a_failure_and_show_writes_a_trainabl
     out = json.loads(show.stdout)
     assert [t["state"] for t in out["trials"]] == ["COMPLETE", "FAIL"]
     assert out["best"]["number"] == good.number and out["best"]["value"] == good.value
-    table = cnncli("sweep", "show", folder, cwd=tmp_path)
+    table = cnncli("sweep", "show", folder, cwd=tmp_path, extra_env={"COLUMNS": "80"})
     assert table.returncode == 0 and f"best: trial {good.number}" in table.stdout
+    rows_80 = [line for line in table.stdout.splitlines() if line[:1] in "┏┃┡│└"]
+    assert rows_80 and max(map(len, rows_80)) <= 80, table.stdout      # fits an 80-column terminal
+    assert any(" complete " in line and " 0.05 " in line for line in rows_80), table.stdout
     best = folder / "best.yaml"
     assert out["best_yaml"] == str(best)
     trained = cnncli("train", best, "--out", tmp_path / "again", "--quiet", cwd=tmp_path)
