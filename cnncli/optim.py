@@ -59,6 +59,12 @@ class Optimizer:
         """The weight decay that applies to ``key``: 0 for excluded keys."""
         return 0.0 if key in self.no_decay else self.weight_decay
 
+    def l2(self, key: str, p: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """The gradient with coupled L2 weight decay, g + decay(key) * p (torch's
+        ``weight_decay`` in SGD, Adam, RMSprop, ...), in p's dtype; ``g`` itself when none applies."""
+        wd = self.decay(key)
+        return g + p.dtype.type(wd) * p if wd else g
+
     def step(self, grads: dict[str, np.ndarray]) -> None:
         """One update of every parameter from ``grads`` (same keys, or more: only ``params``'s
         are read). While ``key`` updates, ``lr`` and ``weight_decay`` are its own:
@@ -163,9 +169,7 @@ class SGD(Optimizer):
         return ("momentum_buffer",) if self.momentum else ()
 
     def _update(self, key, p, g):
-        wd = self.decay(key)
-        if wd:
-            g = g + p.dtype.type(wd) * p
+        g = self.l2(key, p, g)
         if self.momentum:
             st = self.state[key]
             if "momentum_buffer" not in st:
@@ -295,9 +299,7 @@ class RMSprop(Optimizer):
 
     def _update(self, key, p, g):
         t = p.dtype.type
-        wd = self.decay(key)
-        if wd:
-            g = g + t(wd) * p
+        g = self.l2(key, p, g)
         st = self.state[key]
         if not st:
             st["square_avg"] = np.zeros_like(p)
@@ -355,9 +357,7 @@ class Adadelta(Optimizer):
 
     def _update(self, key, p, g):
         t = p.dtype.type
-        wd = self.decay(key)
-        if wd:
-            g = g + t(wd) * p
+        g = self.l2(key, p, g)
         st = self.state[key]
         if not st:
             st["square_avg"] = np.zeros_like(p)
@@ -405,9 +405,7 @@ class Adagrad(Optimizer):
 
     def _update(self, key, p, g):
         t = p.dtype.type
-        wd = self.decay(key)
-        if wd:
-            g = g + t(wd) * p
+        g = self.l2(key, p, g)
         st = self.state[key]
         if not st:
             st["sum"] = np.full_like(p, self.initial_accumulator_value)
@@ -449,9 +447,7 @@ class Adamax(Optimizer):
     def _update(self, key, p, g):
         t = p.dtype.type
         b1, b2 = self.betas
-        wd = self.decay(key)
-        if wd:
-            g = g + t(wd) * p
+        g = self.l2(key, p, g)
         st = self.state[key]
         if not st:
             st["exp_avg"] = np.zeros_like(p)
@@ -514,9 +510,7 @@ class NAdam(Optimizer):
         tp = p.dtype.type
         b1, b2 = self.betas
         t = self.steps
-        wd = self.decay(key)
-        if wd:
-            g = g + tp(wd) * p
+        g = self.l2(key, p, g)
         st = self.state[key]
         if not st:
             st["exp_avg"] = np.zeros_like(p)
