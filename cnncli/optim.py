@@ -92,6 +92,14 @@ class Optimizer:
         """The state names every parameter holds after a step, with these options."""
         return self.state_names
 
+    def zero_state(self, key: str, p: np.ndarray) -> dict[str, np.ndarray]:
+        """The state of ``key``; on its first update, a zero array like ``p`` for each of
+        :meth:`needed_state` (torch's optimizers start their averages at zero)."""
+        st = self.state[key]
+        if not st:
+            st.update((name, np.zeros_like(p)) for name in self.needed_state())
+        return st
+
     def load_state_arrays(self, arrays: dict[str, np.ndarray], steps: int) -> None:
         """Restore what :meth:`state_arrays` returned and the step count (for resuming).
 
@@ -219,10 +227,7 @@ class Adam(Optimizer):
                 p *= p.dtype.type(1 - self.lr * wd)
             else:
                 g = g + p.dtype.type(wd) * p
-        st = self.state[key]
-        if not st:
-            st["exp_avg"] = np.zeros_like(p)
-            st["exp_avg_sq"] = np.zeros_like(p)
+        st = self.zero_state(key, p)
         m, v = st["exp_avg"], st["exp_avg_sq"]
         m *= b1
         m += (1 - b1) * g
@@ -300,13 +305,7 @@ class RMSprop(Optimizer):
     def _update(self, key, p, g):
         t = p.dtype.type
         g = self.l2(key, p, g)
-        st = self.state[key]
-        if not st:
-            st["square_avg"] = np.zeros_like(p)
-            if self.momentum:
-                st["momentum_buffer"] = np.zeros_like(p)
-            if self.centered:
-                st["grad_avg"] = np.zeros_like(p)
+        st = self.zero_state(key, p)
         v = st["square_avg"]
         v *= t(self.alpha)
         v += t(1 - self.alpha) * np.square(g)
@@ -358,10 +357,7 @@ class Adadelta(Optimizer):
     def _update(self, key, p, g):
         t = p.dtype.type
         g = self.l2(key, p, g)
-        st = self.state[key]
-        if not st:
-            st["square_avg"] = np.zeros_like(p)
-            st["acc_delta"] = np.zeros_like(p)
+        st = self.zero_state(key, p)
         v, u = st["square_avg"], st["acc_delta"]
         v *= t(self.rho)
         v += t(1 - self.rho) * np.square(g)
@@ -448,10 +444,7 @@ class Adamax(Optimizer):
         t = p.dtype.type
         b1, b2 = self.betas
         g = self.l2(key, p, g)
-        st = self.state[key]
-        if not st:
-            st["exp_avg"] = np.zeros_like(p)
-            st["exp_inf"] = np.zeros_like(p)
+        st = self.zero_state(key, p)
         m, u = st["exp_avg"], st["exp_inf"]
         m += t(1 - b1) * (g - m)                   # torch's lerp: b1 m + (1 - b1) g
         u *= t(b2)
@@ -511,10 +504,7 @@ class NAdam(Optimizer):
         b1, b2 = self.betas
         t = self.steps
         g = self.l2(key, p, g)
-        st = self.state[key]
-        if not st:
-            st["exp_avg"] = np.zeros_like(p)
-            st["exp_avg_sq"] = np.zeros_like(p)
+        st = self.zero_state(key, p)
         m, v = st["exp_avg"], st["exp_avg_sq"]
         mu, mu_next = self._mu(t), self._mu(t + 1)
         product = self.mu_product(t)
