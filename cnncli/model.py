@@ -10,6 +10,7 @@ padded input or activation may exceed ``checks.MAX_ELEMENTS`` values.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass, field
 from typing import Any
@@ -166,6 +167,9 @@ class Model:
         self.dtype = np.dtype(dtype)
         self.settings = settings if settings is not None else [{} for _ in layers]
         self.frozen = [s.get("trainable", True) is False for s in self.settings]
+        #: (part bounds, per part its copies of the layers) of a training forward split over
+        #: the threads, until its backward (:meth:`_forward_parts`)
+        self._parts: tuple[list[int], list[list[Layer]]] | None = None
 
     @property
     def output_shape(self) -> tuple[int, ...]:
@@ -194,11 +198,14 @@ class Model:
         In evaluation (``training=False``) the layers keep nothing for a backward pass and
         larger batches run in chunks (``EVAL_CHUNK``), spread over the threads; results are
         those of one pass up to float rounding (each sample is computed independently in
-        evaluation), and the same bits for any thread count. Call a layer's own
+        evaluation), and the same bits for any thread count. In training, a batch is split
+        by samples over the threads when no layer trains on whole-batch statistics
+        (:meth:`_forward_parts`). Call a layer's own
         ``forward`` to back-propagate through evaluation mode.
         """
         if training:
-            return self._run(x, True)
+            parts = self._sample_parts(x.shape[0])
+            return self._run(x, True) if parts is None else self._forward_parts(x, parts)
         n = x.shape[0]
         chunk = self.EVAL_CHUNK
         if n <= chunk or any(getattr(l, "mixes_samples_in_eval", False) for l in self.layers):
@@ -210,6 +217,56 @@ class Model:
             parts[i] = self._run(x[starts[i]:starts[i] + chunk], False)
         parallel.over_items(run, len(starts))     # chunks on all threads, each with one BLAS thread
         return np.concatenate(parts)
+
+    #: A training batch is split over the threads when each part gets at least this many images.
+    MIN_PART = 16
+
+    def _sample_parts(self, n: int) -> list[int] | None:
+        """Bounds of the parts a training batch of ``n`` images is split into, one per thread
+        (``layers.parallel.workers``), or None to run it whole: with one thread, inside a
+        thread's share of other work, for parts of fewer than :data:`MIN_PART` images, or
+        when a layer trains on statistics of the whole batch (batchnorm, unless frozen)."""
+        k = parallel.workers()
+        if k <= 1 or parallel.nested() or n < k * self.MIN_PART:
+            return None
+        if any(layer.normalizes_over_batch and not frozen for layer, frozen in zip(self.layers, self.frozen)):
+            return None
+        return [n * i // k for i in range(k + 1)]
+
+    def _forward_parts(self, x: np.ndarray, parts: list[int]) -> np.ndarray:
+        """Training forward of a batch split by samples: part i (images ``parts[i]:parts[i+1]``)
+        runs through its own shallow copies of the layers (the same weight arrays, their own
+        caches and gradients; part 0 through the layers themselves), the parts on all threads
+        at once with one BLAS thread each (``parallel.over_items``), as data-parallel
+        training does across devices (PyTorch ``DistributedDataParallel``). No layer waits
+        for another thread between the layers, which a 2-core machine pays for dearly.
+
+        Masks of the dropout layers are drawn here for the whole batch, in layer order: the
+        generator's draws, and so the masks, are those of an unsplit pass. :meth:`backward`
+        then sums the parts' gradients in part order, so the bits depend on the thread count
+        (the number of parts), not on which thread ran which part.
+
+        Shape and dtype as :meth:`forward`: (N, *input_shape) in, (N, *output_shape) logits out.
+        """
+        k = len(parts) - 1
+        copies = [self.layers] + [[_part_copy(layer) for layer in self.layers] for _ in range(k - 1)]
+        for j, layer in enumerate(self.layers):
+            keep = None if self.frozen[j] else layer.draw_mask((x.shape[0], *(self.shapes[j - 1] if j else self.input_shape)))
+            if keep is not None:
+                for i, own in enumerate(copies):
+                    own[j].keep = keep[parts[i]:parts[i + 1]]
+        outs: list = [None] * k
+
+        def run(i: int) -> None:
+            h = x[parts[i]:parts[i + 1]]
+            if h.ndim == 4:
+                h = to_chwn(h)
+            for layer, frozen in zip(copies[i], self.frozen):
+                h = layer.forward(h, not frozen)
+            outs[i] = h
+        parallel.over_items(run, k)
+        self._parts = (parts, copies)
+        return np.concatenate(outs)
 
     def _run(self, x: np.ndarray, training: bool) -> np.ndarray:
         if x.ndim == 4:
@@ -227,21 +284,25 @@ class Model:
 
         Returns d loss / d input, or None with ``input_grad=False`` (training needs no
         input gradient, so a first layer with ``backward_params`` skips computing it).
-        Each layer's forward cache is released once used: one backward per forward.
+        Each layer's forward cache is released once used: one backward per forward. After
+        a forward split by samples (:meth:`_forward_parts`) each part runs back through its
+        own layers on the threads, and each gradient is the sum of the parts', in part order.
         """
-        for layer in self.layers[:0:-1]:
-            dy = layer.backward(dy)
-            layer._cache = None            # its forward cache is spent: free it before the next step
-        if not self.layers:
-            return dy
-        first = self.layers[0]
-        if not input_grad and hasattr(first, "backward_params"):
-            first.backward_params(dy)
-            dx = None
-        else:
-            dx = first.backward(dy)
-        first._cache = None
-        return dx
+        if self._parts is None:
+            return _backward(self.layers, dy, input_grad)
+        (parts, copies), self._parts = self._parts, None
+        dxs: list = [None] * len(copies)
+
+        def run(i: int) -> None:
+            dxs[i] = _backward(copies[i], dy[parts[i]:parts[i + 1]], input_grad)
+        parallel.over_items(run, len(copies))
+        for j, layer in enumerate(self.layers):
+            for name in layer.grads:
+                total = layer.grads[name]
+                for own in copies[1:]:
+                    total = total + own[j].grads[name]
+                layer.grads[name] = total
+        return None if dxs[0] is None else np.concatenate(dxs)
 
     def params(self) -> dict[str, np.ndarray]:
         """Trainable arrays keyed ``"{index}.{name}"`` (the arrays themselves, not copies)."""
@@ -312,6 +373,31 @@ class Model:
                     raise ValueError(f"{kind} {key} holds {a.dtype} values, the model needs {mine[key].dtype}")
                 pairs.append((mine[key], a))
         return pairs
+
+
+def _part_copy(layer: Layer) -> Layer:
+    """A shallow copy of ``layer`` for one part of a split batch (``Model._forward_parts``):
+    the same ``params`` and ``buffers`` (one set of weights), its own cache and gradients."""
+    own = copy.copy(layer)
+    own.grads, own._cache = {}, None
+    return own
+
+
+def _backward(layers: list[Layer], dy: np.ndarray, input_grad: bool) -> np.ndarray | None:
+    """``Model.backward`` through ``layers`` (the model's own, or one part's copies)."""
+    for layer in layers[:0:-1]:
+        dy = layer.backward(dy)
+        layer._cache = None            # its forward cache is spent: free it before the next step
+    if not layers:
+        return dy
+    first = layers[0]
+    if not input_grad and hasattr(first, "backward_params"):
+        first.backward_params(dy)
+        dx = None
+    else:
+        dx = first.backward(dy)
+    first._cache = None
+    return dx
 
 
 def summarize(model: "Model") -> list[dict[str, Any]]:

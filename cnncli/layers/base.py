@@ -61,6 +61,14 @@ class Layer:
     def backward(self, dy: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def draw_mask(self, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The random draws a training ``forward`` of input ``shape`` (with batch axis) would
+        make, for a layer that draws any (dropout), else None (the default). ``Model``
+        draws them for a whole batch before splitting it over threads, and hands each part
+        its rows through the layer's ``keep`` attribute, which ``forward`` then uses (once)
+        instead of drawing: the same draws in the same order as an unsplit batch."""
+        return None
+
     def pieces(self) -> np.ndarray | None:
         """After a training ``forward``: which piece of its piecewise-smooth definition each
         output entry took (ReLU: whether its input is > 0; max-pool: each window's winning

@@ -31,6 +31,7 @@ class Dropout(Layer):
         super().__init__()
         self.p = check_float("p", p, 0.0, 1.0, high_open=True)
         self.rng = rng if rng is not None else np.random.default_rng(0)
+        self.keep: np.ndarray | None = None     # the next forward's mask, when drawn ahead (draw_mask)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -43,13 +44,22 @@ class Dropout(Layer):
             self._cache = False
             return x
         shape = self._mask_shape(x.shape)
-        keep = self.rng.random(shape, dtype=np.float32) >= self.p     # drawn in logical order
+        keep, self.keep = self.keep, None
+        if keep is None:
+            keep = self.draw_mask(x.shape)
         # the mask takes x's memory order (CHWN inside a model), so x * mask and dy * mask
         # run in that order and the same seed gives the same mask whatever the layout
         mask = np.empty_like(x) if shape == x.shape else np.empty(shape, dtype=x.dtype)
         np.multiply(keep, 1.0 / (1.0 - self.p), out=mask)
         self._cache = mask
         return np.multiply(x, mask, out=np.empty_like(x))
+
+    def draw_mask(self, shape):
+        """Keep mask (True: kept) for input of ``shape`` (N, ...), drawn in logical order from
+        the model's generator; None when p is 0 (nothing is drawn)."""
+        if self.p == 0.0:
+            return None
+        return self.rng.random(self._mask_shape(shape), dtype=np.float32) >= self.p
 
     def backward(self, dy):
         mask = self._cached()

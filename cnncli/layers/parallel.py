@@ -80,6 +80,11 @@ def map_slices(fn: Callable[..., None], *arrays: np.ndarray) -> None:
     over_channels(lambda c0, c1: fn(*(a[:, c0:c1] for a in arrays)), arrays[0])
 
 
+def nested() -> bool:
+    """True in a thread running one of :func:`over_items`'s calls (work there is not split again)."""
+    return getattr(_local, "inside", False)
+
+
 def over_items(fn: Callable[[int], None], n: int) -> None:
     """Call ``fn(i)`` for ``i`` in ``range(n)``, spread over the threads (:func:`workers`).
 
