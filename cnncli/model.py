@@ -225,11 +225,13 @@ class Model:
         """Bounds of the parts a training batch of ``n`` images is split into, one per thread
         (``layers.parallel.workers``), or None to run it whole: with one thread, inside a
         thread's share of other work, for parts of fewer than :data:`MIN_PART` images, or
-        when a layer trains on statistics of the whole batch (batchnorm, unless frozen)."""
+        when a layer trains on statistics of the whole batch (batchnorm, unless frozen with
+        running statistics to normalize by)."""
         k = parallel.workers()
         if k <= 1 or parallel.nested() or n < k * self.MIN_PART:
             return None
-        if any(layer.normalizes_over_batch and not frozen for layer, frozen in zip(self.layers, self.frozen)):
+        if any((layer.normalizes_over_batch and not frozen) or getattr(layer, "mixes_samples_in_eval", False)
+               for layer, frozen in zip(self.layers, self.frozen)):
             return None
         return [n * i // k for i in range(k + 1)]
 

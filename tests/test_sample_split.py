@@ -90,13 +90,16 @@ def test_a_gradient_is_the_sum_of_the_parts_in_part_order():
         assert np.array_equal(got[k], halves[0][k] + halves[1][k]), k
 
 
-@pytest.mark.parametrize("frozen, n, expected", [(False, 64, None), (True, 64, [0, 32, 64]), (True, 31, None)])
-def test_batchnorm_in_training_or_small_batches_run_whole(frozen, n, expected):
+@pytest.mark.parametrize("bn, n, expected", [({}, 64, None), ({"trainable": False}, 64, [0, 32, 64]),
+                                             ({"trainable": False}, 31, None),
+                                             ({"trainable": False, "track_running_stats": False}, 64, None)])
+def test_batchnorm_in_training_or_small_batches_run_whole(bn, n, expected):
     """Batchnorm normalizes with the whole batch's statistics, so a model that trains one runs
-    whole (channel-split layers); a frozen one normalizes each sample alone. Parts of fewer
+    whole (channel-split layers); a frozen one normalizes each sample alone by its running
+    statistics, unless it keeps none (then it uses the batch's, as PyTorch). Parts of fewer
     than MIN_PART (16) images are not worth a thread."""
     layers = [("conv2d", {"out_channels": 4, "kernel_size": 3}),
-              ("batchnorm", {"trainable": False} if frozen else {}), ("flatten", {}), ("linear", {"out_features": 3})]
+              ("batchnorm", bn), ("flatten", {}), ("linear", {"out_features": 3})]
     specs = [LayerSpec(t, o, path=f"model.layers[{i}]") for i, (t, o) in enumerate(layers)]
     from cnncli.model import build as build_
     model = build_(specs, (1, 8, 8), seed=0)
