@@ -358,7 +358,7 @@ def start_branch(ck: checkpoint.Checkpoint, run_dir: Path) -> None:
         return
     epoch = ck.meta.get("epoch")
     for name in ("metrics.jsonl", "timing.jsonl"):
-        rows = read_rows(src / name, epoch, _step(ck.meta))
+        rows = read_rows(src / name, epoch, committed_step(ck.meta.get("metrics"), _step(ck.meta)))
         if rows:
             write_rows(run_dir / name, rows)
     best = ck.meta.get("best") or {}
@@ -379,6 +379,21 @@ def _step(meta: dict[str, Any]) -> int | None:
     """A checkpoint's ``step`` (None if it has none)."""
     step = meta.get("step")
     return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def committed_step(line: Any, step: int | None) -> int | None:
+    """The step up to which the lines of ``metrics.jsonl`` and ``timing.jsonl`` belong to a
+    checkpoint of ``step`` steps whose last metrics line is ``line`` (its ``metrics``): that
+    line's step, 0 when there is none yet. Not ``step`` itself: a ``train.checkpoint.every_steps``
+    save at an epoch's last step comes before that epoch's line, so a kill between the line
+    and the epoch's commit leaves a line at the checkpoint's own step that the resumed run
+    writes again. ``step`` for a line without one (an older cnncli's), None without a step."""
+    if step is None:
+        return None
+    if not isinstance(line, dict) or not line:
+        return 0
+    mine = line.get("step")
+    return mine if isinstance(mine, int) and not isinstance(mine, bool) else step
 
 
 def _holds_best(meta: dict[str, Any]) -> bool:
@@ -474,8 +489,12 @@ class RunWriter:
         self.committed = state.epoch
         self.committed_step = -1          # the step of the last commit made by this writer (-1: none yet)
         self.metrics_path, self.timing_path = self.folder / "metrics.jsonl", self.folder / "timing.jsonl"
-        self.rows = read_rows(self.metrics_path, state.epoch, state.step) if state.step else []
-        self.timing_rows = read_rows(self.timing_path, state.epoch, state.step) if state.step else []
+        self.rows: list[dict[str, Any]] = []
+        self.timing_rows: list[dict[str, Any]] = []
+        if state.step:                    # resumed: keep the lines its checkpoint committed
+            upto = committed_step(state.metrics, state.step)
+            self.rows = read_rows(self.metrics_path, state.epoch, upto)
+            self.timing_rows = read_rows(self.timing_path, state.epoch, upto)
 
     def __call__(self, event: Any) -> None:
         if isinstance(event, RunStarted):
@@ -537,14 +556,15 @@ def repair(ck: checkpoint.Checkpoint) -> list[str]:
     epoch, step = meta["epoch"], _step(meta)
     done = []
     line = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
+    upto = committed_step(line, step)
     # the checkpoint holds the last line committed before it (by step; by epoch, older lines)
     key = ("step", line.get("step")) if "step" in line else ("epoch", line.get("epoch"))
     for name in ("metrics.jsonl", "timing.jsonl"):
         path = folder / name
         if not path.exists():
             continue
-        rows = read_rows(path, epoch, step)
-        if name == "metrics.jsonl" and line and _within(line, epoch, step) \
+        rows = read_rows(path, epoch, upto)
+        if name == "metrics.jsonl" and line and _within(line, epoch, upto) \
                 and not any(r.get(key[0]) == key[1] for r in rows):
             rows.append(line)
             by_steps = ((ck.config.get("train") or {}).get("val_every") if isinstance(ck.config, dict) else None)

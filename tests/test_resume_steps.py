@@ -4,6 +4,7 @@ augmentation, dropout, shuffling and a per-step schedule on."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -75,6 +76,29 @@ def test_every_steps_writes_a_last_npz_that_resumes_mid_epoch(write_config, mnis
     assert (last.meta["epoch"], last.meta["step"], last.meta["position"]["batch"]) == (1, 10, 2)
     fit_until(cfg, tmp_path / "split", None, tmp_path / "split" / "last.npz")
     assert_same_run(tmp_path / "full", tmp_path / "split")
+
+
+def test_a_kill_between_an_epoch_line_and_its_commit_at_an_every_steps_save(write_config, mnist_slice, tmp_path):
+    """every_steps: 8 saves last.npz at step 16, the last step of epoch 2, before epoch 2's
+    metrics line is written; a kill after that line and before epoch 2's commit leaves the line
+    at the checkpoint's own step. The resumed run writes it again: the folder must end with
+    one line per epoch, as the uninterrupted run (found by tests/chaos.py: a doubled line)."""
+    cfg = make_config(write_config, mnist_slice, epochs=3, extra="  checkpoint: {every_steps: 8}\n")
+    fit_until(cfg, tmp_path / "full", None)
+    full_lines = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    fit_until(cfg, tmp_path / "split", 16)          # Ctrl-C after step 16: epoch 2 not validated
+    split = tmp_path / "split"
+    (split / "interrupted.npz").unlink()            # as a kill leaves it: last.npz of step 16
+    last = checkpoint.load(split / "last.npz")
+    assert (last.meta["epoch"], last.meta["step"]) == (1, 16) and last.meta["metrics"]["epoch"] == 1
+    # the kill came after epoch 2's line was written
+    (split / "metrics.jsonl").write_text("\n".join(full_lines[:2]) + "\n")
+    timing = (split / "timing.jsonl").read_text()
+    row = {**json.loads(timing.splitlines()[0]), "epoch": 2, "step": 16}
+    (split / "timing.jsonl").write_text(timing + json.dumps(row) + "\n")
+    fit_until(cfg, split, None, split / "last.npz")
+    assert_same_run(tmp_path / "full", split)
+    assert len((split / "timing.jsonl").read_text().splitlines()) == 3
 
 
 def test_a_step_cut_short_by_a_second_ctrl_c_is_not_resumed(write_config, mnist_slice, tmp_path):
