@@ -101,8 +101,7 @@ def test_batchnorm_in_training_or_small_batches_run_whole(bn, n, expected):
     layers = [("conv2d", {"out_channels": 4, "kernel_size": 3}),
               ("batchnorm", bn), ("flatten", {}), ("linear", {"out_features": 3})]
     specs = [LayerSpec(t, o, path=f"model.layers[{i}]") for i, (t, o) in enumerate(layers)]
-    from cnncli.model import build as build_
-    model = build_(specs, (1, 8, 8), seed=0)
+    model = build(specs, (1, 8, 8), seed=0)
     with threads.limit(2):
         assert model._sample_parts(n) == expected
 
