@@ -58,7 +58,7 @@ def over_range(fn: Callable[[int, int], None], count: int, size: int) -> None:
     items: one range per thread when the work touches at least ``MIN_ELEMENTS`` values per
     thread (``size`` in all), else once for all of them. The calling thread computes the
     first range; exceptions are re-raised here."""
-    k = min(_state["workers"] if not getattr(_local, "inside", False) else 1, count, size // MIN_ELEMENTS)
+    k = min(_state["workers"] if not nested() else 1, count, size // MIN_ELEMENTS)
     if k <= 1:
         fn(0, count)
         return
@@ -97,7 +97,7 @@ def over_items(fn: Callable[[int], None], n: int) -> None:
     Exceptions are re-raised here.
     """
     k = min(_state["workers"], n)
-    if k <= 1 or getattr(_local, "inside", False):
+    if k <= 1 or nested():
         for i in range(n):
             fn(i)
         return
@@ -132,7 +132,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     so a run stays deterministic for a given thread count (OpenBLAS's values may differ in
     the last bits between one and two threads). Switching costs about 3 microseconds.
     """
-    if _state["workers"] <= 1 or getattr(_local, "inside", False) or \
+    if _state["workers"] <= 1 or nested() or \
             a.shape[0] * a.shape[1] * b.shape[1] >= SMALL_GEMM:
         return np.matmul(a, b, out=out)
     libs = _blas_libs()
