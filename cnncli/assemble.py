@@ -193,6 +193,6 @@ def check_augment(cfg: Config, input_shape: tuple[int, ...]) -> None:
         raise ConfigError([Problem("data.augment.translate", f"is {aug.translate}, but the images are only "
                                    f"{input_shape[1]}x{input_shape[2]}; use at most "
                                    f"{min(input_shape[1:]) - 1} (a few pixels is usual)")], cfg.source)
-    if (aug.translate or aug.hflip) and len(input_shape) != 3:
+    if (aug.translate or aug.hflip or aug.rotate or aug.zoom or aug.erase) and len(input_shape) != 3:
         raise ConfigError([Problem("data.augment", f"needs images (C, H, W); the model's input is "
                                    f"{list(input_shape)}")], cfg.source)

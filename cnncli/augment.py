@@ -82,22 +82,84 @@ def affine_batch(images: np.ndarray, angles: np.ndarray, factors: np.ndarray) ->
     return np.ascontiguousarray(out.astype(images.dtype).transpose(1, 0, 2, 3))
 
 
+#: torchvision ``RandomErasing``'s defaults: the erased area is a fraction of the image in
+#: ``ERASE_SCALE`` and its aspect ratio (height / width) log-uniform in ``ERASE_RATIO``;
+#: ``ERASE_ATTEMPTS`` tries per image for a rectangle that fits inside it.
+ERASE_SCALE = (0.02, 0.33)
+ERASE_RATIO = (0.3, 3.3)
+ERASE_ATTEMPTS = 10
+
+
+def erase_boxes(rng: np.random.Generator, n: int, height: int, width: int, p: float) -> np.ndarray:
+    """Draw the rectangles of random erasing (Zhong et al. 2020, "Random Erasing Data
+    Augmentation", AAAI; torchvision ``RandomErasing(p, scale=(0.02, 0.33), ratio=(0.3, 3.3))``)
+    for ``n`` images of ``height`` x ``width`` pixels, vectorized over the images.
+
+    Per image: erase with probability ``p``; then up to :data:`ERASE_ATTEMPTS` tries, each an
+    area ``height * width * U(0.02, 0.33)`` and an aspect ratio ``r = exp(U(log 0.3, log 3.3))``,
+    giving ``h = round(sqrt(area * r))``, ``w = round(sqrt(area / r))``; the first try with
+    ``h < height`` and ``w < width`` is kept (none: the image is left as it is), and its top-left
+    corner is uniform over the positions where it fits. Draws, in this order: ``n`` coins, then
+    ``n * ERASE_ATTEMPTS`` areas and as many log-ratios, then ``n`` tops and ``n`` lefts.
+
+    Returns:
+        (n, 4) int64 array of (top, left, h, w); h = w = 0 for an image left as it is.
+    """
+    coin = rng.random(n) < p
+    area = height * width * rng.uniform(ERASE_SCALE[0], ERASE_SCALE[1], (n, ERASE_ATTEMPTS))
+    ratio = np.exp(rng.uniform(np.log(ERASE_RATIO[0]), np.log(ERASE_RATIO[1]), (n, ERASE_ATTEMPTS)))
+    hs = np.rint(np.sqrt(area * ratio)).astype(np.int64)   # round half to even, as Python's round
+    ws = np.rint(np.sqrt(area / ratio)).astype(np.int64)
+    fits = (hs < height) & (ws < width) & (hs > 0) & (ws > 0)
+    first = np.argmax(fits, axis=1)                         # the first try that fits
+    rows = np.arange(n)
+    ok = coin & fits[rows, first]
+    h, w = np.where(ok, hs[rows, first], 0), np.where(ok, ws[rows, first], 0)
+    top = np.floor(rng.random(n) * (height - h + 1)).astype(np.int64)
+    left = np.floor(rng.random(n) * (width - w + 1)).astype(np.int64)
+    return np.stack([np.where(ok, top, 0), np.where(ok, left, 0), h, w], axis=1)
+
+
+def erase_batch(images: np.ndarray, boxes: np.ndarray, value: int = 0) -> np.ndarray:
+    """Fill each image's rectangle (top, left, h, w) with ``value`` in every channel.
+
+    Args:
+        images: (N, C, H, W), any dtype; not modified.
+        boxes: (N, 4) integers, as :func:`erase_boxes` returns (h = 0: nothing erased).
+        value: The fill. Default 0: black, the background of MNIST-style images (torchvision
+            fills 0 after normalization, i.e. the mean; Cutout likewise).
+
+    Returns:
+        A new (N, C, H, W) array of the same dtype.
+    """
+    N, _, H, W = images.shape
+    top, left, h, w = (boxes[:, k, None, None] for k in range(4))
+    i = np.arange(H)[None, :, None]
+    j = np.arange(W)[None, None, :]
+    inside = (i >= top) & (i < top + h) & (j >= left) & (j < left + w)      # (N, H, W)
+    return np.where(inside[:, None], np.asarray(value, dtype=images.dtype), images)
+
+
 class Augment:
-    """Random rotation and scaling, pad-and-crop translation and horizontal flip of uint8 NCHW batches.
+    """Random rotation and scaling, pad-and-crop translation, horizontal flip and random
+    erasing of uint8 NCHW batches.
 
     Per image: with ``rotate`` or ``zoom``, an angle uniform in [-rotate, rotate] degrees and a
     scale factor uniform in [1 - zoom, 1 + zoom] (:func:`affine_batch`); then a shift (dy, dx),
     each uniform in [-translate, translate] (zero fill, as torchvision ``RandomCrop(H,
     padding=translate)``); then with ``hflip`` a left-right flip with probability 0.5
-    (``RandomHorizontalFlip()``). Every batch draws, in this order and only for the parts
-    that are on, N angles, N factors, N values of dy, N of dx, then N flip coins, from ``rng``
-    (so a config without rotate/zoom draws what it drew before they existed).
+    (``RandomHorizontalFlip()``); then with ``erase`` = p > 0, with probability p a random
+    rectangle set to 0 (:func:`erase_boxes`, torchvision ``RandomErasing(p)``). Every batch
+    draws, in this order and only for the parts that are on, N angles, N factors, N values of
+    dy, N of dx, N flip coins, then the erasing draws, from ``rng`` (so a config without
+    rotate/zoom/erase draws what it drew before they existed).
 
     Args:
         translate: Largest shift in pixels (>= 0). Default: 0 (off).
         hflip: Random horizontal flips (leave off for digits). Default: false.
         rotate: Largest rotation in degrees (>= 0). Default: 0 (off).
         zoom: Largest relative change of scale, in [0, 1) (Keras's ``zoom_range``). Default: 0 (off).
+        erase: Probability of erasing a rectangle of each image, in [0, 1]. Default: 0 (off).
         rng: The generator (the trainer derives it from the run seed).
 
     Shape:
@@ -105,16 +167,17 @@ class Augment:
     """
 
     def __init__(self, translate: int = 0, hflip: bool = False, rotate: float = 0.0, zoom: float = 0.0,
-                 *, rng: np.random.Generator):
+                 erase: float = 0.0, *, rng: np.random.Generator):
         self.translate = int(translate)
         self.hflip = bool(hflip)
         self.rotate = float(rotate)
         self.zoom = float(zoom)
+        self.erase = float(erase)
         self.rng = rng
 
     @property
     def active(self) -> bool:
-        return self.translate > 0 or self.hflip or self.rotate > 0 or self.zoom > 0
+        return self.translate > 0 or self.hflip or self.rotate > 0 or self.zoom > 0 or self.erase > 0
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         N = len(images)
@@ -133,4 +196,6 @@ class Augment:
             if out is images:
                 out = images.copy()
             out[flip] = out[flip, ..., ::-1]
+        if self.erase:
+            out = erase_batch(out, erase_boxes(self.rng, N, out.shape[2], out.shape[3], self.erase))
         return out

@@ -9,7 +9,7 @@ A config has four sections::
              schedule, grad_clip_norm, early_stopping, checkpoint, threads}
     output: {dir}
 
-(``data`` also takes ``augment: {translate, hflip}``.)
+(``data`` also takes ``augment: {translate, hflip, rotate, zoom, erase}``.)
 
 Loading (``cnncli.yamlio``) uses ``yaml.safe_load`` semantics and records the line of
 every key, so each problem is reported as ``file:line key.path: what is wrong. How to fix

@@ -22,12 +22,13 @@ class AugmentConfig:
     """Random augmentation of training batches (``cnncli.augment.Augment``): rotate by up to
     ``rotate`` degrees and scale by a factor in [1 - zoom, 1 + zoom] (bilinear, zero fill),
     shift by up to ``translate`` pixels (zero fill), horizontal flip with probability 0.5 if
-    ``hflip``."""
+    ``hflip``, and with probability ``erase`` set a random rectangle to 0 (random erasing)."""
 
     translate: int = 0
     hflip: bool = False
     rotate: float = 0.0
     zoom: float = 0.0
+    erase: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -223,11 +224,13 @@ DATA_CHECKS: Checks = {
 AUGMENT_CHECKS: Checks = {"translate": lambda v: check_int("translate", v, 0, 64),
                           "hflip": lambda v: check_bool("hflip", v),
                           "rotate": lambda v: check_float("rotate", v, 0.0, 180.0),
-                          "zoom": lambda v: check_float("zoom", v, 0.0, 0.9)}
+                          "zoom": lambda v: check_float("zoom", v, 0.0, 0.9),
+                          "erase": lambda v: check_float("erase", v, 0.0, 1.0)}
 
 
 def _augment(raw, container, problems: list[Problem]) -> AugmentConfig:
-    """``data.augment``: absent/null (off) or ``{translate: pixels, hflip: bool, rotate: degrees, zoom: fraction}``."""
+    """``data.augment``: absent/null (off) or ``{translate: pixels, hflip: bool, rotate: degrees,
+    zoom: fraction, erase: probability}``."""
     if raw is None:
         return AugmentConfig()
     return AugmentConfig(**check_section("data.augment", raw, problems, line_of(container, "augment"),

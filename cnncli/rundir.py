@@ -21,6 +21,8 @@ import yaml
 from cnncli import checkpoint, runlock
 from cnncli.callbacks import EarlyStopping, resolve_monitor
 from cnncli.config import Config
+from cnncli.config_data import AugmentConfig
+from cnncli.config_sections import defaults_of
 from cnncli.errors import CheckpointError, OutputError
 from cnncli.events import BatchEnded, EpochEnded, RunStarted, ValidationEnded
 from cnncli.layers import LAYERS
@@ -255,8 +257,9 @@ _RESUME_KEYS = ("data.path", "data.name", "data.train_limit", "data.val_split", 
 def resume_changes(cfg: Config, ck: checkpoint.Checkpoint) -> list[str]:
     """The data and training settings of ``cfg`` that differ from those the checkpoint's run
     was trained with, as ``key: old -> new`` strings (a resumed run takes the config's).
-    Mappings (optimizer, schedule, augment) are compared key by key; ``auto`` normalization
-    is compared once computed, so it is not listed."""
+    Mappings (optimizer, schedule, augment) are compared key by key; an augmentation key the
+    stored config lacks (a run from before it existed) counts as its default, off; ``auto``
+    normalization is compared once computed, so it is not listed."""
     mine, theirs = cfg.to_dict(), ck.config if isinstance(ck.config, dict) else {}
 
     def get(d, key):
@@ -275,6 +278,8 @@ def resume_changes(cfg: Config, ck: checkpoint.Checkpoint) -> list[str]:
             new = os.path.abspath(os.path.expanduser(str(new)))
         if key in ("data.mean", "data.std") and new == "auto":
             continue                                  # computed from the data: the stored numbers
+        if key == "data.augment" and isinstance(old, dict):
+            old = {**defaults_of(AugmentConfig), **old}
         if isinstance(new, dict) and isinstance(old, dict) and new.get("type", 0) == old.get("type", 0):
             out += [f"{key}.{k}: {json.dumps(plain(old.get(k)))} -> {json.dumps(plain(new.get(k)))}"
                     for k in sorted({*new, *old}, key=str) if plain(new.get(k)) != plain(old.get(k))]

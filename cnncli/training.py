@@ -172,7 +172,7 @@ def fit(cfg: Config, model: Model, data: Data, run_dir: Path, on_event: EventHan
     state = TrainState.create(cfg, resolved, model, len(data.train), data.val is not None, run_dir,
                               shuffle_rng, run_id)
     a = cfg.data.augment
-    augment = Augment(a.translate, a.hflip, a.rotate, a.zoom, rng=state.augment_rng)
+    augment = Augment(a.translate, a.hflip, a.rotate, a.zoom, a.erase, rng=state.augment_rng)
     if resume is not None:
         state.restore(resume, check_resume(resolved, resume), augment.active)
     lock_run_dir(run_dir)                   # one writer per run folder, for the run's life

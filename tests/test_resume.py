@@ -61,10 +61,10 @@ SETUPS = {
         "schedule": "{type: reduce_on_plateau, monitor: val_loss, mode: max, patience: 0, factor: 0.5}",
         # min_delta 10 never counts as improvement after epoch 1: the run stops at epoch 1 + patience
         "extra": "  early_stopping: {monitor: val_loss, patience: 3, min_delta: 10}\n"},
-    # the optimizers and schedules of issue 16, with rotation and scaling on
+    # the optimizers and schedules of issue 16, with rotation, scaling and random erasing on
     "nadam-inv-warmup-rotate": {"optimizer": "{type: nadam, lr: 0.005}",
                                 "schedule": "{type: inv, gamma: 0.01, power: 0.75, warmup_steps: 5}",
-                                "augment": "{translate: 1, rotate: 12, zoom: 0.1}"},
+                                "augment": "{translate: 1, rotate: 12, zoom: 0.1, erase: 0.5}"},
     "adadelta-poly": {"optimizer": "{type: adadelta, lr: 1.0, rho: 0.95, eps: 1.0e-7}",
                       "schedule": "{type: poly, power: 0.9, interval: epoch}"},
 }
@@ -346,4 +346,10 @@ def test_resume_lists_the_settings_that_differ_from_the_checkpoints_run(write_co
                                                "data.mean=auto", "data.std=auto"]), ck) == []
     assert resume_changes(C.load(cfg, ["data.train_limit=300", "train.epochs=2", "data.std=0.5"]),
                                    ck)[0].endswith("-> 0.5")
+    # a run from before an augmentation key existed: the missing key counts as off
+    same = C.load(cfg, ["data.train_limit=300", "train.epochs=2"])
+    del ck.config["data"]["augment"]["erase"]
+    assert resume_changes(same, ck) == []
+    assert resume_changes(C.load(cfg, ["data.train_limit=300", "train.epochs=2", "data.augment.erase=0.5"]),
+                          ck) == ["data.augment.erase: 0.0 -> 0.5"]
 
