@@ -184,11 +184,38 @@ class Model:
         values = sum(layer.training_values(out) for layer, out in zip(self.layers, self.shapes))
         return values * self.dtype.itemsize
 
-    #: Evaluation runs larger batches in chunks of this many images (bounded memory: a
-    #: conv's im2col matrix grows with the batch), unless a layer mixes samples in
-    #: evaluation; with T threads (``layers.parallel``) T chunks run at once. The size does
-    #: not depend on T, so neither do the results' bits.
-    EVAL_CHUNK = 128
+    #: Evaluation runs larger batches in chunks (:meth:`eval_chunks`), unless a layer mixes
+    #: samples in evaluation; with T threads (``layers.parallel``) T chunks run at once. A
+    #: chunk's largest layer output is at most this many bytes (bounded memory: a conv's
+    #: lowered input grows with the chunk).
+    EVAL_CHUNK_BYTES = 16 * 2**20
+    #: ... and a batch is cut into a multiple of this many chunks (balanced over 1, 2 or 4
+    #: threads) while each keeps at least :data:`EVAL_MIN_CHUNK` images; a batch that
+    #: cannot give two such chunks runs in one pass.
+    EVAL_CHUNKS_MULTIPLE = 4
+    EVAL_MIN_CHUNK = 64
+
+    def eval_chunks(self, n: int) -> list[int] | None:
+        """Bounds of the chunks an evaluation batch of ``n`` images runs in (chunk i is images
+        ``bounds[i]:bounds[i + 1]``), or None for one pass.
+
+        The fewest chunks whose largest layer output fits :data:`EVAL_CHUNK_BYTES`, rounded
+        up to a multiple of :data:`EVAL_CHUNKS_MULTIPLE` if the chunks keep
+        :data:`EVAL_MIN_CHUNK` images; equal sizes (differing by at most one). Example:
+        LeNet-5 (largest output 6 x 28 x 28 float32, 18.4 KiB an image) evaluates a batch
+        of 1000 in 4 chunks of 250; ``configs/mnist.yaml`` (32 x 28 x 28) in 8 of 125.
+
+        The bounds depend on ``n`` and the model only, never on the thread count, so neither
+        do the results' bits (a GEMM's or a SIMD loop's rounding can depend on where a chunk
+        starts and ends).
+        """
+        largest = max(int(np.prod(s)) for s in (self.input_shape, *self.shapes)) * self.dtype.itemsize
+        cap = max(self.EVAL_MIN_CHUNK, self.EVAL_CHUNK_BYTES // max(largest, 1))
+        k = -(-n // cap)
+        m = self.EVAL_CHUNKS_MULTIPLE
+        if n // (-(-k // m) * m) >= self.EVAL_MIN_CHUNK:
+            k = -(-k // m) * m
+        return None if k <= 1 else [n * i // k for i in range(k + 1)]
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """(N, *input_shape) -> (N, *output_shape) logits, same dtype.
@@ -196,7 +223,7 @@ class Model:
         Image batches are copied once into CHWN memory order (still logically NCHW; see
         ``layers/windows.py``), which every layer keeps and the heavy ones are fast in.
         In evaluation (``training=False``) the layers keep nothing for a backward pass and
-        larger batches run in chunks (``EVAL_CHUNK``), spread over the threads; results are
+        larger batches run in chunks (:meth:`eval_chunks`), spread over the threads; results are
         those of one pass up to float rounding (each sample is computed independently in
         evaluation), and the same bits for any thread count. In training, a batch is split
         by samples over the threads when no layer trains on whole-batch statistics
@@ -206,16 +233,14 @@ class Model:
         if training:
             parts = self._sample_parts(x.shape[0])
             return self._run(x, True) if parts is None else self._forward_parts(x, parts)
-        n = x.shape[0]
-        chunk = self.EVAL_CHUNK
-        if n <= chunk or any(getattr(l, "mixes_samples_in_eval", False) for l in self.layers):
+        bounds = self.eval_chunks(x.shape[0])
+        if bounds is None or any(getattr(l, "mixes_samples_in_eval", False) for l in self.layers):
             return self._run(x, False)
-        starts = range(0, n, chunk)
-        parts: list = [None] * len(starts)
+        parts: list = [None] * (len(bounds) - 1)
 
         def run(i: int) -> None:
-            parts[i] = self._run(x[starts[i]:starts[i] + chunk], False)
-        parallel.over_items(run, len(starts))     # chunks on all threads, each with one BLAS thread
+            parts[i] = self._run(x[bounds[i]:bounds[i + 1]], False)
+        parallel.over_items(run, len(parts))      # chunks on all threads, each with one BLAS thread
         return np.concatenate(parts)
 
     #: A training batch is split over the threads when each part gets at least this many images.

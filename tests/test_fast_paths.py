@@ -85,7 +85,8 @@ def test_activations_stay_in_chwn_order_through_the_conv_stack():
 
 def test_chunked_evaluation_equals_one_pass():
     model = make_model(dtype=np.float32)
-    n = model.EVAL_CHUNK * 2 + 37
+    n = 4 * model.EVAL_MIN_CHUNK + 37
+    assert len(model.eval_chunks(n)) == 5                # 4 chunks
     x = np.random.default_rng(3).normal(size=(n, 1, 12, 12)).astype(np.float32)
     whole = x.copy()
     for layer in model.layers:                       # one pass, no chunking
@@ -95,27 +96,54 @@ def test_chunked_evaluation_equals_one_pass():
     assert all(layer._cache is None for layer in model.layers)
 
 
-@pytest.mark.parametrize("n", [3, 200])
-def test_conv_evaluation_path_matches_forward(n):
-    """``Conv2d.infer`` lowers by rows (MEC) for large batches and falls back to the
-    im2col forward for small ones; both give forward's values, dtype and CHWN order."""
+@pytest.mark.parametrize("n, out_channels, stride, bias, rows", [
+    (3, 5, (1, 2), True, 4), (200, 5, (1, 2), True, 4),
+    (200, 6, (2, 1), False, 4),          # 4 output rows per GEMM, 2 input rows apart; 5 = 4 + 1 rows
+    (200, 11, (1, 1), True, 2), (200, 16, (1, 2), False, 1)])
+def test_conv_evaluation_path_matches_forward(n, out_channels, stride, bias, rows):
+    """``Conv2d.infer`` lowers by rows (MEC) for large batches, R output rows per GEMM (the
+    last group shorter), and falls back to the im2col forward for small ones; all give
+    forward's values, dtype and CHWN order."""
     from cnncli.layers.conv import Conv2d
     rng = np.random.default_rng(6)
     for dtype in (np.float64, np.float32):
-        conv = Conv2d(3, 5, 3, stride=(1, 2), padding=1, dtype=dtype, rng=rng)
+        conv = Conv2d(3, out_channels, 3, stride=stride, padding=1, bias=bias, dtype=dtype, rng=rng)
+        assert conv.rows_per_gemm() == rows
         x = rng.normal(size=(n, 3, 10, 12)).astype(dtype)
-        assert conv.lowers_by_rows(3, 6, n) == (n == 200)
+        if not bias:                         # forward without a bias: the reference must not have one
+            assert "bias" not in conv.params
+        assert conv.lowers_by_rows(3, conv._out_hw(10, 12)[1], n) == (n == 200)
         y = conv.infer(x)
         assert y.dtype == dtype and is_chwn(y) and conv._cache is None
         tol = 1e-12 if dtype == np.float64 else 1e-5
         np.testing.assert_allclose(y, conv.forward(x, False), rtol=tol, atol=tol)
 
 
+def test_eval_chunks_by_hand():
+    """Bounds from the largest layer output (EVAL_CHUNK_BYTES), a multiple of 4 chunks while
+    each keeps EVAL_MIN_CHUNK images, otherwise one pass."""
+    from cnncli.model import LayerSpec, build
+    lenet = build([LayerSpec("conv2d", {"out_channels": 6, "kernel_size": 5, "padding": 2}), LayerSpec("tanh", {}),
+                   LayerSpec("flatten", {}), LayerSpec("linear", {"out_features": 10})], (1, 28, 28), seed=0)
+    # 6*28*28*4 = 18,816 bytes an image: 16 MiB holds 891 images
+    assert lenet.eval_chunks(1000) == [0, 250, 500, 750, 1000]      # 2 chunks by memory, rounded up to 4
+    assert lenet.eval_chunks(256) == [0, 64, 128, 192, 256]
+    assert lenet.eval_chunks(255) is None                             # 4 chunks would hold 63 images
+    assert lenet.eval_chunks(3565) == [3565 * i // 8 for i in range(9)]   # 5 by memory -> 8
+    wide = build([LayerSpec("conv2d", {"out_channels": 32, "kernel_size": 3, "padding": 1}),
+                  LayerSpec("flatten", {}), LayerSpec("linear", {"out_features": 10})], (1, 28, 28), seed=0)
+    # 32*28*28*4 = 100,352 bytes: 167 images a chunk, so 1000 takes 6 -> 8 chunks of 125
+    assert wide.eval_chunks(1000) == [125 * i for i in range(9)]
+    assert wide.eval_chunks(300) == [0, 75, 150, 225, 300]            # 2 by memory -> 4 of 75
+    assert wide.eval_chunks(200) == [0, 100, 200]                     # 2 by memory; 4 would hold 50
+
+
 def test_batch_statistics_in_evaluation_are_not_chunked():
     specs = [("conv2d", {"out_channels": 2, "kernel_size": 3}),
              ("batchnorm", {"track_running_stats": False}), ("flatten", {}), ("linear", {"out_features": 3})]
     model = make_model(specs=specs, shape=(1, 5, 5))
-    n = model.EVAL_CHUNK + 10
+    n = 4 * model.EVAL_MIN_CHUNK + 10
+    assert model.eval_chunks(n) is not None              # chunked, were it not for the batchnorm
     x = np.random.default_rng(4).normal(size=(n, 1, 5, 5))
     whole = x
     for layer in model.layers:

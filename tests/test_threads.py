@@ -123,10 +123,13 @@ def test_evaluation_splits_batches_over_threads_with_the_same_bits(monkeypatch):
     model = build(specs, (1, 12, 12), seed=0)
     x = np.random.default_rng(0).standard_normal((203, 1, 12, 12)).astype(np.float32)
     single = np.concatenate([model.forward(x[i:i + 1]) for i in range(len(x))])
-    monkeypatch.setattr(model, "EVAL_CHUNK", 64)
+    monkeypatch.setattr(model, "EVAL_MIN_CHUNK", 16)
+    bounds = model.eval_chunks(len(x))
+    assert bounds == [0, 50, 101, 152, 203]          # 4 chunks, whatever the thread count
     logits = {}
     for n in (1, 2, 3):
         with threads.limit(n):
+            assert model.eval_chunks(len(x)) == bounds
             logits[n] = model.forward(x)
     assert logits[1].shape == (203, 10)
     assert np.array_equal(logits[1], logits[2]) and np.array_equal(logits[1], logits[3])

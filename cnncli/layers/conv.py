@@ -197,6 +197,13 @@ class Conv2d(Layer):
         Values equal ``forward``'s up to float rounding (the sum over a kernel runs in
         that order). Used when :meth:`lowers_by_rows`; otherwise as ``forward``.
 
+        A layer with few output channels computes :meth:`rows_per_gemm` = R output rows per
+        GEMM: rows i..i+R-1 read the ((R-1)*sh + kh) * C * kw consecutive rows of L from
+        L[i*sh], with a weight of R*out_channels rows, row (r, o) holding the kernel shifted
+        down r*sh rows and zeros around it. BLAS runs well below about 16 rows (LeNet-5's
+        first conv has 6), so R = 4 there costs 60 % more multiplications and still takes
+        less time (measured; ``benchmarks/README.md``).
+
         Shape and dtype as ``forward``: (N, C, H, W) in, (N, out_channels, H_out, W_out)
         out, stored CHWN. The extra memory is L, (H + pad) * C * kw * W_out * N values.
         """
@@ -218,17 +225,42 @@ class Conv2d(Layer):
         L = np.empty((xp.shape[1], C, kw, W_out, N), dtype=x.dtype)
         np.copyto(L, np.lib.stride_tricks.as_strided(
             xp, shape=L.shape, strides=(sH, sC, sW * dw, sW * sw, sN), writeable=False))
-        K = kh * C * kw
-        w = self.params["weight"].transpose(0, 2, 1, 3).reshape(O, K)   # (O, a, c, b)
+        ck = C * kw                                                   # rows of L per input row
+        Lf = L.reshape(-1, row)                                       # rows (h, c, b): a contiguous block per window
+        w = self.params["weight"].transpose(0, 2, 1, 3)               # (O, a, c, b)
         y = np.empty((O, H_out, row), dtype=x.dtype)
-        step = L.strides[2]                                           # from (a, c, b) to the next
-        for i in range(H_out):
-            block = np.lib.stride_tricks.as_strided(L[i * sh:], shape=(K, row), strides=(step, x.itemsize),
-                                                    writeable=False)
-            np.matmul(w, block, out=y[:, i])
-        if "bias" in self.params:
-            y += self.params["bias"].reshape(O, 1, 1)
+        R = min(self.rows_per_gemm(), H_out)
+        if R == 1:
+            K = kh * ck
+            w = w.reshape(O, K)
+            for i in range(H_out):
+                np.matmul(w, Lf[i * sh * ck:i * sh * ck + K], out=y[:, i])
+            if "bias" in self.params:
+                y += self.params["bias"].reshape(O, 1, 1)
+            return y.reshape(O, H_out, W_out, N).transpose(3, 0, 1, 2)
+        span = (R - 1) * sh + kh                                      # input rows that R output rows read
+        wR = np.zeros((R, O, span, C, kw), dtype=x.dtype)
+        for r in range(R):
+            wR[r, :, r * sh:r * sh + kh] = w
+        wR = wR.reshape(R * O, span * ck)
+        tmp = np.empty((R, O, row), dtype=x.dtype)
+        bias = self.params["bias"].reshape(O, 1, 1) if "bias" in self.params else None
+        for i in range(0, H_out, R):
+            r = min(R, H_out - i)                                     # the last group may be shorter
+            k = ((r - 1) * sh + kh) * ck
+            out = tmp[:r].reshape(r * O, row)
+            np.matmul(wR[:r * O, :k] if r < R else wR, Lf[i * sh * ck:i * sh * ck + k], out=out)
+            if bias is None:
+                np.copyto(y[:, i:i + r], tmp[:r].transpose(1, 0, 2))
+            else:
+                np.add(tmp[:r].transpose(1, 0, 2), bias, out=y[:, i:i + r])
         return y.reshape(O, H_out, W_out, N).transpose(3, 0, 1, 2)
+
+    def rows_per_gemm(self) -> int:
+        """Output rows per GEMM in :meth:`infer`: 24 // out_channels, at least 1 (4 for 6
+        channels, 1 from 13 up), so the GEMM has about 24 rows, a multiple of the float32
+        kernels' row blocking."""
+        return max(1, 24 // self.out_channels)
 
     def lowers_by_rows(self, C: int, W_out: int, N: int) -> bool:
         """True if :meth:`infer` uses MEC lowering for this input: one group, no vertical
