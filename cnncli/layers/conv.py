@@ -200,9 +200,9 @@ class Conv2d(Layer):
         A layer with few output channels computes :meth:`rows_per_gemm` = R output rows per
         GEMM: rows i..i+R-1 read the ((R-1)*sh + kh) * C * kw consecutive rows of L from
         L[i*sh], with a weight of R*out_channels rows, row (r, o) holding the kernel shifted
-        down r*sh rows and zeros around it. BLAS runs well below about 16 rows (LeNet-5's
-        first conv has 6), so R = 4 there costs 60 % more multiplications and still takes
-        less time (measured; ``benchmarks/README.md``).
+        down r*sh rows and zeros around it. A GEMM of 6 rows (LeNet-5's first conv) runs
+        poorly in BLAS: R = 4 there costs 60 % more multiplications and still takes less
+        time (measured; ``benchmarks/README.md``).
 
         Shape and dtype as ``forward``: (N, C, H, W) in, (N, out_channels, H_out, W_out)
         out, stored CHWN. The extra memory is L, (H + pad) * C * kw * W_out * N values.
@@ -258,8 +258,8 @@ class Conv2d(Layer):
 
     def rows_per_gemm(self) -> int:
         """Output rows per GEMM in :meth:`infer`: 24 // out_channels, at least 1 (4 for 6
-        channels, 1 from 13 up), so the GEMM has about 24 rows, a multiple of the float32
-        kernels' row blocking."""
+        channels, 1 from 13 up), so the GEMM has about 24 rows (chosen by measurement on
+        LeNet-5's convs of 6 and 16 channels)."""
         return max(1, 24 // self.out_channels)
 
     def lowers_by_rows(self, C: int, W_out: int, N: int) -> bool:
