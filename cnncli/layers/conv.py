@@ -230,30 +230,27 @@ class Conv2d(Layer):
         w = self.params["weight"].transpose(0, 2, 1, 3)               # (O, a, c, b)
         y = np.empty((O, H_out, row), dtype=x.dtype)
         R = min(self.rows_per_gemm(), H_out)
-        if R == 1:
-            K = kh * ck
-            w = w.reshape(O, K)
-            for i in range(H_out):
-                np.matmul(w, Lf[i * sh * ck:i * sh * ck + K], out=y[:, i])
-            if "bias" in self.params:
-                y += self.params["bias"].reshape(O, 1, 1)
-            return y.reshape(O, H_out, W_out, N).transpose(3, 0, 1, 2)
         span = (R - 1) * sh + kh                                      # input rows that R output rows read
         wR = np.zeros((R, O, span, C, kw), dtype=x.dtype)
         for r in range(R):
             wR[r, :, r * sh:r * sh + kh] = w
         wR = wR.reshape(R * O, span * ck)
-        tmp = np.empty((R, O, row), dtype=x.dtype)
         bias = self.params["bias"].reshape(O, 1, 1) if "bias" in self.params else None
+        tmp = np.empty((R, O, row), dtype=x.dtype) if R > 1 else None
         for i in range(0, H_out, R):
             r = min(R, H_out - i)                                     # the last group may be shorter
             k = ((r - 1) * sh + kh) * ck
-            out = tmp[:r].reshape(r * O, row)
-            np.matmul(wR[:r * O, :k] if r < R else wR, Lf[i * sh * ck:i * sh * ck + k], out=out)
+            block = Lf[i * sh * ck:i * sh * ck + k]
+            if tmp is None:                                           # one row: straight into the output
+                np.matmul(wR, block, out=y[:, i])
+                continue
+            np.matmul(wR[:r * O, :k] if r < R else wR, block, out=tmp[:r].reshape(r * O, row))
             if bias is None:
                 np.copyto(y[:, i:i + r], tmp[:r].transpose(1, 0, 2))
             else:
                 np.add(tmp[:r].transpose(1, 0, 2), bias, out=y[:, i:i + r])
+        if tmp is None and bias is not None:
+            y += bias
         return y.reshape(O, H_out, W_out, N).transpose(3, 0, 1, 2)
 
     def rows_per_gemm(self) -> int:
