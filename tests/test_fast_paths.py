@@ -99,7 +99,7 @@ def test_chunked_evaluation_equals_one_pass():
 @pytest.mark.parametrize("n, out_channels, stride, bias, rows", [
     (3, 5, (1, 2), True, 4), (200, 5, (1, 2), True, 4),
     (200, 6, (2, 1), False, 4),          # 4 output rows per GEMM, 2 input rows apart; 5 = 4 + 1 rows
-    (200, 11, (1, 1), True, 2), (200, 16, (1, 2), False, 1)])
+    (200, 11, (1, 1), True, 2), (200, 16, (1, 2), False, 1), (200, 16, (1, 1), True, 1)])
 def test_conv_evaluation_path_matches_forward(n, out_channels, stride, bias, rows):
     """``Conv2d.infer`` lowers by rows (MEC) for large batches, R output rows per GEMM (the
     last group shorter), and falls back to the im2col forward for small ones; all give
