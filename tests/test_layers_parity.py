@@ -299,6 +299,34 @@ def test_conv_evaluation_by_row_lowering_matches_torch(C, O, k, s, p, d, hw):
     np.testing.assert_allclose(layer.infer(to_chwn(x)), expected, rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("C, O, k, s, p, d, hw, n", [
+    (32, 32, 3, 1, 0, 1, (12, 12), 103),     # configs/mnist-deep.yaml's second conv, narrower
+    (32, 32, 5, 2, 2, 1, (12, 12), 171),     # its strided 5x5 conv
+    (32, 32, 3, 1, "same", 1, (9, 8), 128),  # configs/fashion-mnist.yaml's second conv
+    (16, 8, (3, 4), (2, 3), (1, 2), (1, 2), (11, 17), 205),
+])
+def test_conv_training_by_rows_matches_torch(C, O, k, s, p, d, hw, n):
+    """A training step of ``Conv2d`` by rows (MEC forward, per-row backward: the path of the
+    shipped networks' 32-channel convs): output, input gradient and weight/bias gradients
+    against torch autograd, float64."""
+    rng = np.random.default_rng(7)
+    layer = Conv2d(C, O, k, stride=s, padding=p, dilation=d, dtype=np.float64, rng=rng)
+    m = nn.Conv2d(C, O, k, stride=s, padding=p, dilation=d, dtype=F64)
+    m.load_state_dict({k_: torch.tensor(v) for k_, v in layer.params.items()})
+    x = rng.normal(0.0, 1.0, (n, C, *hw))
+    out = layer.output_shape((C, *hw))
+    assert layer.trains_by_rows(C, out[2], n)
+    dy = rng.normal(0.0, 1.0, (n, *out))
+    xt = torch.tensor(x, requires_grad=True)
+    yt = m(xt)
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_allclose(layer.forward(to_chwn(x), True), yt.detach().numpy(), rtol=RTOL, atol=ATOL)
+    assert layer._cache[0] == "rows"
+    np.testing.assert_allclose(layer.backward(to_chwn(dy)), xt.grad.numpy(), rtol=RTOL, atol=ATOL)
+    for name, param in m.named_parameters():
+        np.testing.assert_allclose(layer.grads[name], param.grad.numpy(), rtol=RTOL, atol=ATOL)
+
+
 # ------------------------------------------------------------------ dropout semantics
 
 @pytest.mark.parametrize("p", [0.2, 0.5])

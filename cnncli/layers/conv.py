@@ -34,9 +34,16 @@ def conv_padding(padding, kernel: tuple[int, int], dilation: tuple[int, int],
 
 @LAYERS.register("conv2d", "conv")
 class Conv2d(Layer):
-    """2-D convolution over NCHW input: im2col by strided slabs, then one matrix multiply per batch.
+    """2-D convolution over NCHW input, lowered to matrix multiplies (im2col, or MEC by rows).
 
-    The output is stored in CHWN memory order (see ``windows.py``): the GEMM writes it so.
+    - im2col by strided slabs, then one matrix multiply per batch; the im2col matrix is kept
+      for backward;
+    - by rows (MEC: the input lowered along W only, one GEMM per output row), keeping only
+      the input for backward, which lowers it again: evaluation of large batches
+      (:meth:`lowers_by_rows`) and training of convs with few output channels
+      (:meth:`trains_by_rows`).
+
+    The output is stored in CHWN memory order (see ``windows.py``): the GEMMs write it so.
 
     y[n, o] = bias[o] + sum_{c in group(o)} sum_{a,b} weight[o, c, a, b] * x_p[n, c, i*s + a*d, j*s + b*d]
     (cross-correlation, as ``torch.nn.Conv2d``).
@@ -139,7 +146,9 @@ class Conv2d(Layer):
 
     def training_values(self, output_shape):
         """Output and its gradient, plus the im2col matrix kept for backward:
-        in_channels/groups * kh * kw values per output pixel."""
+        in_channels/groups * kh * kw values per output pixel. An upper bound for a conv
+        trained by rows (:meth:`trains_by_rows`), which keeps only its input and lowers a
+        part of that size again in backward, kh times smaller than the im2col matrix."""
         kh, kw = self.kernel_size
         return super().training_values(output_shape) + self.in_channels // self.groups * kh * kw * \
             int(np.prod(output_shape[1:]))
@@ -154,6 +163,18 @@ class Conv2d(Layer):
         return [(a, b, *rows[a], *cols[b]) for a in range(kh) for b in range(kw)]
 
     def forward(self, x, training=False):
+        N, C, H, W = x.shape
+        if self.trains_by_rows(C, self._out_hw(H, W)[1], N):
+            y = self._forward_rows(x)
+            # backward lowers the input again (cheaper than keeping the lowered matrix)
+            self._cache = ("rows", x.shape, chwn(x))
+            return y
+        return self._forward_im2col(x)
+
+    def _forward_im2col(self, x, keep: bool = True):
+        """The forward pass by im2col: one strided slab per kernel offset, then one GEMM; with
+        ``keep`` the im2col matrix is kept for backward (``in_channels/groups*kh*kw`` values
+        per output pixel)."""
         N, C, H, W = x.shape
         g, O = self.groups, self.out_channels
         cg, og = C // g, O // g
@@ -181,21 +202,54 @@ class Conv2d(Layer):
         y = _gemm(w, cols)                                           # (g, og, H_out*W_out*N): one GEMM
         if "bias" in self.params:
             y += self.params["bias"].reshape(g, og, 1)
-        self._cache = (x.shape, cols)
+        self._cache = ("im2col", x.shape, cols) if keep else None
         # (O, H_out, W_out, N) memory = logically NCHW stored CHWN: no transpose copy
         return y.reshape(O, H_out, W_out, N).transpose(3, 0, 1, 2)
 
     def infer(self, x):
-        """Evaluation forward with nothing cached, by MEC lowering (Cho & Brand 2017,
-        "MEC: Memory-efficient Convolution for Deep Neural Network", ICML).
+        """Evaluation forward with nothing cached: by rows (:meth:`_forward_rows`) when
+        :meth:`lowers_by_rows`, else by im2col. Shape and dtype as ``forward``."""
+        N, C, H, W = x.shape
+        if self.lowers_by_rows(C, self._out_hw(H, W)[1], N):
+            return self._forward_rows(x)
+        return self._forward_im2col(x, False)
+
+    def _lower(self, xc: np.ndarray) -> np.ndarray:
+        """The MEC lowering of ``xc`` (C, H, W, N), C-contiguous: ``L[h, c, b, j, n] =
+        x_padded[n, c, h, j*sw + b*dw]``, shape (H + pad_top + pad_bottom, C, kw, W_out, N).
+        Padding is written as zeros straight into L (the padded input is never built); the
+        input rows are copied on the threads (``parallel.over_range``)."""
+        C, H, W, N = xc.shape
+        kw, sw, dw = self.kernel_size[1], self.stride[1], self.dilation[1]
+        W_out = self._out_hw(H, W)[1]
+        t, b, l, _ = self.pads
+        L = np.empty((t + H + b, C, kw, W_out, N), dtype=xc.dtype)
+        L[:t] = 0
+        L[t + H:] = 0
+        spans = [valid_range(W_out, W, bb, dw, sw, l) for bb in range(kw)]
+        rows = xc.transpose(1, 0, 2, 3)                               # (H, C, W, N), a view
+
+        def copy(h0: int, h1: int) -> None:
+            for bb, (oj, ij) in enumerate(spans):
+                dest = L[t + h0:t + h1, :, bb]
+                dest[:, :, :oj.start] = 0
+                dest[:, :, oj.stop:] = 0
+                dest[:, :, oj] = rows[h0:h1, :, ij]
+        parallel.over_range(copy, H, L.size)
+        return L
+
+    def _forward_rows(self, x):
+        """Forward pass by MEC lowering (Cho & Brand 2017, "MEC: Memory-efficient Convolution
+        for Deep Neural Network", ICML), used when :meth:`lowers_by_rows`.
 
         Instead of the full im2col matrix (cg*kh*kw rows), the padded input is lowered
-        along W only: ``L[h, c, b, j, n] = x_padded[n, c, h, j*sw + b*dw]``, kh times
-        smaller. For output row i, the rows (a, c, b) of its im2col block are then
-        ``L[i*sh + a, c, b]``: one constant stride, so BLAS reads them straight from L
-        and each output row is one GEMM with the weight taken in (a, c, b) order.
-        Values equal ``forward``'s up to float rounding (the sum over a kernel runs in
-        that order). Used when :meth:`lowers_by_rows`; otherwise as ``forward``.
+        along W only (:meth:`_lower`), kh times smaller. For output row i, the rows (a, c, b)
+        of its im2col block are then ``L[i*sh + a, c, b]``: one contiguous block of L, and
+        each output row is one GEMM with the weight taken in (a, c, b) order. Values equal
+        the im2col path's up to float rounding (the sum over a kernel runs in that order).
+        The output rows are independent pieces spread over the threads
+        (``parallel.over_items``, one BLAS thread each), so the bits do not depend on the
+        thread count.
 
         A layer with few output channels computes :meth:`rows_per_gemm` = R output rows per
         GEMM: rows i..i+R-1 read the ((R-1)*sh + kh) * C * kw consecutive rows of L from
@@ -209,48 +263,37 @@ class Conv2d(Layer):
         """
         N, C, H, W = x.shape
         O = self.out_channels
-        (kh, kw), (sh, sw), dw = self.kernel_size, self.stride, self.dilation[1]
+        kh, sh = self.kernel_size[0], self.stride[0]
         H_out, W_out = self._out_hw(H, W)
         row = W_out * N                                               # GEMM columns per output row
-        if not self.lowers_by_rows(C, W_out, N):
-            return super().infer(x)
-        t, b, l, r = self.pads
-        xc = chwn(x)                                                  # (C, H, W, N)
-        if t or b or l or r:
-            xp = np.zeros((C, H + t + b, W + l + r, N), dtype=x.dtype)
-            xp[:, t:t + H, l:l + W] = xc
-        else:
-            xp = xc
-        sC, sH, sW, sN = xp.strides
-        L = np.empty((xp.shape[1], C, kw, W_out, N), dtype=x.dtype)
-        np.copyto(L, np.lib.stride_tricks.as_strided(
-            xp, shape=L.shape, strides=(sH, sC, sW * dw, sW * sw, sN), writeable=False))
-        ck = C * kw                                                   # rows of L per input row
-        Lf = L.reshape(-1, row)                                       # rows (h, c, b): a contiguous block per window
+        ck = C * self.kernel_size[1]                                  # rows of L per input row
+        Lf = self._lower(chwn(x)).reshape(-1, row)                    # rows (h, c, b): a contiguous block per window
         w = self.params["weight"].transpose(0, 2, 1, 3)               # (O, a, c, b)
         y = np.empty((O, H_out, row), dtype=x.dtype)
         R = min(self.rows_per_gemm(), H_out)
         span = (R - 1) * sh + kh                                      # input rows that R output rows read
-        wR = np.zeros((R, O, span, C, kw), dtype=x.dtype)
+        wR = np.zeros((R, O, span, C, self.kernel_size[1]), dtype=x.dtype)
         for r in range(R):
             wR[r, :, r * sh:r * sh + kh] = w
         wR = wR.reshape(R * O, span * ck)
         bias = self.params["bias"].reshape(O, 1, 1) if "bias" in self.params else None
-        tmp = np.empty((R, O, row), dtype=x.dtype) if R > 1 else None
-        for i in range(0, H_out, R):
+
+        def rows(step: int) -> None:                                  # output rows i..i+r-1
+            i = step * R
             r = min(R, H_out - i)                                     # the last group may be shorter
             k = ((r - 1) * sh + kh) * ck
             block = Lf[i * sh * ck:i * sh * ck + k]
-            if tmp is None:                                           # one row: straight into the output
+            if R == 1:                                                # one row: straight into the output
                 np.matmul(wR, block, out=y[:, i])
-                continue
-            np.matmul(wR[:r * O, :k] if r < R else wR, block, out=tmp[:r].reshape(r * O, row))
+                if bias is not None:
+                    y[:, i] += bias[:, 0]
+                return
+            tmp = np.matmul(wR[:r * O, :k] if r < R else wR, block).reshape(r, O, row)
             if bias is None:
-                np.copyto(y[:, i:i + r], tmp[:r].transpose(1, 0, 2))
+                np.copyto(y[:, i:i + r], tmp.transpose(1, 0, 2))
             else:
-                np.add(tmp[:r].transpose(1, 0, 2), bias, out=y[:, i:i + r])
-        if tmp is None and bias is not None:
-            y += bias
+                np.add(tmp.transpose(1, 0, 2), bias, out=y[:, i:i + r])
+        parallel.over_items(rows, -(-H_out // R))
         return y.reshape(O, H_out, W_out, N).transpose(3, 0, 1, 2)
 
     def rows_per_gemm(self) -> int:
@@ -267,25 +310,80 @@ class Conv2d(Layer):
         kh, kw = self.kernel_size
         return self.groups == 1 and self.dilation[0] == 1 and C * kh * kw >= 16 and W_out * N >= 1024
 
+    #: The weight gradient by rows sums the output rows in this many fixed parts (fewer for
+    #: fewer rows), one part per thread at a time, then adds the parts in order.
+    ROW_PARTS = 4
+
+    #: :meth:`trains_by_rows` needs at most this many output channels ...
+    ROWS_MAX_OUT_CHANNELS = 32
+    #: ... and at least this many lowered rows per input row (in_channels * kw).
+    ROWS_MIN_ROW_LENGTH = 32
+
+    def trains_by_rows(self, C: int, W_out: int, N: int) -> bool:
+        """True if ``forward`` (training) computes by rows (:meth:`_forward_rows`, then
+        :meth:`_input_grad_rows`), keeping only its input for backward: where
+        :meth:`lowers_by_rows`, for at most :data:`ROWS_MAX_OUT_CHANNELS` output channels and
+        at least :data:`ROWS_MIN_ROW_LENGTH` values of ``C * kw``. Otherwise by im2col,
+        keeping the im2col matrix.
+
+        Why: the im2col path writes and reads C*kh*kw values per output pixel besides its
+        GEMM's 2*out_channels*C*kh*kw flops, so the fewer output channels, the larger the
+        copy's share; with 32 it took about a third of the layer's time, and by rows the
+        step of ``configs/mnist-deep.yaml`` took 25 % less time. With 64 output channels, or
+        few input channels (C * kw = 3 to 30: LeNet-5, a first conv on grey images), the
+        per-row GEMMs of the backward pass are too small and im2col was as fast or faster
+        (measured; ``benchmarks/README.md``)."""
+        return self.lowers_by_rows(C, W_out, N) and self.out_channels <= self.ROWS_MAX_OUT_CHANNELS \
+            and C * self.kernel_size[1] >= self.ROWS_MIN_ROW_LENGTH
+
     def _param_grads(self, dy):
-        """Fill ``grads``; return dy as (g, og, H_out*W_out*N) for the input gradient."""
-        _, cols = self._cached()
+        """Fill ``grads``; return what the input gradient needs: dy as (g, og, H_out*W_out*N)
+        after an im2col forward, else the lowered input L and dy as (O, H_out, W_out*N)."""
+        kind, x_shape, kept = self._cached()
         N, O, H_out, W_out = dy.shape
-        g = self.groups
-        og = O // g
-        dyg = chwn(dy).reshape(g, og, H_out * W_out * N)             # a view when dy is stored CHWN
-        self.grads["weight"] = _gemm_long(dyg, cols).reshape(self.params["weight"].shape)
+        dyc = chwn(dy)                                               # a view when dy is stored CHWN
         if "bias" in self.params:
-            self.grads["bias"] = dyg.sum(axis=2).reshape(O)
-        return dyg
+            self.grads["bias"] = dyc.reshape(O, -1).sum(axis=1)
+        if kind == "im2col":
+            g = self.groups
+            dyg = dyc.reshape(g, O // g, H_out * W_out * N)
+            self.grads["weight"] = _gemm_long(dyg, kept).reshape(self.params["weight"].shape)
+            return dyg
+        # by rows: dW[o, (a, c, b)] = sum over output rows i of dy[o, i] @ L[i*sh + a, c, b]^T
+        C = x_shape[1]
+        (kh, kw), sh = self.kernel_size, self.stride[0]
+        ck, row = C * kw, W_out * N
+        L = self._lower(kept)
+        Lf = L.reshape(-1, row)
+        dyr = dyc.reshape(O, H_out, row)
+        k = min(self.ROW_PARTS, H_out)
+        bounds = [H_out * p // k for p in range(k + 1)]
+        sums: list = [None] * k
+
+        def part(p: int) -> None:
+            total = np.zeros((O, kh * ck), dtype=dy.dtype)
+            tmp = np.empty_like(total)
+            for i in range(bounds[p], bounds[p + 1]):
+                np.matmul(dyr[:, i], Lf[i * sh * ck:i * sh * ck + kh * ck].T, out=tmp)
+                total += tmp
+            sums[p] = total
+        parallel.over_items(part, k)
+        total = sums[0]
+        for more in sums[1:]:
+            total += more
+        self.grads["weight"] = np.ascontiguousarray(total.reshape(O, kh, C, kw).transpose(0, 2, 1, 3))
+        return L, dyr
 
     def backward_params(self, dy):
         """Parameter gradients only (the first layer of a model needs no input gradient)."""
         self._param_grads(dy)
 
     def backward(self, dy):
-        x_shape, _ = self._cached()
-        dyg = self._param_grads(dy)
+        kind, x_shape, _ = self._cached()
+        kept = self._param_grads(dy)
+        if kind == "rows":
+            return self._input_grad_rows(x_shape, *kept)
+        dyg = kept
         N, C, H, W = x_shape
         g = self.groups
         cg, og = C // g, self.out_channels // g
@@ -304,6 +402,51 @@ class Conv2d(Layer):
                 dx[c0:c1, ii, ij] += dcols[c0:c1, a, b, oi, oj]
         parallel.over_range(col2im, C, dx.size)
         return dx.transpose(3, 0, 1, 2)
+
+    def _input_grad_rows(self, x_shape, L, dyr):
+        """Input gradient after a forward by rows, gathered per padded input row h.
+
+        Row h of the lowered input was read by the output rows i with h = i*sh + a for a
+        kernel row a, so d L[h] (C*kw x W_out*N) = sum over those (a, i) of weight[:, :, a]^T
+        @ dy[:, i]. The i are consecutive and a runs down in steps of sh, so with dy stacked
+        as (H_out, O, W_out*N) (zero rows padding both ends) the sum is one GEMM of the
+        kernel rows a = h mod sh, h mod sh + sh, ... side by side. Each input row then adds
+        its kw column offsets into the padded input gradient, the rows on the threads
+        (``parallel.over_items``): each writes its own row, so no sums race and the bits do
+        not depend on the thread count. Returns (N, C, H, W), stored CHWN.
+        """
+        N, C, H, W = x_shape
+        O = self.out_channels
+        (kh, kw), (sh, sw), dw = self.kernel_size, self.stride, self.dilation[1]
+        Hp, _, _, W_out, _ = L.shape
+        ck, row = C * kw, W_out * N
+        t, b, l, r = self.pads
+        taps = -(-kh // sh)                                          # most kernel rows on one input row
+        pad = taps                                                   # zero output rows on each side
+        stacked = np.zeros((dyr.shape[1] + 2 * pad, O, row), dtype=dyr.dtype)
+        stacked[pad:pad + dyr.shape[1]] = dyr.transpose(1, 0, 2)
+        w = self.params["weight"].transpose(2, 1, 3, 0).reshape(kh, ck, O)   # [a] = weight[:, :, a]^T
+        # per residue h mod sh: kernel rows a0 + (n-1)*sh, ..., a0 + sh, a0 (ascending i), side by side
+        wcat = []
+        for a0 in range(sh):
+            rows_a = list(range(a0, kh, sh))[::-1]
+            wcat.append(np.concatenate([w[a] for a in rows_a], axis=1) if rows_a else None)
+        dxp = np.zeros((C, Hp, W + l + r, N), dtype=dyr.dtype)
+
+        def input_row(h: int) -> None:
+            a0 = h % sh
+            if wcat[a0] is None:
+                return
+            n = wcat[a0].shape[1] // O
+            i_top = (h - a0) // sh                                    # the output row that reads h with a = a0
+            block = stacked[pad + i_top - n + 1:pad + i_top + 1].reshape(n * O, row)
+            g = (wcat[a0] @ block).reshape(C, kw, W_out, N)
+            for bb in range(kw):
+                start = bb * dw
+                dxp[:, h, start:start + (W_out - 1) * sw + 1:sw] += g[:, bb]
+        parallel.over_items(input_row, Hp)
+        dx = dxp[:, t:t + H, l:l + W]
+        return (dx if dx.flags.c_contiguous else np.ascontiguousarray(dx)).transpose(3, 0, 1, 2)
 
 
 def _gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
