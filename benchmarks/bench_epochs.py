@@ -1,7 +1,7 @@
 """cnncli against PyTorch as users wait for them: whole training epochs, each framework in
 its own process, alternating runs, the same network, optimizer, batch, data and threads.
 
-    python benchmarks/bench_epochs.py --configs configs/mnist.yaml configs/lenet5.yaml \\
+    python benchmarks/bench_epochs.py --configs configs/mnist.yaml configs/mnist-small.yaml configs/lenet5.yaml \\
         --epochs 1 --pairs 3 --threads 2 --no-augment
     python benchmarks/bench_epochs.py --train-limit 2000 --test-limit 1000 --epochs 1 --pairs 1   # smoke run
 

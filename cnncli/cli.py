@@ -18,7 +18,7 @@ import sys
 # OpenBLAS's idle threads spin on their core for ~0.1 s after each matrix product, taking the
 # core from the element-wise work split over threads after it (``layers.parallel``) and from
 # any other process; set before NumPy loads, this lets them sleep at once (measured on
-# configs/mnist.yaml: BN forward+backward after a GEMM 11.1 -> 7.0 ms with 2 threads).
+# configs/mnist-small.yaml: BN forward+backward after a GEMM 11.1 -> 7.0 ms with 2 threads).
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 from dataclasses import dataclass
 from pathlib import Path

@@ -31,7 +31,7 @@ sweep_app = typer.Typer(
     cls=_SweepGroup,
     name="sweep",
     help="Hyperparameter sweeps on Optuna (needs the extra: pip install -e \".[sweep]\").\n\n"
-         "Examples: cnncli sweep configs/mnist.yaml sweeps/lr-dropout.yaml --workers 2   |   "
+         "Examples: cnncli sweep configs/mnist-small.yaml sweeps/lr-dropout.yaml --workers 2   |   "
          "cnncli sweep show sweeps/lr-dropout",
     no_args_is_help=True,
     add_completion=False,
@@ -54,7 +54,7 @@ def _resume_command(config: Path, sweep: Path, storage: str | None, workers: int
 @sweep_app.command("run")
 def sweep_run(
     ctx: typer.Context,
-    config: Path = typer.Argument(..., metavar="CONFIG", help="The base config, e.g. configs/mnist.yaml."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help="The base config, e.g. configs/mnist-small.yaml."),
     sweep: Path = typer.Argument(..., metavar="SWEEP.yaml", help="The space, objective, sampler, pruner, trials."),
     workers: int = typer.Option(1, "--workers", "-w", min=1, max=256,
                                 help="Trials run at once on this machine, as separate processes."),
@@ -72,7 +72,7 @@ def sweep_run(
 
     Every trial is checked before any runs. Running the same command again resumes the
     sweep; started on other machines with the same --storage, it adds workers to the study.
-    Example: cnncli sweep configs/mnist.yaml sweeps/lr-dropout.yaml --workers 2
+    Example: cnncli sweep configs/mnist-small.yaml sweeps/lr-dropout.yaml --workers 2
     Then:    cnncli sweep show sweeps/lr-dropout
     """
     with user_errors(ctx):

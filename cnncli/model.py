@@ -179,7 +179,7 @@ class Model:
         """Bytes one image adds to a training step: the sum of the layers'
         ``training_values`` (each output and its gradient, plus a convolution's im2col
         matrix kept for backward) at the model's dtype. A rough estimate, used to
-        refuse batches that cannot fit before any memory is touched (for configs/mnist.yaml
+        refuse batches that cannot fit before any memory is touched (for configs/mnist-small.yaml
         at batch 1,500 it gives 1.8 GiB; the measured peak of such a run was 1.27 GB)."""
         values = sum(layer.training_values(out) for layer, out in zip(self.layers, self.shapes))
         return values * self.dtype.itemsize
@@ -203,7 +203,7 @@ class Model:
         up to a multiple of :data:`EVAL_CHUNKS_MULTIPLE` if the chunks keep
         :data:`EVAL_MIN_CHUNK` images; equal sizes (differing by at most one). Example:
         LeNet-5 (largest output 6 x 28 x 28 float32, 18.4 KiB an image) evaluates a batch
-        of 1000 in 4 chunks of 250; ``configs/mnist.yaml`` (32 x 28 x 28) in 8 of 125.
+        of 1000 in 4 chunks of 250; ``configs/mnist-small.yaml`` (32 x 28 x 28) in 8 of 125.
 
         The bounds depend on ``n`` and the model only, never on the thread count, so neither
         do the results' bits (a GEMM's or a SIMD loop's rounding can depend on where a chunk

@@ -37,7 +37,7 @@ def reuse_freed_memory() -> bool:
     """Let glibc's malloc keep freed memory for the next allocation instead of returning it to
     the system (``mallopt``: arrays up to 32 MiB come from the heap, whose free top is kept up
     to 256 MiB), in one heap for all threads (one arena: what each thread's own heap would
-    keep adds up; measured: peak RSS of a configs/mnist.yaml epoch 219 MiB against 244 MiB,
+    keep adds up; measured: peak RSS of a configs/mnist-small.yaml epoch 219 MiB against 244 MiB,
     at the same speed). Once per process; returns True if the settings are in force.
 
     A training step frees and allocates the same large arrays (im2col matrices, activations,

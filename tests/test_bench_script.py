@@ -46,7 +46,7 @@ def test_train_limit_leaves_the_asked_training_images(b):
 def test_bench_sets_are_accepted_by_the_config_loader(b):
     sets = b.bench_sets(5000, no_augment=True, train_limit=2000, test_limit=1000)
     assert sets == ["data.augment=null", "data.train_limit=7000", "data.test_limit=1000"]
-    cfg = config.load("configs/mnist.yaml", sets)
+    cfg = config.load("configs/mnist-small.yaml", sets)
     assert (cfg.data.augment.translate, cfg.data.augment.hflip) == (0, False)
     assert (cfg.data.train_limit, cfg.data.test_limit) == (7000, 1000)
     assert b.bench_sets(5000, no_augment=False, train_limit=None, test_limit=None) == []
@@ -184,7 +184,7 @@ def test_translated_network_computes_the_same_logits(t, path):
 def test_even_same_padding_pads_one_more_at_the_end(t):
     import torch
 
-    cfg = config.load("configs/mnist.yaml", ["model.layers[0].conv2d.kernel_size=4"])
+    cfg = config.load("configs/mnist-small.yaml", ["model.layers[0].conv2d.kernel_size=4"])
     model = assemble.build_model(cfg, (1, 28, 28))
     net = t.torch_network(model).eval()
     pad, conv = net[0]                                     # "same", kernel 4: 1 before, 2 after

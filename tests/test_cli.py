@@ -199,7 +199,7 @@ def test_a_last_batch_of_one_is_dropped_not_fatal(write_config, mnist_slice, tmp
 
 
 def test_summary_counts_match_hand_computation():
-    result = runner.invoke(app, ["summary", str(REPO / "configs" / "mnist.yaml"), "--json"])
+    result = runner.invoke(app, ["summary", str(REPO / "configs" / "mnist-small.yaml"), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     params = [r["params"] for r in data["layers"]]
@@ -209,7 +209,7 @@ def test_summary_counts_match_hand_computation():
     shapes = [tuple(r["output_shape"]) for r in data["layers"]]
     assert shapes[3] == (32, 14, 14) and shapes[9] == (3136,) and shapes[-1] == (10,)
     assert data["layers"][0]["flops"] == 32 * 28 * 28 * (2 * 9 + 1)
-    table = runner.invoke(app, ["summary", str(REPO / "configs" / "mnist.yaml")])
+    table = runner.invoke(app, ["summary", str(REPO / "configs" / "mnist-small.yaml")])
     assert "trainable parameters: 421,834" in table.output
 
 
@@ -220,7 +220,7 @@ def test_summary_matches_torch_parameter_count():
                         nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
                         nn.Dropout(0.25), nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Dropout(0.5),
                         nn.Linear(128, 10))
-    data = json.loads(runner.invoke(app, ["summary", str(REPO / "configs" / "mnist.yaml"), "--json"]).output)
+    data = json.loads(runner.invoke(app, ["summary", str(REPO / "configs" / "mnist-small.yaml"), "--json"]).output)
     assert data["params"] == sum(p.numel() for p in net.parameters())
 
 

@@ -91,7 +91,7 @@ def test_training_by_rows_gives_the_same_bits_for_any_thread_count():
     the threads, each on one BLAS thread (``cnncli train --threads 1`` runs BLAS on one), so
     1, 2 and 3 threads give identical bits."""
     rng = np.random.default_rng(3)
-    conv = Conv2d(32, 32, 5, stride=2, padding=2, dtype=np.float32, rng=rng)   # configs/mnist-deep.yaml's
+    conv = Conv2d(32, 32, 5, stride=2, padding=2, dtype=np.float32, rng=rng)   # configs/mnist.yaml's
     x = to_chwn(rng.normal(size=(128, 32, 24, 24)).astype(np.float32))
     dy = to_chwn(rng.normal(size=(128, 32, 12, 12)).astype(np.float32))
     assert conv.trains_by_rows(32, 12, 128)
@@ -106,11 +106,11 @@ def test_training_by_rows_gives_the_same_bits_for_any_thread_count():
 
 
 @pytest.mark.parametrize("C, O, k, s, p, hw, n, rows", [
-    (32, 32, 3, 1, 0, 26, 128, True),       # configs/mnist-deep.yaml's second conv
+    (32, 32, 3, 1, 0, 26, 128, True),       # configs/mnist.yaml's second conv
     (32, 32, 5, 2, 2, 24, 128, True),       # its strided 5x5 conv
     (32, 32, 3, 1, 1, 28, 128, True),       # configs/fashion-mnist.yaml's second conv
     (32, 32, 3, 1, 1, 28, 16, False),       # 28 * 16 = 448 GEMM columns per row: too few
-    (32, 64, 3, 1, 1, 14, 128, False),      # configs/mnist.yaml's second conv: 64 output channels
+    (32, 64, 3, 1, 1, 14, 128, False),      # configs/mnist-small.yaml's second conv: 64 output channels
     (1, 32, 3, 1, 1, 28, 128, False),       # a first conv on grey images: C * kw = 3
     (6, 16, 5, 1, 0, 14, 128, False),       # LeNet-5's C3: C * kw = 30
 ])
@@ -126,3 +126,40 @@ def test_which_convs_train_by_rows(C, O, k, s, p, hw, n, rows):
         kind, shape, kept = conv._cache
         assert kind == "rows" and shape == x.shape and kept.size == x.size
         assert np.shares_memory(kept, x)              # the input itself, not a copy
+
+
+def test_a_training_step_of_the_shipped_network_by_rows_equals_im2col(monkeypatch):
+    """configs/mnist.yaml's network (float64, a batch of 96 so both of its 32-channel convs
+    train by rows; dropout drawn alike): the logits and the loss gradients of every parameter
+    equal those of the same step with every conv by im2col. A layer that changed a conv's
+    kept input in place between forward and backward would show here."""
+    from pathlib import Path
+
+    from cnncli import assemble
+    from cnncli.config import load
+    from cnncli.losses import softmax_cross_entropy
+
+    cfg = load(Path(__file__).resolve().parents[1] / "configs" / "mnist.yaml")
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(96, 1, 28, 28))
+    labels = rng.integers(0, 10, 96)
+    calls = []
+    by_rows_grad = Conv2d._input_grad_rows
+    monkeypatch.setattr(Conv2d, "_input_grad_rows", lambda self, *a: calls.append(1) or by_rows_grad(self, *a))
+
+    def one_step():
+        calls.clear()
+        model = assemble.build_model(cfg, (1, 28, 28), dtype=np.float64, rng=np.random.default_rng(0))
+        logits = model.forward(x, training=True)
+        _, dlogits = softmax_cross_entropy(logits, labels)
+        model.backward(dlogits)
+        return logits, {k: v.copy() for k, v in model.grads().items()}, len(calls)
+
+    logits1, grads1, rows1 = one_step()
+    monkeypatch.setattr(Conv2d, "ROWS_MAX_OUT_CHANNELS", 0)          # every conv by im2col
+    logits2, grads2, rows2 = one_step()
+    assert (rows1, rows2) == (2, 0)
+    np.testing.assert_allclose(logits1, logits2, rtol=1e-10, atol=1e-12)
+    assert grads1.keys() == grads2.keys() and len(grads1) > 20
+    for k in grads1:
+        np.testing.assert_allclose(grads1[k], grads2[k], rtol=1e-8, atol=1e-12, err_msg=k)

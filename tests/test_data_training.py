@@ -1,7 +1,7 @@
 """Training from every dataset form: the same MNIST slice as IDX, NPZ, CSV and PNG folders
 reaches the model as identical arrays (same normalization, same batches, bit-identical
 weights after training); images that are not 28x28, grey or RGB, train through
-configs/mnist.yaml with only the data section changed; ``auto`` normalization is computed
+configs/mnist-small.yaml with only the data section changed; ``auto`` normalization is computed
 from the training split once and recorded in the checkpoint for eval and predict.
 """
 
@@ -109,8 +109,8 @@ def test_auto_normalization_is_computed_once_and_recorded(forms, write_config, t
 
 
 def _mnist_yaml_with(data: str) -> str:
-    """configs/mnist.yaml with its data section replaced by ``data`` (model and train untouched)."""
-    text = (REPO / "configs" / "mnist.yaml").read_text()
+    """configs/mnist-small.yaml with its data section replaced by ``data`` (model and train untouched)."""
+    text = (REPO / "configs" / "mnist-small.yaml").read_text()
     start, end = text.index("data:\n"), text.index("\nmodel:")
     return text[:start] + data + text[end:]
 

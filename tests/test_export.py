@@ -259,26 +259,26 @@ def test_bad_weights_files_are_located_errors(trained, tmp_path, monkeypatch):
     from cnncli.export.run import export_checkpoint
 
     monkeypatch.chdir(REPO)
-    good = export_checkpoint(trained["mnist"], "pytorch", tmp_path / "pt")[0]
+    good = export_checkpoint(trained["mnist-small"], "pytorch", tmp_path / "pt")[0]
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(good.read_bytes()[:1000])
-    _fails(["eval", str(truncated), "--config", "configs/mnist.yaml"], str(truncated), "not a valid safetensors")
-    _fails(["train", "configs/mnist.yaml", "--weights", str(truncated), "--out", str(tmp_path / "no")],
+    _fails(["eval", str(truncated), "--config", "configs/mnist-small.yaml"], str(truncated), "not a valid safetensors")
+    _fails(["train", "configs/mnist-small.yaml", "--weights", str(truncated), "--out", str(tmp_path / "no")],
            "not a valid safetensors")
     assert not (tmp_path / "no").exists()
-    onnx_file = export_checkpoint(trained["mnist"], "onnx", tmp_path / "m.onnx")[0] \
+    onnx_file = export_checkpoint(trained["mnist-small"], "onnx", tmp_path / "m.onnx")[0] \
         if importlib.util.find_spec("onnx") else tmp_path / "m.onnx"
     if not onnx_file.exists():
         onnx_file.write_bytes(b"\x08\x09\x12\x06cnncli")
-    _fails(["predict", str(onnx_file), str(REPO / "README.md"), "--config", "configs/mnist.yaml"],
+    _fails(["predict", str(onnx_file), str(REPO / "README.md"), "--config", "configs/mnist-small.yaml"],
            "neither a cnncli checkpoint nor a safetensors file")
     # weights of another network: every tensor listed with its layer, name and both shapes
     out = _fails(["eval", str(good), "--config", "configs/lenet5.yaml"],
                  "model.layers[0] (conv2d) weight: the file has (32, 1, 3, 3), the network needs (6, 1, 5, 5)",
                  "unexpected 16 tensor(s)", "missing 8 tensor(s)")
     assert "model.layers[7] (linear) weight" in out
-    _fails(["eval", str(trained["mnist"]), "--config", "configs/tiny.yaml"], "model.layers[1] (conv2d) weight")
-    _fails(["train", "configs/mnist.yaml", "--weights", str(good), "--resume", str(trained["mnist"])],
+    _fails(["eval", str(trained["mnist-small"]), "--config", "configs/tiny.yaml"], "model.layers[1] (conv2d) weight")
+    _fails(["train", "configs/mnist-small.yaml", "--weights", str(good), "--resume", str(trained["mnist-small"])],
            "give one of them")
 
 

@@ -15,7 +15,7 @@ from cnncli.optim import OPTIMIZERS
 from cnncli.data import pixel_lut
 from cnncli.loop import run_batches
 
-# the shape of configs/mnist.yaml, smaller
+# the shape of configs/mnist-small.yaml, smaller
 SPECS = [
     ("conv2d", {"out_channels": 4, "kernel_size": 3, "padding": 1}),
     ("batchnorm", {}),

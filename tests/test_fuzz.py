@@ -140,7 +140,7 @@ output: {dir: runs/kitchen}
 BASES = {
     "kitchen": KITCHEN,
     "tiny": (REPO / "configs" / "tiny.yaml").read_text(),
-    "mnist": (REPO / "configs" / "mnist.yaml").read_text(),
+    "mnist-small": (REPO / "configs" / "mnist-small.yaml").read_text(),
 }
 
 LAYER_NAMES = sorted([*LAYERS, *ALIASES])

@@ -300,7 +300,7 @@ def test_conv_evaluation_by_row_lowering_matches_torch(C, O, k, s, p, d, hw):
 
 
 @pytest.mark.parametrize("C, O, k, s, p, d, hw, n", [
-    (32, 32, 3, 1, 0, 1, (12, 12), 103),     # configs/mnist-deep.yaml's second conv, narrower
+    (32, 32, 3, 1, 0, 1, (12, 12), 103),     # configs/mnist.yaml's second conv, narrower
     (32, 32, 5, 2, 2, 1, (12, 12), 171),     # its strided 5x5 conv
     (32, 32, 3, 1, "same", 1, (9, 8), 128),  # configs/fashion-mnist.yaml's second conv
     (16, 8, (3, 4), (2, 3), (1, 2), (1, 2), (11, 17), 205),

@@ -159,7 +159,7 @@ def test_shipped_configs_train_one_epoch(path, mnist_slice, tmp_path):
     run = tmp_path / "run"
     by_steps = "max_steps:" in path.read_text()
     # by epochs in batches of 32: the 400 training images give 13 steps, where batches of 128
-    # gave configs/mnist-deep.yaml 4 steps, too few for its 7 batchnorm layers to learn
+    # gave configs/mnist.yaml (then mnist-deep.yaml) 4 steps, too few for its 7 batchnorm layers to learn
     length = (["--set", "train.max_steps=8", "--set", "train.val_every=8"] if by_steps
               else ["--epochs", "1", "--set", "train.batch_size=32"])
     if "validate_on: test" not in path.read_text():

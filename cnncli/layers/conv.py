@@ -166,7 +166,7 @@ class Conv2d(Layer):
         N, C, H, W = x.shape
         if self.trains_by_rows(C, self._out_hw(H, W)[1], N):
             y = self._forward_rows(x)
-            # backward lowers the input again (cheaper than keeping the lowered matrix)
+            # keep the input only (kh*kw times smaller than the im2col matrix); backward lowers it again
             self._cache = ("rows", x.shape, chwn(x))
             return y
         return self._forward_im2col(x)
@@ -329,7 +329,7 @@ class Conv2d(Layer):
         Why: the im2col path writes and reads C*kh*kw values per output pixel besides its
         GEMM's 2*out_channels*C*kh*kw flops, so the fewer output channels, the larger the
         copy's share; with 32 it took about a third of the layer's time, and by rows the
-        step of ``configs/mnist-deep.yaml`` took 25 % less time. With 64 output channels, or
+        step of ``configs/mnist.yaml`` took 25 % less time. With 64 output channels, or
         few input channels (C * kw = 3 to 30: LeNet-5, a first conv on grey images), the
         per-row GEMMs of the backward pass are too small and im2col was as fast or faster
         (measured; ``benchmarks/README.md``)."""
