@@ -338,7 +338,8 @@ class Conv2d(Layer):
 
     def _param_grads(self, dy):
         """Fill ``grads``; return what the input gradient needs: dy as (g, og, H_out*W_out*N)
-        after an im2col forward, else the lowered input L and dy as (O, H_out, W_out*N)."""
+        after an im2col forward, else the lowered input's shape and dy as (O, H_out, W_out*N)
+        (the lowered input itself is freed before the input gradient is computed)."""
         kind, x_shape, kept = self._cached()
         N, O, H_out, W_out = dy.shape
         dyc = chwn(dy)                                               # a view when dy is stored CHWN
@@ -372,7 +373,7 @@ class Conv2d(Layer):
         for more in sums[1:]:
             total += more
         self.grads["weight"] = np.ascontiguousarray(total.reshape(O, kh, C, kw).transpose(0, 2, 1, 3))
-        return L, dyr
+        return L.shape, dyr
 
     def backward_params(self, dy):
         """Parameter gradients only (the first layer of a model needs no input gradient)."""
@@ -403,7 +404,7 @@ class Conv2d(Layer):
         parallel.over_range(col2im, C, dx.size)
         return dx.transpose(3, 0, 1, 2)
 
-    def _input_grad_rows(self, x_shape, L, dyr):
+    def _input_grad_rows(self, x_shape, lowered_shape, dyr):
         """Input gradient after a forward by rows, gathered per padded input row h.
 
         Row h of the lowered input was read by the output rows i with h = i*sh + a for a
@@ -418,7 +419,7 @@ class Conv2d(Layer):
         N, C, H, W = x_shape
         O = self.out_channels
         (kh, kw), (sh, sw), dw = self.kernel_size, self.stride, self.dilation[1]
-        Hp, _, _, W_out, _ = L.shape
+        Hp, _, _, W_out, _ = lowered_shape
         ck, row = C * kw, W_out * N
         t, b, l, r = self.pads
         taps = -(-kh // sh)                                          # most kernel rows on one input row
