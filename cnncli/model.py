@@ -178,7 +178,8 @@ class Model:
     def training_bytes_per_image(self) -> int:
         """Bytes one image adds to a training step: the sum of the layers'
         ``training_values`` (each output and its gradient, plus a convolution's im2col
-        matrix kept for backward) at the model's dtype. A rough estimate, used to
+        matrix kept for backward: an upper bound for a conv trained by rows, which keeps
+        its input only) at the model's dtype. A rough estimate, used to
         refuse batches that cannot fit before any memory is touched (for configs/mnist-small.yaml
         at batch 1,500 it gives 1.8 GiB; the measured peak of such a run was 1.27 GB)."""
         values = sum(layer.training_values(out) for layer, out in zip(self.layers, self.shapes))

@@ -240,7 +240,8 @@ class Conv2d(Layer):
 
     def _forward_rows(self, x):
         """Forward pass by MEC lowering (Cho & Brand 2017, "MEC: Memory-efficient Convolution
-        for Deep Neural Network", ICML), used when :meth:`lowers_by_rows`.
+        for Deep Neural Network", ICML): evaluation when :meth:`lowers_by_rows`, training
+        when :meth:`trains_by_rows`.
 
         Instead of the full im2col matrix (cg*kh*kw rows), the padded input is lowered
         along W only (:meth:`_lower`), kh times smaller. For output row i, the rows (a, c, b)
@@ -297,7 +298,7 @@ class Conv2d(Layer):
         return y.reshape(O, H_out, W_out, N).transpose(3, 0, 1, 2)
 
     def rows_per_gemm(self) -> int:
-        """Output rows per GEMM in :meth:`infer`: 24 // out_channels, at least 1 (4 for 6
+        """Output rows per GEMM in :meth:`_forward_rows`: 24 // out_channels, at least 1 (4 for 6
         channels, 1 from 13 up), so the GEMM has about 24 rows (chosen by measurement on
         LeNet-5's convs of 6 and 16 channels)."""
         return max(1, 24 // self.out_channels)
@@ -328,8 +329,9 @@ class Conv2d(Layer):
 
         Why: the im2col path writes and reads C*kh*kw values per output pixel besides its
         GEMM's 2*out_channels*C*kh*kw flops, so the fewer output channels, the larger the
-        copy's share; with 32 it took about a third of the layer's time, and by rows the
-        step of ``configs/mnist.yaml`` took 25 % less time. With 64 output channels, or
+        copy's share: for 32 -> 32 channels, 3x3 at 26x26, a batch of 128 on one thread,
+        the copy took 19 of the forward pass's 47 ms, and by rows the step of
+        ``configs/mnist.yaml`` took 19-25 % less time (2 threads). With 64 output channels, or
         few input channels (C * kw = 3 to 30: LeNet-5, a first conv on grey images), the
         per-row GEMMs of the backward pass are too small and im2col was as fast or faster
         (measured; ``benchmarks/README.md``)."""
@@ -412,18 +414,18 @@ class Conv2d(Layer):
         @ dy[:, i]. The i are consecutive and a runs down in steps of sh, so with dy stacked
         as (H_out, O, W_out*N) (zero rows padding both ends) the sum is one GEMM of the
         kernel rows a = h mod sh, h mod sh + sh, ... side by side. Each input row then adds
-        its kw column offsets into the padded input gradient, the rows on the threads
+        its kw column offsets into the input gradient (padded along W only: rows of the
+        vertical padding are never computed), the rows on the threads
         (``parallel.over_items``): each writes its own row, so no sums race and the bits do
         not depend on the thread count. Returns (N, C, H, W), stored CHWN.
         """
         N, C, H, W = x_shape
         O = self.out_channels
         (kh, kw), (sh, sw), dw = self.kernel_size, self.stride, self.dilation[1]
-        Hp, _, _, W_out, _ = lowered_shape
+        W_out = lowered_shape[3]
         ck, row = C * kw, W_out * N
-        t, b, l, r = self.pads
-        taps = -(-kh // sh)                                          # most kernel rows on one input row
-        pad = taps                                                   # zero output rows on each side
+        t, _, l, r = self.pads
+        pad = -(-kh // sh)                  # zero output rows on each side: the most kernel rows on one input row
         stacked = np.zeros((dyr.shape[1] + 2 * pad, O, row), dtype=dyr.dtype)
         stacked[pad:pad + dyr.shape[1]] = dyr.transpose(1, 0, 2)
         w = self.params["weight"].transpose(2, 1, 3, 0).reshape(kh, ck, O)   # [a] = weight[:, :, a]^T
@@ -432,9 +434,10 @@ class Conv2d(Layer):
         for a0 in range(sh):
             rows_a = list(range(a0, kh, sh))[::-1]
             wcat.append(np.concatenate([w[a] for a in rows_a], axis=1) if rows_a else None)
-        dxp = np.zeros((C, Hp, W + l + r, N), dtype=dyr.dtype)
+        dxp = np.zeros((C, H, W + l + r, N), dtype=dyr.dtype)
 
-        def input_row(h: int) -> None:
+        def input_row(row_in: int) -> None:
+            h = t + row_in                                            # the row of the padded input
             a0 = h % sh
             if wcat[a0] is None:
                 return
@@ -444,9 +447,9 @@ class Conv2d(Layer):
             g = (wcat[a0] @ block).reshape(C, kw, W_out, N)
             for bb in range(kw):
                 start = bb * dw
-                dxp[:, h, start:start + (W_out - 1) * sw + 1:sw] += g[:, bb]
-        parallel.over_items(input_row, Hp)
-        dx = dxp[:, t:t + H, l:l + W]
+                dxp[:, row_in, start:start + (W_out - 1) * sw + 1:sw] += g[:, bb]
+        parallel.over_items(input_row, H)
+        dx = dxp[:, :, l:l + W]
         return (dx if dx.flags.c_contiguous else np.ascontiguousarray(dx)).transpose(3, 0, 1, 2)
 
 
